@@ -1,0 +1,315 @@
+// farmem-bench: microbenchmarks of far memory against plain local memory.
+// Each op reads and writes one 8-byte word in one page of the working set;
+// the page is chosen uniformly (uniform), in order (seq) or by a Zipf law
+// (zipf, theta 0.99). --mode sw goes through far pointers, --mode local through
+// plain pointers (run it under a memory cgroup with swap to measure Linux swap).
+// Prints one JSON object per run with --json.
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "farmem/far.hpp"
+#include "farmem/runtime.hpp"
+
+namespace {
+
+constexpr std::uint64_t kWordsPerPage = 4096 / 8;
+
+struct Options {
+  std::string workload = "uniform";
+  std::string mode = "sw";
+  std::uint64_t working_set = 1ull << 30;
+  std::string local_mem = "25%";
+  std::uint64_t ops = 5'000'000;
+  unsigned threads = 1;
+  bool json = false;
+  bool verify = true;
+  std::uint64_t seed = 42;
+};
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "farmem-bench: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+void usage() {
+  std::printf(
+      "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|local]\n"
+      "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--ops N]\n"
+      "                    [--threads N] [--seed N] [--no-verify] [--json]\n"
+      "  --local-mem is the local-memory budget for --mode sw (PCT%% of the working set).\n"
+      "  Environment: FARMEM_* variables (docs/configuration.md) apply to --mode sw.\n");
+}
+
+std::uint64_t parse_count(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+  if (v.empty() || v[0] == '-' || errno || *end) die(flag + " '" + v + "' is not a positive integer");
+  return x;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) die(a + " needs a value; see --help");
+      return argv[++i];
+    };
+    try {
+      if (a == "--help" || a == "-h") { usage(); std::exit(0); }
+      else if (a == "--workload") o.workload = value();
+      else if (a == "--mode") o.mode = value();
+      else if (a == "--working-set") o.working_set = farmem::parse_size(value(), "--working-set");
+      else if (a == "--local-mem") o.local_mem = value();
+      else if (a == "--ops") o.ops = parse_count(a, value());
+      else if (a == "--threads") o.threads = static_cast<unsigned>(parse_count(a, value()));
+      else if (a == "--seed") o.seed = parse_count(a, value());
+      else if (a == "--json") o.json = true;
+      else if (a == "--no-verify") o.verify = false;
+      else die("unknown option " + a + "; see --help");
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+  }
+  if (o.workload != "uniform" && o.workload != "seq" && o.workload != "zipf")
+    die("--workload '" + o.workload + "' is not one of uniform, seq, zipf");
+  if (o.mode != "sw" && o.mode != "local")
+    die("--mode '" + o.mode + "' is not one of sw, local (hw comes with the userfaultfd front end)");
+  if (o.working_set < 4096) die("--working-set must be at least 4K");
+  if (o.threads < 1 || o.threads > 60) die("--threads must be between 1 and 60");
+  if (o.ops < o.threads) die("--ops must be at least --threads");
+  return o;
+}
+
+struct Rng {  // xorshift64*
+  std::uint64_t s;
+  explicit Rng(std::uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull | 1) {}
+  std::uint64_t next() {
+    s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1Dull;
+  }
+};
+
+// Zipf over [0, n) (Gray et al., as in YCSB); ranks scrambled so hot pages spread out.
+class Zipf {
+ public:
+  Zipf(std::uint64_t n, double theta) : n_(n), theta_(theta) {
+    for (std::uint64_t i = 1; i <= n; ++i) zetan_ += 1.0 / std::pow(static_cast<double>(i), theta);
+    double zeta2 = 1.0 + 1.0 / std::pow(2.0, theta);
+    alpha_ = 1.0 / (1.0 - theta);
+    eta_ = (1 - std::pow(2.0 / static_cast<double>(n), 1 - theta)) / (1 - zeta2 / zetan_);
+  }
+  std::uint64_t next(Rng& r) const {
+    double u = static_cast<double>(r.next() >> 11) * (1.0 / 9007199254740992.0);
+    double uz = u * zetan_;
+    std::uint64_t k;
+    if (uz < 1.0) k = 0;
+    else if (uz < 1.0 + std::pow(0.5, theta_)) k = 1;
+    else k = static_cast<std::uint64_t>(static_cast<double>(n_) * std::pow(eta_ * u - eta_ + 1, alpha_));
+    if (k >= n_) k = n_ - 1;
+    return (k * 0x9E3779B97F4A7C15ull) % n_;  // scramble rank -> page
+  }
+
+ private:
+  std::uint64_t n_;
+  double theta_, zetan_ = 0, alpha_ = 0, eta_ = 0;
+};
+
+void pin_to_cpu(unsigned t) {
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  long app_cpus = ncpu > 1 ? ncpu - 1 : 1;  // the last CPU belongs to the evictor
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(static_cast<int>(t % app_cpus), &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+std::uint64_t vmstat(const char* key) {
+  std::ifstream f("/proc/vmstat");
+  std::string k;
+  std::uint64_t v;
+  while (f >> k >> v)
+    if (k == key) return v;
+  return 0;
+}
+
+std::uint64_t kernel_faults() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<std::uint64_t>(ru.ru_majflt + ru.ru_minflt);
+}
+
+// Runs ops/threads ops per thread through `access(page, word)`; returns seconds.
+template <class Access>
+double run_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::uint64_t seed_base,
+               const Zipf* zipf, Access access) {
+  std::atomic<unsigned> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < o.threads; ++t) {
+    ts.emplace_back([&, t] {
+      pin_to_cpu(t);
+      Rng rng(seed_base + t);
+      std::uint64_t n = ops / o.threads + (t < ops % o.threads ? 1 : 0);
+      std::uint64_t seq = pages * t / o.threads;
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      for (std::uint64_t i = 0; i < n; ++i) {
+        std::uint64_t r = rng.next();
+        std::uint64_t page;
+        if (o.workload == "uniform") page = r % pages;
+        else if (o.workload == "seq") page = seq++ % pages;
+        else page = zipf->next(rng);
+        access(page, (r >> 40) % kWordsPerPage);
+      }
+    });
+  }
+  while (ready.load() < o.threads) std::this_thread::yield();
+  auto t0 = std::chrono::steady_clock::now();
+  go.store(true, std::memory_order_release);
+  for (auto& t : ts) t.join();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o = parse(argc, argv);
+  const std::uint64_t pages = (o.working_set + 4095) / 4096;
+  const std::uint64_t words = pages * kWordsPerPage;
+  std::uint64_t local_mem = 0;
+  try {
+    local_mem = farmem::parse_size_or_percent(o.local_mem, pages * 4096, "--local-mem");
+  } catch (const farmem::Error& e) {
+    die(e.what());
+  }
+  std::unique_ptr<Zipf> zipf;
+  if (o.workload == "zipf") zipf = std::make_unique<Zipf>(pages, 0.99);
+  const std::uint64_t warm_ops = std::max<std::uint64_t>(o.ops / 10, o.threads);
+
+  double seconds = 0;
+  std::uint64_t faults = 0, evictions = 0, p50 = 0, p99 = 0;
+  farmem::Stats before{}, after{};
+  bool verified = false;
+  std::uint64_t expect_sum = pages + warm_ops + o.ops;  // each page starts at 1
+
+  if (o.mode == "sw") {
+    try {
+      farmem::Config cfg = farmem::Config::from_env();
+      cfg.local_mem_bytes = local_mem;
+      if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 2 * pages * 4096);
+      farmem::init(cfg);
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+    farmem::FarArray<std::uint64_t> a(words);
+    {
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        farmem::Scope s;
+        a.mut(s, p * kWordsPerPage) = 1;
+      }
+    }
+    auto access = [&a](std::uint64_t page, std::uint64_t word) {
+      farmem::Scope s;
+      a.mut(s, page * kWordsPerPage + word) += 1;
+    };
+    run_ops(o, pages, warm_ops, o.seed + 1000, zipf.get(), access);
+    farmem::reset_fault_histogram();
+    before = farmem::stats();
+    seconds = run_ops(o, pages, o.ops, o.seed, zipf.get(), access);
+    after = farmem::stats();
+    faults = after.faults - before.faults;
+    evictions = after.evictions - before.evictions;
+    p50 = after.fault_p50_ns;
+    p99 = after.fault_p99_ns;
+    if (o.verify) {
+      std::uint64_t sum = 0;
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        farmem::Scope s;
+        const std::uint64_t* w = &a.get(s, p * kWordsPerPage);
+        for (std::uint64_t k = 0; k < kWordsPerPage; ++k) sum += w[k];
+      }
+      verified = sum == expect_sum;
+      if (!verified)
+        die("verification FAILED: sum of the working set is " + std::to_string(sum) + ", expected " +
+            std::to_string(expect_sum));
+    }
+    after = farmem::stats();
+  } else {
+    void* m = mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) die("cannot map the working set: " + std::string(std::strerror(errno)));
+    auto* w = static_cast<std::uint64_t*>(m);
+    for (std::uint64_t p = 0; p < pages; ++p) w[p * kWordsPerPage] = 1;
+    auto access = [w](std::uint64_t page, std::uint64_t word) {
+      std::uint64_t* x = &w[page * kWordsPerPage + word];
+      *reinterpret_cast<volatile std::uint64_t*>(x) = *reinterpret_cast<volatile std::uint64_t*>(x) + 1;
+    };
+    run_ops(o, pages, warm_ops, o.seed + 1000, zipf.get(), access);
+    std::uint64_t f0 = kernel_faults(), s0 = vmstat("pswpout");
+    seconds = run_ops(o, pages, o.ops, o.seed, zipf.get(), access);
+    faults = kernel_faults() - f0;
+    evictions = vmstat("pswpout") - s0;
+    if (o.verify) {
+      std::uint64_t sum = 0;
+      for (std::uint64_t i = 0; i < words; ++i) sum += w[i];
+      verified = sum == expect_sum;
+      if (!verified) die("verification FAILED: local memory sum mismatch");
+    }
+  }
+
+  const double ops_per_sec = static_cast<double>(o.ops) / seconds;
+  const double ns_per_op = seconds * 1e9 / static_cast<double>(o.ops);
+  if (o.json) {
+    std::printf(
+        "{\"workload\":\"%s\",\"mode\":\"%s\",\"working_set_bytes\":%llu,\"local_mem_bytes\":%llu,"
+        "\"threads\":%u,\"ops\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,\"ns_per_op\":%.1f,"
+        "\"faults\":%llu,\"evictions\":%llu,\"fault_p50_ns\":%llu,\"fault_p99_ns\":%llu,"
+        "\"writebacks\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"alloc_stalls\":%llu,"
+        "\"rescues\":%llu,\"verified\":%s}\n",
+        o.workload.c_str(), o.mode.c_str(), (unsigned long long)(pages * 4096),
+        (unsigned long long)local_mem, o.threads, (unsigned long long)o.ops, seconds, ops_per_sec,
+        ns_per_op, (unsigned long long)faults, (unsigned long long)evictions, (unsigned long long)p50,
+        (unsigned long long)p99, (unsigned long long)(after.writebacks - before.writebacks),
+        (unsigned long long)(after.bytes_in - before.bytes_in),
+        (unsigned long long)(after.bytes_out - before.bytes_out),
+        (unsigned long long)(after.alloc_stalls - before.alloc_stalls),
+        (unsigned long long)(after.rescues - before.rescues), verified ? "true" : "false");
+  } else {
+    std::printf("workload %s, mode %s, working set %llu MiB, local memory %llu MiB, %u thread(s)\n",
+                o.workload.c_str(), o.mode.c_str(), (unsigned long long)(pages * 4096 >> 20),
+                (unsigned long long)(local_mem >> 20), o.threads);
+    std::printf("  %llu ops in %.3f s: %.2f Mops/s, %.1f ns/op\n", (unsigned long long)o.ops,
+                seconds, ops_per_sec / 1e6, ns_per_op);
+    if (o.mode == "sw") {
+      std::printf("  faults %llu (p50 %llu ns, p99 %llu ns), evictions %llu, pages in %llu MiB, out %llu MiB\n",
+                  (unsigned long long)faults, (unsigned long long)p50, (unsigned long long)p99,
+                  (unsigned long long)evictions,
+                  (unsigned long long)((after.bytes_in - before.bytes_in) >> 20),
+                  (unsigned long long)((after.bytes_out - before.bytes_out) >> 20));
+      std::printf("  local: %llu MiB resident of %llu MiB budget; far: %llu MiB on the memory server\n",
+                  (unsigned long long)(after.resident_bytes >> 20),
+                  (unsigned long long)(after.local_mem_bytes >> 20),
+                  (unsigned long long)(after.far_bytes >> 20));
+    } else {
+      std::printf("  kernel page faults %llu, pages swapped out (system-wide) %llu\n",
+                  (unsigned long long)faults, (unsigned long long)evictions);
+    }
+    std::printf("  verified: %s\n", o.verify ? (verified ? "yes" : "NO") : "skipped");
+  }
+  return 0;
+}

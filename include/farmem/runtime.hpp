@@ -1,0 +1,54 @@
+// The farmem runtime: configuration, start-up, statistics.
+//
+// The runtime starts itself from the environment (docs/configuration.md) on the
+// first far allocation; call farmem::init() to configure it from code instead.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace farmem {
+
+// A configuration or start-up problem; what() is one line naming the problem and the fix.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Config {
+  std::uint64_t local_mem_bytes = 0;   // local frame pool; 0 = 25% of physical memory
+  std::uint64_t far_mem_bytes = 0;     // far address space; 0 = 64 GiB
+  std::string backend = "shm";         // shm (embedded memory server)
+  std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)
+  std::string server_path;             // farmem-server binary; empty = search
+  int evictor_cpu = -1;                // -1 = last CPU
+  unsigned evict_batch = 64;           // pages per eviction batch
+  bool stats_at_exit = false;
+
+  // Reads FARMEM_* variables; throws Error on a bad value.
+  static Config from_env();
+};
+
+// Parses "512M", "2G", "4096", "1.5GiB"; throws Error naming `what` on failure.
+std::uint64_t parse_size(const std::string& text, const std::string& what);
+// Parses SIZE or PCT% (percentage of `whole`).
+std::uint64_t parse_size_or_percent(const std::string& text, std::uint64_t whole,
+                                    const std::string& what);
+std::uint64_t physical_memory_bytes();
+
+void init(const Config& cfg);  // throws Error; a second call is an error
+bool initialized();
+void shutdown();               // stops the evictor and the memory server (also at exit)
+
+struct Stats {
+  std::uint64_t faults = 0, zero_fills = 0, fetches = 0, rescues = 0, alloc_stalls = 0;
+  std::uint64_t evictions = 0, writebacks = 0, clean_drops = 0, shootdowns = 0;
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::uint64_t local_mem_bytes = 0, resident_bytes = 0, far_bytes = 0;
+  std::uint64_t fault_p50_ns = 0, fault_p99_ns = 0, fault_max_ns = 0;
+};
+Stats stats();
+std::string stats_json();
+void reset_fault_histogram();
+
+}  // namespace farmem

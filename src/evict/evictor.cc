@@ -1,0 +1,374 @@
+// Eviction on a dedicated core (see evictor.hpp for the pipeline).
+#include "evict/evictor.hpp"
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "mem/page_state.hpp"
+#include "runtime/fatal.hpp"
+#include "runtime/runtime.hpp"
+
+namespace farmem::evict {
+
+using detail::Core;
+using detail::kMaxCores;
+using detail::kOffline;
+using detail::kPageSize;
+using detail::kRingSize;
+using mem::Kind;
+namespace ps = mem::ps;
+
+namespace {
+constexpr std::size_t kMaxPendingBatches = 4;
+
+void futex_wait(std::atomic<std::uint32_t>* w, std::uint32_t val, long ns) {
+  timespec ts{0, ns};
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAIT_PRIVATE, val, &ts, nullptr, 0);
+}
+}  // namespace
+
+Evictor::Evictor(detail::Runtime& rt) : rt_(rt) {
+  free_.reserve(rt.nframes);
+  for (std::uint32_t f = rt.nframes; f >= 1; --f) free_.push_back(f);  // low frames first
+  high_wm_ = std::clamp<std::uint32_t>(rt.nframes / 32, 2 * rt.cfg.evict_batch, 16384);
+  qp_ = rt.transport->create_qp();
+  publish_free_count();
+}
+
+Evictor::~Evictor() { stop(); }
+
+void Evictor::start() {
+  thread_ = std::thread([this] { loop(); });
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int cpu = rt_.cfg.evictor_cpu >= 0 ? rt_.cfg.evictor_cpu : (ncpu > 1 ? static_cast<int>(ncpu - 1) : -1);
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(thread_.native_handle(), sizeof set, &set);
+  }
+  pthread_setname_np(thread_.native_handle(), "farmem-evictor");
+}
+
+void Evictor::stop() {
+  if (!thread_.joinable()) return;
+  stop_.store(true);
+  rt_.kick_word.fetch_add(1);
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&rt_.kick_word), FUTEX_WAKE_PRIVATE, 1,
+          nullptr, nullptr, 0);
+  thread_.join();
+}
+
+void Evictor::free_range(std::uint64_t first, std::uint64_t pages) {
+  {
+    std::lock_guard<std::mutex> g(frees_mu_);
+    frees_.emplace_back(first, pages);
+  }
+  frees_pending_.store(true, std::memory_order_release);
+  rt_.kick_evictor();
+}
+
+void Evictor::publish_free_count() {
+  std::uint64_t n = free_.size();
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm; ++i) {
+    Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) != 1) continue;
+    n += c.ring.tail.load(std::memory_order_relaxed) - c.ring.head.load(std::memory_order_relaxed);
+  }
+  free_count_.store(n, std::memory_order_relaxed);
+}
+
+void Evictor::release_frame(std::uint32_t f) {
+  rt_.owner[f].store(0, std::memory_order_relaxed);
+  free_.push_back(f);
+}
+
+void Evictor::loop() {
+  unsigned idle = 0;
+  while (!stop_.load(std::memory_order_relaxed)) {
+    bool progress = reclaim_dead_cores();
+    progress |= refill_rings();
+    if (frees_pending_.load(std::memory_order_acquire)) progress |= process_frees();
+    if (free_.size() + pending_pages_ < high_wm_ && pending_.size() < kMaxPendingBatches)
+      progress |= select_batch();
+    while (!pending_.empty() && acked(pending_.front().gen)) {
+      finalize(pending_.front());
+      pending_pages_ -= pending_.front().victims.size();
+      pending_.pop_front();
+      progress = true;
+    }
+    if (progress) {
+      idle = 0;
+      publish_free_count();
+    } else {
+      idle_wait(++idle);
+    }
+  }
+}
+
+void Evictor::idle_wait(unsigned idle) {
+  if (idle < 2000) {
+    detail::cpu_relax();
+    return;
+  }
+  publish_free_count();
+  // Sleep until a core kicks us; short if batches wait for acks from busy cores.
+  std::uint32_t k = rt_.kick_word.load();
+  rt_.evictor_sleeping.store(1, std::memory_order_seq_cst);
+  bool rings_low = false;
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm && !rings_low; ++i) {
+    Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) == 0) continue;
+    rings_low = c.life.load() == 2 ||
+                c.ring.tail.load(std::memory_order_relaxed) - c.ring.head.load(std::memory_order_seq_cst) <
+                    kRingSize / 2;
+  }
+  if (!rings_low || free_.empty())
+    futex_wait(&rt_.kick_word, k, pending_.empty() ? 2000000 : 50000);
+  rt_.evictor_sleeping.store(0, std::memory_order_relaxed);
+}
+
+bool Evictor::reclaim_dead_cores() {
+  bool any = false;
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm; ++i) {
+    Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) != 2) continue;
+    for (std::uint32_t h = c.ring.head.load(), t = c.ring.tail.load(); h != t; ++h)
+      free_.push_back(c.ring.slots[h & (kRingSize - 1)]);
+    c.ring.head.store(0);
+    c.ring.tail.store(0);
+    if (c.spare_frame) free_.push_back(c.spare_frame);
+    c.spare_frame = 0;
+    c.nhazards.store(0);
+    c.life.store(0, std::memory_order_release);
+    any = true;
+  }
+  return any;
+}
+
+bool Evictor::refill_rings() {
+  bool any = false;
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm && !free_.empty(); ++i) {
+    Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) != 1) continue;
+    std::uint32_t h = c.ring.head.load(std::memory_order_acquire);
+    std::uint32_t t = c.ring.tail.load(std::memory_order_relaxed);
+    std::uint32_t space = kRingSize - (t - h);
+    if (space == 0) continue;
+    for (; space > 0 && !free_.empty(); --space, ++t) {
+      c.ring.slots[t & (kRingSize - 1)] = free_.back();
+      free_.pop_back();
+    }
+    c.ring.tail.store(t, std::memory_order_release);
+    any = true;
+  }
+  return any;
+}
+
+bool Evictor::select_batch() {
+  Batch b;
+  b.victims.reserve(rt_.cfg.evict_batch);
+  const std::uint64_t n = rt_.nframes;
+  for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < rt_.cfg.evict_batch;
+       ++scanned) {
+    std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
+    std::uint64_t vpn = rt_.owner[f].load(std::memory_order_relaxed);
+    if (vpn == 0) continue;
+    std::atomic<std::uint64_t>& word = rt_.pt[vpn];
+    std::uint64_t s = word.load(std::memory_order_acquire);
+    if (ps::kind(s) != Kind::Resident || ps::frame(s) != f || ps::pins(s) != 0) continue;
+    if (s & ps::kAccessed) {  // second chance
+      word.compare_exchange_strong(s, s & ~ps::kAccessed, std::memory_order_acq_rel);
+      continue;
+    }
+    if (word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel))
+      b.victims.push_back({vpn, f});
+  }
+  if (b.victims.empty()) return false;
+  // The shootdown: cores flush their TLBs when they see the new generation.
+  b.gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;
+  rt_.shootdowns.fetch_add(1, std::memory_order_relaxed);
+  pending_pages_ += b.victims.size();
+  pending_.push_back(std::move(b));
+  return true;
+}
+
+bool Evictor::acked(std::uint64_t gen) const {
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm; ++i) {
+    const Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) != 1) continue;
+    std::uint64_t a = c.ack.load(std::memory_order_seq_cst);
+    if ((a & kOffline) == 0 && a < gen) return false;
+  }
+  return true;
+}
+
+void Evictor::wait_acked(std::uint64_t gen) const {
+  while (!acked(gen)) {
+    if (stop_.load(std::memory_order_relaxed)) return;
+    detail::cpu_relax();
+  }
+}
+
+std::vector<std::uint64_t> Evictor::collect_hazards() const {
+  std::vector<std::uint64_t> hz;
+  std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < hwm; ++i) {
+    const Core& c = rt_.cores[i];
+    if (c.life.load(std::memory_order_acquire) != 1) continue;
+    std::uint32_t n = std::min<std::uint32_t>(c.nhazards.load(std::memory_order_acquire),
+                                              detail::kMaxHazards);
+    for (std::uint32_t k = 0; k < n; ++k) hz.push_back(c.hazards[k].load(std::memory_order_relaxed));
+  }
+  std::sort(hz.begin(), hz.end());
+  return hz;
+}
+
+void Evictor::finalize(Batch& b) {
+  const std::vector<std::uint64_t> hz = collect_hazards();
+  std::vector<Victim> dirty;
+  for (const Victim& v : b.victims) {
+    std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
+    for (;;) {
+      std::uint64_t s = word.load(std::memory_order_acquire);
+      if (ps::kind(s) != Kind::Evicting || ps::frame(s) != v.frame) break;  // rescued by a core
+      if (ps::pins(s) != 0 || std::binary_search(hz.begin(), hz.end(), v.vpn)) {
+        if (word.compare_exchange_strong(s, ps::with_kind(s, Kind::Resident), std::memory_order_acq_rel)) {
+          rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
+          break;
+        }
+        continue;
+      }
+      if (s & ps::kDirty) {
+        dirty.push_back(v);
+        break;
+      }
+      // Clean: the remote copy (if any) is current; no write.
+      std::uint64_t next = (s & ps::kHasRemote) ? ps::make(Kind::Remote, 0, ps::kHasRemote)
+                                                : ps::make(Kind::Untouched, 0, 0);
+      if (word.compare_exchange_strong(s, next, std::memory_order_acq_rel)) {
+        release_frame(v.frame);
+        rt_.clean_drops.fetch_add(1, std::memory_order_relaxed);
+        rt_.evictions.fetch_add(1, std::memory_order_relaxed);
+        if (next & ps::kHasRemote) rt_.to_remote.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+  }
+  if (dirty.empty()) return;
+  for (std::size_t i = 0; i < dirty.size(); ++i)
+    qp_->post_write(dirty[i].vpn * kPageSize, rt_.frame_addr(dirty[i].frame), kPageSize, i);
+  qp_->submit();
+  net::Completion done[64];
+  for (std::size_t got = 0; got < dirty.size();) {
+    std::size_t n = qp_->poll(done, 64);
+    if (n == 0) detail::cpu_relax();
+    got += n;
+  }
+  for (const Victim& v : dirty) {
+    std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
+    std::uint64_t s = word.load(std::memory_order_acquire);
+    // A core may have rescued it while we wrote: then it stays resident and dirty.
+    while (ps::kind(s) == Kind::Evicting && ps::frame(s) == v.frame) {
+      if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
+                                     std::memory_order_acq_rel)) {
+        release_frame(v.frame);
+        rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
+        rt_.evictions.fetch_add(1, std::memory_order_relaxed);
+        rt_.to_remote.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+  }
+}
+
+bool Evictor::process_frees() {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> work;
+  {
+    std::lock_guard<std::mutex> g(frees_mu_);
+    work.swap(frees_);
+    frees_pending_.store(false, std::memory_order_relaxed);
+  }
+  if (work.empty()) return false;
+  // Settle in-flight batches first so no freed page is mid-eviction.
+  while (!pending_.empty()) {
+    wait_acked(pending_.front().gen);
+    finalize(pending_.front());
+    pending_pages_ -= pending_.front().victims.size();
+    pending_.pop_front();
+  }
+  for (auto [first, pages] : work) {
+    for (unsigned round = 0;; ++round) {
+      std::vector<Victim> marked;
+      bool busy = false;
+      for (std::uint64_t vpn = first; vpn < first + pages; ++vpn) {
+        std::atomic<std::uint64_t>& word = rt_.pt[vpn];
+        std::uint64_t s = word.load(std::memory_order_acquire);
+        switch (ps::kind(s)) {
+          case Kind::Untouched:
+            break;
+          case Kind::Remote:
+            if (word.compare_exchange_strong(s, 0, std::memory_order_acq_rel))
+              rt_.discarded_remote.fetch_add(1, std::memory_order_relaxed);
+            else
+              busy = true;
+            break;
+          case Kind::Resident:
+            if (ps::pins(s) == 0 &&
+                word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel))
+              marked.push_back({vpn, static_cast<std::uint32_t>(ps::frame(s))});
+            else
+              busy = true;
+            break;
+          case Kind::Evicting:
+            marked.push_back({vpn, static_cast<std::uint32_t>(ps::frame(s))});
+            break;
+          case Kind::Fetching:
+            busy = true;
+            break;
+        }
+      }
+      if (!marked.empty()) {
+        std::uint64_t gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;
+        rt_.shootdowns.fetch_add(1, std::memory_order_relaxed);
+        wait_acked(gen);
+        const std::vector<std::uint64_t> hz = collect_hazards();
+        for (const Victim& v : marked) {
+          std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
+          std::uint64_t s = word.load(std::memory_order_acquire);
+          if (ps::kind(s) == Kind::Evicting && ps::frame(s) == v.frame && ps::pins(s) == 0 &&
+              !std::binary_search(hz.begin(), hz.end(), v.vpn) &&
+              word.compare_exchange_strong(s, 0, std::memory_order_acq_rel)) {
+            release_frame(v.frame);
+          } else {
+            busy = true;
+          }
+        }
+      }
+      if (!busy) break;
+      if (round > 100000)
+        detail::fatal("far memory at page %llu is still in use while being freed; free arrays only "
+                      "after every thread is done with them",
+                      static_cast<unsigned long long>(first));
+      refill_rings();  // a core using the range may be waiting for a frame
+      detail::cpu_relax();
+    }
+    rt_.discarded_pages.fetch_add(pages, std::memory_order_relaxed);
+    rt_.transport->discard(first * kPageSize, pages * kPageSize);
+    rt_.far.release(first, pages);
+  }
+  return true;
+}
+
+}  // namespace farmem::evict

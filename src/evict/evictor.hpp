@@ -1,0 +1,74 @@
+// The evictor: one thread, pinned to its own core, that keeps every core's free
+// ring full so a fault never evicts. Eviction is a pipeline of batches:
+//   select (CLOCK over accessed bits) -> mark Evicting -> shootdown (bump the
+//   generation) -> ... later: all cores acked -> skip hazards/pins -> write back
+//   dirty pages in one batch -> Remote -> frames to the free rings.
+// Several batches are in flight at once; acks are checked, never waited on.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "net/queue_pair.hpp"
+
+namespace farmem::detail {
+struct Runtime;
+}
+
+namespace farmem::evict {
+
+class Evictor {
+ public:
+  explicit Evictor(detail::Runtime& rt);
+  ~Evictor();
+  void start();
+  void stop();
+  // Far pages being freed: the evictor drops them (no write back) and hands the
+  // range back to the far allocator.
+  void free_range(std::uint64_t first_page, std::uint64_t pages);
+  std::uint64_t free_frames() const { return free_count_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Victim {
+    std::uint64_t vpn;
+    std::uint32_t frame;
+  };
+  struct Batch {
+    std::vector<Victim> victims;
+    std::uint64_t gen = 0;
+  };
+
+  void loop();
+  bool refill_rings();
+  bool reclaim_dead_cores();
+  bool select_batch();
+  bool acked(std::uint64_t gen) const;
+  void wait_acked(std::uint64_t gen) const;
+  void finalize(Batch& b);
+  bool process_frees();
+  void idle_wait(unsigned idle_rounds);
+  std::vector<std::uint64_t> collect_hazards() const;
+  void release_frame(std::uint32_t f);
+  void publish_free_count();
+
+  detail::Runtime& rt_;
+  std::vector<std::uint32_t> free_;  // frames owned by the evictor
+  std::deque<Batch> pending_;        // batches waiting for acknowledgements
+  std::size_t pending_pages_ = 0;
+  std::uint64_t hand_ = 0;           // CLOCK hand over frames
+  std::unique_ptr<net::QueuePair> qp_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> free_count_{0};
+  std::uint32_t high_wm_ = 0;
+
+  std::mutex frees_mu_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> frees_;
+  std::atomic<bool> frees_pending_{false};
+};
+
+}  // namespace farmem::evict

@@ -1,0 +1,182 @@
+// The software page-fault path: a far deref that missed the core's TLB (or hit
+// it for the first time in this scope). Walks the page table and, by the page's
+// state: uses the resident frame, rescues a page the evictor picked, zero-fills a
+// never-touched page, or fetches a remote page through the core's queue pair.
+// It never evicts: frames come from the core's free ring, kept full by the evictor.
+#include <time.h>
+
+#include <cstring>
+#include <vector>
+
+#include "mem/page_state.hpp"
+#include "net/queue_pair.hpp"
+#include "runtime/fatal.hpp"
+#include "runtime/runtime.hpp"
+
+namespace farmem::detail {
+namespace {
+
+using mem::Kind;
+namespace ps = mem::ps;
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+constexpr std::uint64_t kStallLimitNs = 20ull * 1000 * 1000 * 1000;
+
+// Takes a free frame from the core's ring; waits for the evictor if it is empty.
+std::uint32_t take_frame(Runtime& rt, Core& c) {
+  if (c.spare_frame) {
+    std::uint32_t f = c.spare_frame;
+    c.spare_frame = 0;
+    return f;
+  }
+  FreeRing& r = c.ring;
+  std::uint64_t stall_start = 0;
+  for (unsigned spins = 0;; ++spins) {
+    std::uint32_t h = r.head.load(std::memory_order_relaxed);
+    std::uint32_t t = r.tail.load(std::memory_order_acquire);
+    if (h != t) {
+      std::uint32_t f = r.slots[h & (kRingSize - 1)];
+      r.head.store(h + 1, std::memory_order_release);
+      if (t - h <= kRingSize / 2) rt.kick_evictor();
+      return f;
+    }
+    if (spins == 0) {
+      c.stats.bump(c.stats.alloc_stalls);
+      stall_start = now_ns();
+    }
+    rt.kick_evictor();
+    ack_point(c);  // never hold up the batch that would free our frame
+    cpu_relax();
+    if ((spins & 0xffff) == 0xffff && now_ns() - stall_start > kStallLimitNs)
+      fatal("no free local frame for %llu s: open scopes pin every local page; shorten scopes "
+            "or raise FARMEM_LOCAL_MEM",
+            static_cast<unsigned long long>(kStallLimitNs / 1000000000ull));
+  }
+}
+
+void record_fault(Core& c, std::uint64_t t0) {
+  std::uint64_t ns = now_ns() - t0;
+  auto& b = c.stats.fault_hist[hist_bucket(ns)];
+  b.store(b.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+// Fetches far page `vpn` into frame f; returns when the bytes are there.
+void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
+  auto* qp = static_cast<net::QueuePair*>(c.qp);
+  qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
+  qp->submit();
+  net::Completion done[4];
+  while (qp->poll(done, 4) == 0) {
+    ack_point(c);
+    cpu_relax();
+  }
+  c.stats.bump(c.stats.fetches);
+}
+
+// Pins a page whose hazard could not be published (scope holds too many pages).
+void pin_overflow(Runtime& rt, Core& c, std::uint64_t vpn) {
+  if (c.pins == nullptr) c.pins = new std::vector<std::uint64_t>();
+  rt.pt[vpn].fetch_add(ps::kPinOne, std::memory_order_acq_rel);
+  static_cast<std::vector<std::uint64_t>*>(c.pins)->push_back(vpn);
+  ++c.npins;
+}
+
+// Publishes "this core holds page vpn until its scope ends" for the evictor.
+void publish(Runtime& rt, Core& c, std::uint64_t vpn) {
+  std::uint32_t n = c.nhazards.load(std::memory_order_relaxed);
+  if (n < kMaxHazards) {
+    c.hazards[n].store(vpn, std::memory_order_relaxed);
+    c.nhazards.store(n + 1, std::memory_order_release);
+  } else {
+    pin_overflow(rt, c, vpn);
+  }
+}
+
+}  // namespace
+
+char* deref_slow(Core& c, std::uint64_t addr, bool write) {
+  Runtime& rt = current();
+  const std::uint64_t vpn = addr >> kPageShift;
+  TlbEntry& e = c.tlb[vpn & (kTlbEntries - 1)];
+  if (vpn == 0 || vpn >= rt.far_pages)
+    fatal("far pointer 0x%llx is outside far memory (null or corrupt far pointer)",
+          static_cast<unsigned long long>(addr));
+
+  if (e.vpn == vpn) {  // cached translation: first use in this scope, or first write
+    if (e.scope != c.scope_serial) {
+      publish(rt, c, vpn);
+      e.scope = c.scope_serial;
+    }
+    if (write && !e.writable) {
+      rt.pt[vpn].fetch_or(ps::kDirty, std::memory_order_acq_rel);
+      e.writable = 1;
+    }
+    return e.frame + (addr & kPageMask);
+  }
+
+  std::atomic<std::uint64_t>& word = rt.pt[vpn];
+  const std::uint64_t touch = ps::kAccessed | (write ? ps::kDirty : 0);
+  std::uint64_t frame = 0;
+  for (;;) {
+    std::uint64_t s = word.load(std::memory_order_acquire);
+    switch (ps::kind(s)) {
+      case Kind::Resident: {
+        if ((s & touch) != touch &&
+            !word.compare_exchange_weak(s, s | touch, std::memory_order_acq_rel))
+          continue;
+        frame = ps::frame(s);
+        break;
+      }
+      case Kind::Evicting: {  // picked by the evictor but not gone yet: take it back
+        if (!word.compare_exchange_weak(s, ps::with_kind(s, Kind::Resident) | touch,
+                                        std::memory_order_acq_rel))
+          continue;
+        c.stats.bump(c.stats.rescues);
+        frame = ps::frame(s);
+        break;
+      }
+      case Kind::Untouched:
+      case Kind::Remote: {
+        const std::uint64_t t0 = now_ns();
+        std::uint32_t f = take_frame(rt, c);
+        if (!word.compare_exchange_strong(s, ps::make(Kind::Fetching, f, 0),
+                                          std::memory_order_acq_rel)) {
+          c.spare_frame = f;  // someone else moved the page; retry
+          continue;
+        }
+        std::uint64_t flags = touch;
+        if (ps::kind(s) == Kind::Untouched) {
+          std::memset(rt.frame_addr(f), 0, kPageSize);
+          c.stats.bump(c.stats.zero_fills);
+        } else {
+          fetch(rt, c, vpn, f);
+          flags |= ps::kHasRemote;
+        }
+        rt.owner[f].store(vpn, std::memory_order_relaxed);
+        word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
+        c.stats.bump(c.stats.faults);
+        record_fault(c, t0);
+        frame = f;
+        break;
+      }
+      case Kind::Fetching:  // another core is bringing it in
+        ack_point(c);
+        cpu_relax();
+        continue;
+    }
+    break;
+  }
+  publish(rt, c, vpn);
+  e.vpn = vpn;
+  e.frame = rt.frame_addr(frame);
+  e.scope = c.scope_serial;
+  e.writable = write;
+  return e.frame + (addr & kPageMask);
+}
+
+}  // namespace farmem::detail

@@ -1,0 +1,44 @@
+// One atomic 64-bit state word per far page: where the page is and what the
+// fault and eviction paths know about it. Every transition is a CAS on this word.
+//
+//   bits 0-2  kind (Untouched, Resident, Fetching, Evicting, Remote)
+//   bit  3    accessed (set on TLB fill; CLOCK clears it)
+//   bit  4    dirty (the frame differs from the remote copy)
+//   bit  5    has_remote (the memory server holds a copy of this page)
+//   bits 8-23 overflow pin count (scopes that ran out of hazard slots)
+//   bits 24-63 frame number (Resident, Fetching, Evicting)
+#pragma once
+#include <cstdint>
+
+namespace farmem::mem {
+
+enum class Kind : std::uint64_t {
+  Untouched = 0,  // never written: reads as zeros, no round trip
+  Resident = 1,   // in a local frame
+  Fetching = 2,   // a core is filling a frame; others wait
+  Evicting = 3,   // chosen by the evictor; still in its frame and can be rescued
+  Remote = 4,     // only on the memory server (slot = page number)
+};
+
+namespace ps {
+inline constexpr std::uint64_t kKindMask = 0x7;
+inline constexpr std::uint64_t kAccessed = 1u << 3;
+inline constexpr std::uint64_t kDirty = 1u << 4;
+inline constexpr std::uint64_t kHasRemote = 1u << 5;
+inline constexpr unsigned kPinShift = 8;
+inline constexpr std::uint64_t kPinOne = std::uint64_t{1} << kPinShift;
+inline constexpr std::uint64_t kPinMask = std::uint64_t{0xffff} << kPinShift;
+inline constexpr unsigned kFrameShift = 24;
+
+inline Kind kind(std::uint64_t s) { return static_cast<Kind>(s & kKindMask); }
+inline std::uint64_t frame(std::uint64_t s) { return s >> kFrameShift; }
+inline std::uint64_t pins(std::uint64_t s) { return (s & kPinMask) >> kPinShift; }
+inline std::uint64_t with_kind(std::uint64_t s, Kind k) {
+  return (s & ~kKindMask) | static_cast<std::uint64_t>(k);
+}
+inline std::uint64_t make(Kind k, std::uint64_t frame, std::uint64_t flags) {
+  return (frame << kFrameShift) | flags | static_cast<std::uint64_t>(k);
+}
+}  // namespace ps
+
+}  // namespace farmem::mem

@@ -1,0 +1,48 @@
+// The transport interface: per-core queue pairs that move whole pages between a
+// local frame and a remote slot, asynchronously. post_* queue work, submit()
+// rings the doorbell for everything queued (one batch), poll() reaps completions.
+// A queue pair is used by one thread only; there is no lock between cores.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace farmem {
+struct Config;
+}
+
+namespace farmem::net {
+
+struct Completion {
+  std::uint64_t cookie;
+};
+
+class QueuePair {
+ public:
+  virtual ~QueuePair() = default;
+  virtual void post_read(std::uint64_t remote_off, void* local, std::size_t len,
+                         std::uint64_t cookie) = 0;
+  virtual void post_write(std::uint64_t remote_off, const void* local, std::size_t len,
+                          std::uint64_t cookie) = 0;
+  virtual void submit() = 0;
+  // Returns how many completions were written to out (at most max). Never blocks.
+  virtual std::size_t poll(Completion* out, std::size_t max) = 0;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual std::unique_ptr<QueuePair> create_qp() = 0;
+  // The remote copies of [off, off+len) are no longer needed.
+  virtual void discard(std::uint64_t off, std::uint64_t len) = 0;
+  // Bytes the memory server holds for us (its resident memory), or 0 if unknown.
+  virtual std::uint64_t remote_usage() = 0;
+  virtual void shutdown() = 0;
+  virtual std::string describe() const = 0;
+};
+
+// Starts or connects to the memory server named by cfg.backend; throws farmem::Error.
+std::unique_ptr<Transport> connect(const Config& cfg);
+
+}  // namespace farmem::net

@@ -1,0 +1,33 @@
+// Control messages between the runtime and its embedded (shm) memory server,
+// over a SOCK_SEQPACKET socketpair. Page data never crosses this socket: the
+// client moves pages with process_vm_readv/writev, one-sided, like RDMA READ/WRITE.
+#pragma once
+#include <cstdint>
+
+namespace farmem::net::shm {
+
+inline constexpr std::uint32_t kMagic = 0x46524d53;  // "FRMS"
+inline constexpr std::uint32_t kVersion = 1;
+
+struct Hello {          // server -> client, once, when its memory is mapped
+  std::uint32_t magic;
+  std::uint32_t version;
+  std::uint64_t pid;
+  std::uint64_t base;      // address of the far region in the server
+  std::uint64_t capacity;  // bytes
+};
+
+enum class Op : std::uint32_t { Discard = 1, Usage = 2, Bye = 3 };
+
+struct Request {        // client -> server
+  Op op;
+  std::uint32_t pad;
+  std::uint64_t off;
+  std::uint64_t len;
+};
+
+struct Reply {          // server -> client (Usage)
+  std::uint64_t value;
+};
+
+}  // namespace farmem::net::shm

@@ -1,0 +1,113 @@
+// Configuration: sizes, percentages and the FARMEM_* environment variables.
+// Every bad value becomes a farmem::Error with one line naming the fix.
+#include <unistd.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "farmem/runtime.hpp"
+
+namespace farmem {
+namespace {
+
+std::string trim(const std::string& s) {
+  std::size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return (v && *v) ? v : nullptr;
+}
+
+std::uint64_t parse_u64(const char* name, const char* v) {
+  std::string s = trim(v);
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long x = std::strtoull(s.c_str(), &end, 10);
+  if (s.empty() || s[0] == '-' || errno || *end)
+    throw Error(std::string(name) + "='" + v + "' is not a non-negative integer");
+  return x;
+}
+
+}  // namespace
+
+std::uint64_t parse_size(const std::string& text, const std::string& what) {
+  std::string s = trim(text);
+  auto bad = [&] {
+    return Error(what + "='" + text + "' is not a size; write e.g. 512M, 2G or 1073741824");
+  };
+  if (s.empty() || !(std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '.')) throw bad();
+  char* end = nullptr;
+  double v = std::strtod(s.c_str(), &end);
+  std::string unit = lower(trim(end));
+  double mult;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "tb" || unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
+  else throw bad();
+  double bytes = v * mult;
+  if (!std::isfinite(bytes) || bytes < 0 || bytes > 9.0e18) throw bad();
+  return static_cast<std::uint64_t>(bytes);
+}
+
+std::uint64_t parse_size_or_percent(const std::string& text, std::uint64_t whole,
+                                    const std::string& what) {
+  std::string s = trim(text);
+  if (!s.empty() && s.back() == '%') {
+    char* end = nullptr;
+    std::string num = s.substr(0, s.size() - 1);
+    double p = std::strtod(num.c_str(), &end);
+    if (num.empty() || *end || !(p > 0) || p > 100)
+      throw Error(what + "='" + text + "' is not a percentage; write e.g. 25%");
+    return static_cast<std::uint64_t>(static_cast<double>(whole) * p / 100.0);
+  }
+  return parse_size(s, what);
+}
+
+std::uint64_t physical_memory_bytes() {
+  return static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+         static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+Config Config::from_env() {
+  Config c;
+  if (const char* v = env("FARMEM_LOCAL_MEM"))
+    c.local_mem_bytes = parse_size_or_percent(v, physical_memory_bytes(), "FARMEM_LOCAL_MEM");
+  if (const char* v = env("FARMEM_FAR_MEM")) c.far_mem_bytes = parse_size(v, "FARMEM_FAR_MEM");
+  if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
+  if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
+  if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
+  if (const char* v = env("FARMEM_EVICTOR_CPU")) {
+    std::uint64_t cpu = parse_u64("FARMEM_EVICTOR_CPU", v);
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+    if (cpu >= static_cast<std::uint64_t>(ncpu))
+      throw Error(std::string("FARMEM_EVICTOR_CPU=") + v + " but this machine has CPUs 0-" +
+                  std::to_string(ncpu - 1));
+    c.evictor_cpu = static_cast<int>(cpu);
+  }
+  if (const char* v = env("FARMEM_EVICT_BATCH")) {
+    std::uint64_t b = parse_u64("FARMEM_EVICT_BATCH", v);
+    if (b < 1 || b > 1024)
+      throw Error(std::string("FARMEM_EVICT_BATCH=") + v + " is out of range; use 1 to 1024");
+    c.evict_batch = static_cast<unsigned>(b);
+  }
+  if (const char* v = env("FARMEM_STATS")) {
+    std::string s = lower(trim(v));
+    if (s == "1" || s == "true" || s == "yes") c.stats_at_exit = true;
+    else if (s == "0" || s == "false" || s == "no") c.stats_at_exit = false;
+    else throw Error(std::string("FARMEM_STATS='") + v + "' is not a boolean; use 1 or 0");
+  }
+  return c;
+}
+
+}  // namespace farmem

@@ -1,0 +1,179 @@
+// Runtime bootstrap and teardown: validates the configuration, maps the page
+// table and the frame pool, starts the memory server and the evictor, and stops
+// them at exit (printing statistics when FARMEM_STATS=1).
+#include "runtime/runtime.hpp"
+
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "evict/evictor.hpp"
+#include "runtime/fatal.hpp"
+
+namespace farmem {
+namespace detail {
+
+std::atomic<Runtime*> g_runtime_ptr{nullptr};
+
+namespace {
+std::mutex g_init_mu;
+bool g_shut_down = false;
+
+constexpr std::uint64_t kMinLocalMem = 8ull << 20;
+constexpr std::uint64_t kDefaultFarMem = 64ull << 30;
+constexpr std::uint64_t kHuge = 2ull << 20;
+
+void* map_region(std::uint64_t bytes, bool populate, const char* what) {
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* p = mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error(std::string("cannot map ") + what + " (" + std::to_string(bytes >> 20) +
+                " MiB): " + std::strerror(errno) + "; lower FARMEM_LOCAL_MEM or FARMEM_FAR_MEM");
+  char* a = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1));
+  if (populate) {
+    madvise(a, bytes, MADV_HUGEPAGE);
+    // Fault the frame pool in now, so the fault path never pays a kernel fault.
+    if (madvise(a, bytes, MADV_POPULATE_WRITE) != 0)
+      for (std::uint64_t off = 0; off < bytes; off += 4096) a[off] = 0;
+  }
+  return a;
+}
+
+void at_exit() { farmem::shutdown(); }
+
+}  // namespace
+
+void Runtime::kick_evictor() {
+  if (evictor_sleeping.load(std::memory_order_seq_cst)) {
+    kick_word.fetch_add(1, std::memory_order_seq_cst);
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&kick_word), FUTEX_WAKE_PRIVATE, 1,
+            nullptr, nullptr, 0);
+  }
+}
+
+void fatal(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "farmem: %s\n", buf);
+  std::fflush(stderr);
+  _exit(1);
+}
+
+Runtime& runtime() {
+  if (Runtime* r = g_runtime_ptr.load(std::memory_order_acquire)) return *r;
+  {
+    std::lock_guard<std::mutex> g(g_init_mu);
+    if (g_shut_down) fatal("far memory used after farmem::shutdown()");
+  }
+  try {
+    farmem::init(Config::from_env());
+  } catch (const Error& e) {
+    if (g_runtime_ptr.load() == nullptr) {  // else another thread won the race to init
+      std::fprintf(stderr, "farmem: %s\n", e.what());
+      std::exit(1);
+    }
+  }
+  return *g_runtime_ptr.load(std::memory_order_acquire);
+}
+
+}  // namespace detail
+
+void init(const Config& in) {
+  using namespace detail;
+  std::lock_guard<std::mutex> g(g_init_mu);
+  if (g_runtime_ptr.load() != nullptr)
+    throw Error("farmem::init called twice; call it once, before the first far allocation");
+  Config cfg = in;
+  const std::uint64_t phys = physical_memory_bytes();
+  if (cfg.local_mem_bytes == 0) cfg.local_mem_bytes = phys / 4;
+  if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = kDefaultFarMem;
+  auto mib = [](std::uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
+  if (cfg.local_mem_bytes > phys)
+    throw Error("local memory budget " + mib(cfg.local_mem_bytes) +
+                " exceeds this machine's physical memory (" + mib(phys) +
+                "); lower FARMEM_LOCAL_MEM");
+  if (cfg.local_mem_bytes < kMinLocalMem)
+    throw Error("local memory budget " + std::to_string(cfg.local_mem_bytes) +
+                " bytes is below the minimum of 8 MiB the runtime needs; raise FARMEM_LOCAL_MEM");
+  if (cfg.far_mem_bytes < (16ull << 20) || cfg.far_mem_bytes > (1ull << 46))
+    throw Error("far memory size " + mib(cfg.far_mem_bytes) +
+                " is out of range; set FARMEM_FAR_MEM between 16M and 64T");
+  if (cfg.backend.empty()) cfg.backend = "shm";
+  if (cfg.backend != "shm") {
+    auto scheme = cfg.backend.substr(0, cfg.backend.find("://"));
+    if (scheme == "tcp" || scheme == "rdma" || scheme == "dpdk")
+      throw Error("FARMEM_BACKEND=" + cfg.backend + ": the " + scheme +
+                  " transport is not built yet; use shm (the embedded memory server)");
+    throw Error("FARMEM_BACKEND=" + cfg.backend +
+                " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+  }
+
+  auto rt = std::make_unique<Runtime>();
+  rt->cfg = cfg;
+  rt->far_pages = (cfg.far_mem_bytes + kPageSize - 1) / kPageSize;
+  rt->nframes = static_cast<std::uint32_t>(cfg.local_mem_bytes / kPageSize);
+  rt->pt = static_cast<std::atomic<std::uint64_t>*>(
+      map_region(rt->far_pages * sizeof(std::uint64_t), false, "the page table"));
+  rt->pool = static_cast<char*>(map_region(std::uint64_t{rt->nframes} * kPageSize, true, "the frame pool"));
+  rt->owner = static_cast<std::atomic<std::uint64_t>*>(
+      map_region((std::uint64_t{rt->nframes} + 1) * sizeof(std::uint64_t), false, "the frame map"));
+  rt->cores = new Core[kMaxCores];
+  rt->transport = net::connect(cfg);  // starts the memory server; throws Error
+  rt->far.reset(1, rt->far_pages);   // far page 0 is the null far pointer
+  Runtime* r = rt.release();
+  g_runtime_ptr.store(r, std::memory_order_release);
+  r->evictor = std::make_unique<evict::Evictor>(*r);
+  r->evictor->start();
+  static bool registered = false;
+  if (!registered) {
+    registered = true;
+    std::atexit(at_exit);
+  }
+}
+
+bool initialized() { return detail::g_runtime_ptr.load() != nullptr; }
+
+void shutdown() {
+  using namespace detail;
+  std::lock_guard<std::mutex> g(g_init_mu);
+  Runtime* r = g_runtime_ptr.load();
+  if (r == nullptr || g_shut_down) return;
+  g_shut_down = true;
+  if (r->cfg.stats_at_exit) {
+    std::string line = stats_json();
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  r->evictor->stop();
+  r->transport->shutdown();
+  // The runtime's memory stays mapped: other threads may still hold far pointers.
+}
+
+std::uint64_t far_alloc(std::size_t bytes) {
+  detail::Runtime& rt = detail::runtime();
+  std::uint64_t pages = (bytes + detail::kPageSize - 1) / detail::kPageSize;
+  std::uint64_t first = rt.far.alloc(pages ? pages : 1);
+  if (first == 0)
+    throw Error("far memory exhausted allocating " + std::to_string(bytes >> 20) + " MiB (" +
+                std::to_string(rt.far.allocated_pages() * detail::kPageSize >> 20) + " of " +
+                std::to_string(rt.cfg.far_mem_bytes >> 20) + " MiB in use); raise FARMEM_FAR_MEM");
+  return first << detail::kPageShift;
+}
+
+void far_free(std::uint64_t addr, std::size_t bytes) {
+  if (addr == 0) return;
+  detail::Runtime& rt = detail::current();
+  std::uint64_t pages = (bytes + detail::kPageSize - 1) / detail::kPageSize;
+  rt.evictor->free_range(addr >> detail::kPageShift, pages ? pages : 1);
+}
+
+}  // namespace farmem

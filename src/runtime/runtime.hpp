@@ -1,0 +1,76 @@
+// The runtime singleton: what every subsystem shares (page table, frame pool,
+// cores, transport, evictor). Internal.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "farmem/detail/core.hpp"
+#include "farmem/runtime.hpp"
+#include "mem/far_alloc.hpp"
+#include "net/queue_pair.hpp"
+
+namespace farmem::evict {
+class Evictor;
+}
+
+namespace farmem::detail {
+
+struct Runtime {
+  Config cfg;
+
+  // Page table: one state word per far page (mem/page_state.hpp). Far page n
+  // lives in remote slot n of the memory server.
+  std::atomic<std::uint64_t>* pt = nullptr;
+  std::uint64_t far_pages = 0;
+
+  // Frame pool: frames 1..nframes (0 means "no frame").
+  char* pool = nullptr;                        // address of frame 1
+  std::uint32_t nframes = 0;
+  std::atomic<std::uint64_t>* owner = nullptr; // frame -> far page number, 0 = free
+  char* frame_addr(std::uint64_t f) const { return pool + (f - 1) * kPageSize; }
+
+  Core* cores = nullptr;                       // kMaxCores slots
+  std::atomic<std::uint32_t> core_hwm{0};      // slots in use are below this
+
+  std::unique_ptr<net::Transport> transport;
+  mem::FarAllocator far;
+  std::unique_ptr<evict::Evictor> evictor;
+
+  // Evictor-side statistics (the evictor is the only writer).
+  std::atomic<std::uint64_t> evictions{0}, writebacks{0}, clean_drops{0}, shootdowns{0},
+      discarded_pages{0}, evictor_rescues{0}, to_remote{0}, discarded_remote{0};
+
+  // Evictor wake-up: cores kick when their free ring runs low.
+  std::atomic<std::uint32_t> evictor_sleeping{0};
+  std::atomic<std::uint32_t> kick_word{0};
+  void kick_evictor();
+
+  std::uint64_t page_table_bytes() const { return far_pages * sizeof(std::uint64_t); }
+};
+
+extern std::atomic<Runtime*> g_runtime_ptr;
+// The running runtime; only valid once a core is registered or init() returned.
+inline Runtime& current() { return *g_runtime_ptr.load(std::memory_order_acquire); }
+Runtime& runtime();  // starts the runtime from the environment on first use
+
+inline void cpu_relax() { __builtin_ia32_pause(); }
+
+// A point where a core that is blocked inside a scope acknowledges shootdowns:
+// its TLB is flushed, its hazards keep protecting the pages it holds.
+void ack_point(Core& c);
+
+// Fault-latency histogram bucket (log-linear: 8 sub-buckets per power of two).
+inline unsigned hist_bucket(std::uint64_t ns) {
+  if (ns < 8) return static_cast<unsigned>(ns);
+  unsigned msb = 63 - static_cast<unsigned>(__builtin_clzll(ns));
+  return msb * 8 + static_cast<unsigned>((ns >> (msb - 3)) & 7);
+}
+inline std::uint64_t hist_value(unsigned b) {
+  if (b < 8) return b;
+  unsigned msb = b / 8;
+  return (std::uint64_t{8} | (b & 7)) << (msb - 3);
+}
+
+}  // namespace farmem::detail

@@ -1,0 +1,103 @@
+// Sizes, percentages and FARMEM_* parsing: every bad value is a one-line Error.
+#include <catch2/catch.hpp>
+#include <cstdlib>
+
+#include "farmem/runtime.hpp"
+
+using farmem::Config;
+using farmem::Error;
+using farmem::parse_size;
+using farmem::parse_size_or_percent;
+
+TEST_CASE("sizes parse with binary suffixes") {
+  CHECK(parse_size("4096", "x") == 4096);
+  CHECK(parse_size("4K", "x") == 4096);
+  CHECK(parse_size("512M", "x") == 512ull << 20);
+  CHECK(parse_size("2G", "x") == 2ull << 30);
+  CHECK(parse_size("2GiB", "x") == 2ull << 30);
+  CHECK(parse_size(" 1.5g ", "x") == 3ull << 29);
+  CHECK(parse_size("1T", "x") == 1ull << 40);
+}
+
+TEST_CASE("bad sizes name the variable and the fix") {
+  for (const char* bad : {"", "abc", "12Q", "-5M", "1e400", "G", "5 M B"}) {
+    INFO(bad);
+    try {
+      parse_size(bad, "FARMEM_LOCAL_MEM");
+      FAIL("accepted");
+    } catch (const Error& e) {
+      std::string m = e.what();
+      CHECK(m.find("FARMEM_LOCAL_MEM") != std::string::npos);
+      CHECK(m.find("512M") != std::string::npos);
+      CHECK(m.find('\n') == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("percentages are of the given whole") {
+  CHECK(parse_size_or_percent("25%", 1000, "x") == 250);
+  CHECK(parse_size_or_percent("100%", 1000, "x") == 1000);
+  CHECK(parse_size_or_percent("1M", 1000, "x") == 1ull << 20);
+  CHECK_THROWS_AS(parse_size_or_percent("0%", 1000, "x"), Error);
+  CHECK_THROWS_AS(parse_size_or_percent("101%", 1000, "x"), Error);
+  CHECK_THROWS_AS(parse_size_or_percent("x%", 1000, "x"), Error);
+}
+
+TEST_CASE("the environment is read and validated") {
+  setenv("FARMEM_LOCAL_MEM", "64M", 1);
+  setenv("FARMEM_SHM_DELAY_NS", "5000", 1);
+  setenv("FARMEM_STATS", "1", 1);
+  Config c = Config::from_env();
+  CHECK(c.local_mem_bytes == 64ull << 20);
+  CHECK(c.shm_delay_ns == 5000);
+  CHECK(c.stats_at_exit);
+  CHECK(c.backend == "shm");
+
+  setenv("FARMEM_LOCAL_MEM", "10%", 1);
+  CHECK(Config::from_env().local_mem_bytes == farmem::physical_memory_bytes() / 10);
+
+  setenv("FARMEM_SHM_DELAY_NS", "-3", 1);
+  CHECK_THROWS_AS(Config::from_env(), Error);
+  setenv("FARMEM_SHM_DELAY_NS", "0", 1);
+  setenv("FARMEM_STATS", "maybe", 1);
+  CHECK_THROWS_AS(Config::from_env(), Error);
+  setenv("FARMEM_STATS", "0", 1);
+  setenv("FARMEM_EVICTOR_CPU", "4096", 1);
+  CHECK_THROWS_AS(Config::from_env(), Error);
+  unsetenv("FARMEM_EVICTOR_CPU");
+  setenv("FARMEM_EVICT_BATCH", "0", 1);
+  CHECK_THROWS_AS(Config::from_env(), Error);
+  unsetenv("FARMEM_EVICT_BATCH");
+  unsetenv("FARMEM_LOCAL_MEM");
+  unsetenv("FARMEM_SHM_DELAY_NS");
+  unsetenv("FARMEM_STATS");
+}
+
+TEST_CASE("init rejects budgets the machine cannot honour") {
+  Config c;
+  c.local_mem_bytes = farmem::physical_memory_bytes() * 2;
+  try {
+    farmem::init(c);
+    FAIL("accepted");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("exceeds this machine's physical memory") != std::string::npos);
+  }
+  c.local_mem_bytes = 1 << 20;
+  try {
+    farmem::init(c);
+    FAIL("accepted");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("below the minimum") != std::string::npos);
+  }
+  c.local_mem_bytes = 16 << 20;
+  c.backend = "tcp://10.0.0.1:7000";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("not built yet"));
+  c.backend = "carrier-pigeon";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not a backend"));
+  c.backend = "shm";
+  c.server_path = "/nonexistent/farmem-server";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("FARMEM_SERVER"));
+  c.server_path = "/bin/false";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("failed to start"));
+  CHECK_FALSE(farmem::initialized());
+}
