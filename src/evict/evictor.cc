@@ -251,6 +251,8 @@ void Evictor::finalize(Batch& b) {
         continue;
       }
       if (s & ps::kDirty) {
+        // From here no core may touch the frame until the copy is done.
+        if (!word.compare_exchange_strong(s, s | ps::kWriting, std::memory_order_acq_rel)) continue;
         dirty.push_back(v);
         break;
       }
@@ -279,10 +281,17 @@ void Evictor::finalize(Batch& b) {
   for (const Victim& v : dirty) {
     std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
     std::uint64_t s = word.load(std::memory_order_acquire);
-    // A core may have rescued it while we wrote: then it stays resident and dirty.
-    while (ps::kind(s) == Kind::Evicting && ps::frame(s) == v.frame) {
-      if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
-                                     std::memory_order_acq_rel)) {
+    for (;;) {
+      if (s & ps::kWanted) {  // a core faulted on it meanwhile: keep it, now clean
+        std::uint64_t keep = ps::make(Kind::Resident, v.frame, ps::kHasRemote | ps::kAccessed) |
+                             (s & ps::kPinMask);
+        if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
+          rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
+          rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
+          break;
+        }
+      } else if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
+                                            std::memory_order_acq_rel)) {
         release_frame(v.frame);
         rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
         rt_.evictions.fetch_add(1, std::memory_order_relaxed);

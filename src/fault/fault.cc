@@ -133,6 +133,13 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
         break;
       }
       case Kind::Evicting: {  // picked by the evictor but not gone yet: take it back
+        if (s & ps::kWriting) {
+          // Being copied out: ask the evictor to keep it and wait for the copy.
+          if (!(s & ps::kWanted)) word.compare_exchange_weak(s, s | ps::kWanted, std::memory_order_acq_rel);
+          ack_point(c);
+          cpu_relax();
+          continue;
+        }
         if (!word.compare_exchange_weak(s, ps::with_kind(s, Kind::Resident) | touch,
                                         std::memory_order_acq_rel))
           continue;

@@ -5,6 +5,8 @@
 //   bit  3    accessed (set on TLB fill; CLOCK clears it)
 //   bit  4    dirty (the frame differs from the remote copy)
 //   bit  5    has_remote (the memory server holds a copy of this page)
+//   bit  6    writing (Evicting: the evictor is copying the frame out; no rescue)
+//   bit  7    wanted (Evicting+writing: a core waits for it; keep it resident)
 //   bits 8-23 overflow pin count (scopes that ran out of hazard slots)
 //   bits 24-63 frame number (Resident, Fetching, Evicting)
 #pragma once
@@ -25,6 +27,8 @@ inline constexpr std::uint64_t kKindMask = 0x7;
 inline constexpr std::uint64_t kAccessed = 1u << 3;
 inline constexpr std::uint64_t kDirty = 1u << 4;
 inline constexpr std::uint64_t kHasRemote = 1u << 5;
+inline constexpr std::uint64_t kWriting = 1u << 6;
+inline constexpr std::uint64_t kWanted = 1u << 7;
 inline constexpr unsigned kPinShift = 8;
 inline constexpr std::uint64_t kPinOne = std::uint64_t{1} << kPinShift;
 inline constexpr std::uint64_t kPinMask = std::uint64_t{0xffff} << kPinShift;

@@ -57,7 +57,10 @@ TEST_CASE("far memory lives in the server, not in our resident set") {
     INFO("VmRSS " << (rss >> 20) << " MiB, before " << (rss_before >> 20) << " MiB");
     // The frame pool was mapped at init; touching far memory must not grow RSS
     // beyond page-table pages (8 bytes per far page) and small bookkeeping.
-    CHECK(rss <= rss_before + bytes / 512 + (4ull << 20));
+    if (test::kSanitized)
+      WARN("RSS bound not checked: sanitizer shadow memory counts in VmRSS");
+    else
+      CHECK(rss <= rss_before + bytes / 512 + (4ull << 20));
     Stats st = stats();
     CHECK(st.far_bytes >= bytes / 2);
     CHECK(st.resident_bytes <= budget);
