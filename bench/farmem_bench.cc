@@ -22,6 +22,7 @@
 
 #include "farmem/far.hpp"
 #include "farmem/runtime.hpp"
+#include "farmem/uthread.hpp"
 
 namespace {
 
@@ -34,6 +35,7 @@ struct Options {
   std::string local_mem = "25%";
   std::uint64_t ops = 5'000'000;
   unsigned threads = 1;
+  unsigned uthreads = 0;  // per application thread; 0 = plain blocking threads
   bool json = false;
   bool verify = true;
   std::uint64_t seed = 42;
@@ -48,7 +50,8 @@ void usage() {
   std::printf(
       "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|local]\n"
       "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--ops N]\n"
-      "                    [--threads N] [--seed N] [--no-verify] [--json]\n"
+      "                    [--threads N] [--uthreads N] [--seed N] [--no-verify] [--json]\n"
+      "  --uthreads N runs N uthreads per application thread (0: plain blocking threads).\n"
       "  --local-mem is the local-memory budget for --mode sw (PCT%% of the working set).\n"
       "  Environment: FARMEM_* variables (docs/configuration.md) apply to --mode sw.\n");
 }
@@ -77,6 +80,7 @@ Options parse(int argc, char** argv) {
       else if (a == "--local-mem") o.local_mem = value();
       else if (a == "--ops") o.ops = parse_count(a, value());
       else if (a == "--threads") o.threads = static_cast<unsigned>(parse_count(a, value()));
+      else if (a == "--uthreads") o.uthreads = static_cast<unsigned>(parse_count(a, value()));
       else if (a == "--seed") o.seed = parse_count(a, value());
       else if (a == "--json") o.json = true;
       else if (a == "--no-verify") o.verify = false;
@@ -92,6 +96,8 @@ Options parse(int argc, char** argv) {
   if (o.working_set < 4096) die("--working-set must be at least 4K");
   if (o.threads < 1 || o.threads > 60) die("--threads must be between 1 and 60");
   if (o.ops < o.threads) die("--ops must be at least --threads");
+  if (o.uthreads > 100000) die("--uthreads must be at most 100000");
+  if (o.uthreads && o.mode != "sw") die("--uthreads needs --mode sw");
   return o;
 }
 
@@ -186,6 +192,34 @@ double run_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::ui
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The same ops spread over threads*uthreads uthreads on `threads` schedulers.
+template <class Access>
+double run_ops_uthreads(const Options& o, std::uint64_t pages, std::uint64_t ops,
+                        std::uint64_t seed_base, const Zipf* zipf, Access access) {
+  const unsigned total = o.threads * o.uthreads;
+  farmem::uthread::WaitGroup wg;
+  wg.add(total);
+  auto t0 = std::chrono::steady_clock::now();
+  for (unsigned t = 0; t < total; ++t) {
+    farmem::uthread::spawn([&, t] {
+      Rng rng(seed_base + t);
+      std::uint64_t n = ops / total + (t < ops % total ? 1 : 0);
+      std::uint64_t seq = pages * t / total;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        std::uint64_t r = rng.next();
+        std::uint64_t page;
+        if (o.workload == "uniform") page = r % pages;
+        else if (o.workload == "seq") page = seq++ % pages;
+        else page = zipf->next(rng);
+        access(page, (r >> 40) % kWordsPerPage);
+      }
+      wg.done();
+    }).detach();
+  }
+  wg.wait();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,11 +262,17 @@ int main(int argc, char** argv) {
       farmem::Scope s;
       a.mut(s, page * kWordsPerPage + word) += 1;
     };
-    run_ops(o, pages, warm_ops, o.seed + 1000, zipf.get(), access);
+    if (o.uthreads) farmem::uthread::start(o.threads);
+    auto run = [&](std::uint64_t n, std::uint64_t seed) {
+      return o.uthreads ? run_ops_uthreads(o, pages, n, seed, zipf.get(), access)
+                        : run_ops(o, pages, n, seed, zipf.get(), access);
+    };
+    run(warm_ops, o.seed + 1000);
     farmem::reset_fault_histogram();
     before = farmem::stats();
-    seconds = run_ops(o, pages, o.ops, o.seed, zipf.get(), access);
+    seconds = run(o.ops, o.seed);
     after = farmem::stats();
+    if (o.uthreads) farmem::uthread::stop();
     faults = after.faults - before.faults;
     evictions = after.evictions - before.evictions;
     p50 = after.fault_p50_ns;
@@ -277,12 +317,12 @@ int main(int argc, char** argv) {
   if (o.json) {
     std::printf(
         "{\"workload\":\"%s\",\"mode\":\"%s\",\"working_set_bytes\":%llu,\"local_mem_bytes\":%llu,"
-        "\"threads\":%u,\"ops\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,\"ns_per_op\":%.1f,"
+        "\"threads\":%u,\"uthreads\":%u,\"ops\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,\"ns_per_op\":%.1f,"
         "\"faults\":%llu,\"evictions\":%llu,\"fault_p50_ns\":%llu,\"fault_p99_ns\":%llu,"
         "\"writebacks\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"alloc_stalls\":%llu,"
         "\"rescues\":%llu,\"verified\":%s}\n",
         o.workload.c_str(), o.mode.c_str(), (unsigned long long)(pages * 4096),
-        (unsigned long long)local_mem, o.threads, (unsigned long long)o.ops, seconds, ops_per_sec,
+        (unsigned long long)local_mem, o.threads, o.uthreads, (unsigned long long)o.ops, seconds, ops_per_sec,
         ns_per_op, (unsigned long long)faults, (unsigned long long)evictions, (unsigned long long)p50,
         (unsigned long long)p99, (unsigned long long)(after.writebacks - before.writebacks),
         (unsigned long long)(after.bytes_in - before.bytes_in),

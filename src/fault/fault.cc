@@ -12,6 +12,7 @@
 #include "net/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
+#include "sched/sched.hpp"
 
 namespace farmem::detail {
 namespace {
@@ -23,6 +24,17 @@ std::uint64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+// Waiting inside the fault path: a uthread lets others run (its scheduler acks
+// shootdowns at the switch); a plain thread acks and spins.
+void wait_a_little(Core& c) {
+  if (uthread::detail::current() != nullptr) {
+    uthread::yield();
+  } else {
+    ack_point(c);
+    cpu_relax();
+  }
 }
 
 constexpr std::uint64_t kStallLimitNs = 20ull * 1000 * 1000 * 1000;
@@ -50,8 +62,7 @@ std::uint32_t take_frame(Runtime& rt, Core& c) {
       stall_start = now_ns();
     }
     rt.kick_evictor();
-    ack_point(c);  // never hold up the batch that would free our frame
-    cpu_relax();
+    wait_a_little(c);  // never hold up the batch that would free our frame
     if ((spins & 0xffff) == 0xffff && now_ns() - stall_start > kStallLimitNs)
       fatal("no free local frame for %llu s: open scopes pin every local page; shorten scopes "
             "or raise FARMEM_LOCAL_MEM",
@@ -68,6 +79,14 @@ void record_fault(Core& c, std::uint64_t t0) {
 // Fetches far page `vpn` into frame f; returns when the bytes are there.
 void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   auto* qp = static_cast<net::QueuePair*>(c.qp);
+  if (uthread::detail::Uthread* u = uthread::detail::current()) {
+    // Park; the scheduler polls the queue pair and wakes us when the page is in.
+    qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, reinterpret_cast<std::uint64_t>(u));
+    qp->submit();
+    uthread::detail::park_io();
+    c.stats.bump(c.stats.fetches);
+    return;
+  }
   qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
   qp->submit();
   net::Completion done[4];
@@ -136,8 +155,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
         if (s & ps::kWriting) {
           // Being copied out: ask the evictor to keep it and wait for the copy.
           if (!(s & ps::kWanted)) word.compare_exchange_weak(s, s | ps::kWanted, std::memory_order_acq_rel);
-          ack_point(c);
-          cpu_relax();
+          wait_a_little(c);
           continue;
         }
         if (!word.compare_exchange_weak(s, ps::with_kind(s, Kind::Resident) | touch,
@@ -171,9 +189,8 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
         frame = f;
         break;
       }
-      case Kind::Fetching:  // another core is bringing it in
-        ack_point(c);
-        cpu_relax();
+      case Kind::Fetching:  // another core or uthread is bringing it in
+        wait_a_little(c);
         continue;
     }
     break;
