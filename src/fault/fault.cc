@@ -80,9 +80,9 @@ void record_fault(Core& c, std::uint64_t t0) {
 void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   auto* qp = static_cast<net::QueuePair*>(c.qp);
   if (uthread::detail::Uthread* u = uthread::detail::current()) {
-    // Park; the scheduler polls the queue pair and wakes us when the page is in.
+    // Post and park; the scheduler rings the doorbell once for all the reads its
+    // uthreads posted in a round, polls, and wakes us when the page is in.
     qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, reinterpret_cast<std::uint64_t>(u));
-    qp->submit();
     uthread::detail::park_io();
     c.stats.bump(c.stats.fetches);
     return;

@@ -89,6 +89,8 @@ class Scheduler {
   std::priority_queue<std::pair<std::uint64_t, Uthread*>, std::vector<std::pair<std::uint64_t, Uthread*>>,
                       std::greater<>> timers;
   std::uint64_t io_waiting = 0;
+  std::uint64_t unsubmitted = 0;  // reads posted by uthreads, doorbell not rung yet
+  unsigned runs_since_post = 0;    // bounds how long a posted read waits for its doorbell
   std::vector<Stack> stacks;      // stack pool
   void* tsan_fiber = nullptr;
 
@@ -102,6 +104,13 @@ class Scheduler {
       wake_word.fetch_add(1, std::memory_order_seq_cst);
       syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&wake_word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
     }
+  }
+  // From the scheduler's own thread: nobody to wake.
+  void push_local(Uthread* u) {
+    qlock.lock();
+    runq.push_back(u);
+    nq.store(runq.size(), std::memory_order_relaxed);
+    qlock.unlock();
   }
   Uthread* pop() {
     if (nq.load(std::memory_order_relaxed) == 0) return nullptr;  // peek; the lock decides
@@ -136,7 +145,8 @@ std::atomic<unsigned> g_nscheds{0};
 std::atomic<bool> g_stop{false};
 std::atomic<std::uint64_t> g_live{0};  // uthreads not yet finished
 std::atomic<unsigned> g_rr{0};
-thread_local Scheduler* tls_sched = nullptr;
+// initial-exec: read with one %fs-relative load (no __tls_get_addr on every switch).
+__attribute__((tls_model("initial-exec"))) thread_local Scheduler* tls_sched = nullptr;
 
 void unref(Uthread* u) {
   if (u->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete u;
@@ -245,13 +255,14 @@ void Scheduler::run(Uthread* u) {
   switch_out(u);
   switch (u->after) {
     case After::Yield:
-      push(u);
+      push_local(u);
       break;
     case After::Park:
       u->unlock_after->unlock();
       break;
     case After::Io:
       ++io_waiting;
+      ++unsubmitted;
       break;
     case After::Sleep:
       timers.emplace(u->wake_at_ns, u);
@@ -319,26 +330,32 @@ void Scheduler::loop() {
   started.store(true, std::memory_order_release);
   unsigned idle = 0;
   for (;;) {
+    // One doorbell for every read posted since the last one: when the run queue
+    // has drained (all runnable uthreads had their turn) or the batch is large.
+    if (unsubmitted && (unsubmitted >= 32 || runs_since_post >= 16 ||
+                        nq.load(std::memory_order_relaxed) == 0)) {
+      qp->submit();
+      unsubmitted = 0;
+      runs_since_post = 0;
+    }
     if (io_waiting) {
       std::size_t n = qp->poll(done, 32);
       for (std::size_t i = 0; i < n; ++i) {
-        qlock.lock();
-        runq.push_back(reinterpret_cast<Uthread*>(done[i].cookie));
-        nq.store(runq.size(), std::memory_order_relaxed);
-        qlock.unlock();
+        push_local(reinterpret_cast<Uthread*>(done[i].cookie));
       }
       io_waiting -= n;
     }
     if (!timers.empty()) {
       std::uint64_t now = now_ns();
       while (!timers.empty() && timers.top().first <= now) {
-        push(timers.top().second);
+        push_local(timers.top().second);
         timers.pop();
       }
     }
     if (Uthread* u = pop()) {
       idle = 0;
       run(u);
+      if (unsubmitted) ++runs_since_post;
       continue;
     }
     farmem::detail::ack_point(*core);
