@@ -159,6 +159,23 @@ std::uint64_t kernel_faults() {
   return static_cast<std::uint64_t>(ru.ru_majflt + ru.ru_minflt);
 }
 
+// Worker t of `workers`: its share of the ops, each on one page chosen by the workload.
+template <class Access>
+void worker_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::uint64_t seed_base,
+                const Zipf* zipf, Access& access, unsigned t, unsigned workers) {
+  Rng rng(seed_base + t);
+  const std::uint64_t n = ops / workers + (t < ops % workers ? 1 : 0);
+  std::uint64_t seq = pages * t / workers;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::uint64_t r = rng.next();
+    std::uint64_t page;
+    if (o.workload == "uniform") page = r % pages;
+    else if (o.workload == "seq") page = seq++ % pages;
+    else page = zipf->next(rng);
+    access(page, (r >> 40) % kWordsPerPage);
+  }
+}
+
 // Runs ops/threads ops per thread through `access(page, word)`; returns seconds.
 template <class Access>
 double run_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::uint64_t seed_base,
@@ -169,20 +186,10 @@ double run_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::ui
   for (unsigned t = 0; t < o.threads; ++t) {
     ts.emplace_back([&, t] {
       pin_to_cpu(t);
-      Rng rng(seed_base + t);
-      std::uint64_t n = ops / o.threads + (t < ops % o.threads ? 1 : 0);
-      std::uint64_t seq = pages * t / o.threads;
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) {
       }
-      for (std::uint64_t i = 0; i < n; ++i) {
-        std::uint64_t r = rng.next();
-        std::uint64_t page;
-        if (o.workload == "uniform") page = r % pages;
-        else if (o.workload == "seq") page = seq++ % pages;
-        else page = zipf->next(rng);
-        access(page, (r >> 40) % kWordsPerPage);
-      }
+      worker_ops(o, pages, ops, seed_base, zipf, access, t, o.threads);
     });
   }
   while (ready.load() < o.threads) std::this_thread::yield();
@@ -202,17 +209,7 @@ double run_ops_uthreads(const Options& o, std::uint64_t pages, std::uint64_t ops
   auto t0 = std::chrono::steady_clock::now();
   for (unsigned t = 0; t < total; ++t) {
     farmem::uthread::spawn([&, t] {
-      Rng rng(seed_base + t);
-      std::uint64_t n = ops / total + (t < ops % total ? 1 : 0);
-      std::uint64_t seq = pages * t / total;
-      for (std::uint64_t i = 0; i < n; ++i) {
-        std::uint64_t r = rng.next();
-        std::uint64_t page;
-        if (o.workload == "uniform") page = r % pages;
-        else if (o.workload == "seq") page = seq++ % pages;
-        else page = zipf->next(rng);
-        access(page, (r >> 40) % kWordsPerPage);
-      }
+      worker_ops(o, pages, ops, seed_base, zipf, access, t, total);
       wg.done();
     }).detach();
   }
