@@ -18,7 +18,8 @@ class Error : public std::runtime_error {
 struct Config {
   std::uint64_t local_mem_bytes = 0;   // local frame pool; 0 = 25% of physical memory
   std::uint64_t far_mem_bytes = 0;     // far address space; 0 = 64 GiB
-  std::string backend = "shm";         // shm (embedded memory server)
+  std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT
+  std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)
   std::string server_path;             // farmem-server binary; empty = search
   int evictor_cpu = -1;                // -1 = last CPU

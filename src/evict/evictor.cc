@@ -275,7 +275,7 @@ void Evictor::finalize(Batch& b) {
   net::Completion done[64];
   for (std::size_t got = 0; got < dirty.size();) {
     std::size_t n = qp_->poll(done, 64);
-    if (n == 0) detail::cpu_relax();
+    if (n == 0) qp_->wait(200);
     got += n;
   }
   for (const Victim& v : dirty) {

@@ -90,9 +90,10 @@ void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
   qp->submit();
   net::Completion done[4];
-  while (qp->poll(done, 4) == 0) {
+  for (unsigned spins = 0; qp->poll(done, 4) == 0; ++spins) {
     ack_point(c);
-    cpu_relax();
+    if (spins > 64) qp->wait(200);
+    else cpu_relax();
   }
   c.stats.bump(c.stats.fetches);
 }

@@ -28,6 +28,10 @@ class QueuePair {
   virtual void submit() = 0;
   // Returns how many completions were written to out (at most max). Never blocks.
   virtual std::size_t poll(Completion* out, std::size_t max) = 0;
+  // Called by a waiter that found nothing to poll: a transport whose completions
+  // come from the kernel (tcp) sleeps until data may be there, at most timeout_us,
+  // so a memory server on the same machine gets the CPU. Others return at once.
+  virtual void wait(unsigned timeout_us) { (void)timeout_us; }
 };
 
 class Transport {

@@ -26,6 +26,7 @@
 #include "farmem_build_config.h"
 #include "net/queue_pair.hpp"
 #include "net/shm_wire.hpp"
+#include "net/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
 
 extern char** environ;
@@ -296,7 +297,8 @@ class ShmTransport final : public Transport {
 
 std::unique_ptr<Transport> connect(const Config& cfg) {
   if (cfg.backend == "shm") return std::make_unique<ShmTransport>(cfg);
-  throw Error("unknown backend '" + cfg.backend + "'; this build supports FARMEM_BACKEND=shm");
+  if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
+  throw Error("unknown backend '" + cfg.backend + "'; use shm or tcp://HOST:PORT");
 }
 
 }  // namespace farmem::net

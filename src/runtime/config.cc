@@ -87,6 +87,7 @@ Config Config::from_env() {
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
+  if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;
   if (const char* v = env("FARMEM_EVICTOR_CPU")) {
     std::uint64_t cpu = parse_u64("FARMEM_EVICTOR_CPU", v);
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);

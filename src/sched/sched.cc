@@ -361,7 +361,11 @@ void Scheduler::loop() {
     farmem::detail::ack_point(*core);
     if (steal()) continue;
     if (g_stop.load(std::memory_order_acquire) && g_live.load(std::memory_order_acquire) == 0) break;
-    if (io_waiting || ++idle < 4000) {
+    if (io_waiting) {  // all runnable work is waiting for pages
+      qp->wait(200);
+      continue;
+    }
+    if (++idle < 4000) {
       farmem::detail::cpu_relax();
       continue;
     }

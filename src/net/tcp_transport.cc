@@ -1,0 +1,371 @@
+// The tcp:// transport: far memory on a farmem-server across the network. One
+// TCP connection per core (queue pair), all attached to one server session;
+// requests are pipelined (many pages in flight) and a batch of posts goes out
+// in one writev. Replies land straight in their frames. A dead or silent
+// server ends the process with a clear message (never a hang, never stale data).
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "farmem/runtime.hpp"
+#include "net/queue_pair.hpp"
+#include "net/tcp_transport.hpp"
+#include "net/wire.hpp"
+#include "runtime/fatal.hpp"
+
+namespace farmem::net {
+namespace {
+
+constexpr int kConnectTimeoutMs = 5000;
+constexpr std::uint64_t kSilenceLimitNs = 10ull * 1000 * 1000 * 1000;
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+struct Endpoint {
+  std::string host, port, uri;
+};
+
+Endpoint parse_uri(const std::string& uri) {
+  const std::string prefix = "tcp://";
+  std::string rest = uri.substr(prefix.size());
+  std::size_t colon = rest.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
+    throw Error("FARMEM_BACKEND=" + uri + " is not tcp://HOST:PORT");
+  std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
+  if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  char* end = nullptr;
+  long p = std::strtol(port.c_str(), &end, 10);
+  if (*end || p < 1 || p > 65535) throw Error("FARMEM_BACKEND=" + uri + ": port must be 1-65535");
+  return {host, port, uri};
+}
+
+std::string read_token(const Config& cfg) {
+  if (cfg.token_file.empty()) return {};
+  std::ifstream f(cfg.token_file);
+  if (!f) throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string t = ss.str();
+  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
+  if (t.size() > wire::kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 4096 bytes");
+  return t;
+}
+
+// Connects with a timeout; returns a blocking socket or throws Error.
+int dial(const Endpoint& ep) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  int rc = getaddrinfo(ep.host.c_str(), ep.port.c_str(), &hints, &res);
+  if (rc != 0) throw Error("cannot resolve the memory server " + ep.uri + ": " + gai_strerror(rc));
+  std::string why = "no address";
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    int r = connect(fd, a->ai_addr, a->ai_addrlen);
+    if (r != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      r = ::poll(&p, 1, kConnectTimeoutMs);
+      int err = 0;
+      socklen_t el = sizeof err;
+      if (r == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+      if (r == 1 && err == 0) r = 0;
+      else {
+        why = r == 0 ? "timed out" : std::strerror(err ? err : errno);
+        r = -1;
+      }
+    } else if (r != 0) {
+      why = std::strerror(errno);
+    }
+    if (r == 0) {
+      freeaddrinfo(res);
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      return fd;
+    }
+    close(fd);
+  }
+  freeaddrinfo(res);
+  throw Error("cannot connect to the memory server " + ep.uri + ": " + why +
+              "; start farmem-server --listen " + ep.uri + " or fix FARMEM_BACKEND");
+}
+
+bool read_full(int fd, void* buf, std::size_t len, int timeout_ms) {
+  char* p = static_cast<char*>(buf);
+  while (len) {
+    pollfd pf{fd, POLLIN, 0};
+    if (::poll(&pf, 1, timeout_ms) <= 0) return false;
+    ssize_t n = recv(fd, p, len, 0);
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// HELLO on a fresh connection; returns the reply (id = session, offset = capacity).
+wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::uint64_t capacity,
+                   std::uint64_t attach_session) {
+  wire::Header h = wire::make(wire::Op::Hello, attach_session, capacity, attach_session ? 1 : 0,
+                              static_cast<std::uint32_t>(token.size()));
+  iovec iov[2] = {{&h, sizeof h}, {const_cast<char*>(token.data()), token.size()}};
+  if (writev(fd, iov, token.empty() ? 1 : 2) != static_cast<ssize_t>(sizeof h + token.size()))
+    throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
+  wire::Header r{};
+  if (!read_full(fd, &r, sizeof r, 5000))
+    throw Error("the memory server " + ep.uri + " did not answer the handshake within 5 s; is it a farmem-server?");
+  std::string why;
+  if (wire::validate(r, true, &why) != wire::Errc::Ok)
+    throw Error("the memory server " + ep.uri + " sent a malformed handshake (" + why + ")");
+  if (static_cast<wire::Op>(r.op) == wire::Op::Error) {
+    std::string msg(r.length, '\0');
+    read_full(fd, msg.data(), msg.size(), 5000);
+    auto e = static_cast<wire::Errc>(r.status);
+    if (e == wire::Errc::BadToken)
+      throw Error("the memory server " + ep.uri + " refused us: " + msg +
+                  "; set FARMEM_TOKEN_FILE to the server's token file");
+    throw Error("the memory server " + ep.uri + " refused us: " + msg);
+  }
+  return r;
+}
+
+class TcpQueuePair final : public QueuePair {
+ public:
+  TcpQueuePair(int fd, std::string uri) : fd_(fd), uri_(std::move(uri)) {
+    fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
+  }
+  ~TcpQueuePair() override { close(fd_); }
+
+  void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    std::uint64_t id = next_id_++;
+    pending_[id] = {static_cast<char*>(local), len, cookie};
+    queue_header(wire::make(wire::Op::Read, id, off, static_cast<std::uint32_t>(len), 0));
+  }
+  void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    std::uint64_t id = next_id_++;
+    pending_[id] = {nullptr, 0, cookie};
+    queue_header(wire::make(wire::Op::Write, id, off, static_cast<std::uint32_t>(len), static_cast<std::uint32_t>(len)));
+    out_.push_back({const_cast<void*>(local), len});
+  }
+  void submit() override {
+    // Send everything; while the socket is full, keep reading replies so the
+    // server never blocks on us (and we never deadlock with it).
+    std::size_t i = 0;
+    while (i < out_.size()) {
+      msghdr m{};
+      m.msg_iov = &out_[i];
+      m.msg_iovlen = std::min<std::size_t>(out_.size() - i, 512);
+      ssize_t n = sendmsg(fd_, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) dead(std::strerror(errno));
+        receive();
+        pollfd p{fd_, POLLOUT | POLLIN, 0};
+        ::poll(&p, 1, 100);
+        check_silence();
+        continue;
+      }
+      progress_ns_ = now_ns();
+      std::size_t left = static_cast<std::size_t>(n);
+      while (left && left >= out_[i].iov_len) left -= out_[i++].iov_len;
+      if (left) {
+        out_[i].iov_base = static_cast<char*>(out_[i].iov_base) + left;
+        out_[i].iov_len -= left;
+      }
+    }
+    out_.clear();
+    headers_.clear();
+  }
+  std::size_t poll(Completion* out, std::size_t max) override {
+    if (done_.empty()) {
+      receive();
+      if (done_.empty() && !pending_.empty()) check_silence();
+    }
+    std::size_t n = 0;
+    while (n < max && !done_.empty()) {
+      out[n++] = {done_.front()};
+      done_.pop_front();
+    }
+    return n;
+  }
+
+  void wait(unsigned timeout_us) override {
+    if (pending_.empty()) return;
+    pollfd p{fd_, POLLIN, 0};
+    timespec ts{0, static_cast<long>(timeout_us) * 1000};
+    ppoll(&p, 1, &ts, nullptr);
+  }
+
+ private:
+  struct Pending {
+    char* dst;
+    std::size_t len;
+    std::uint64_t cookie;
+  };
+
+  void queue_header(const wire::Header& h) {
+    headers_.push_back(h);
+    // headers_ is a deque: element addresses stay valid while we append.
+    out_.push_back({&headers_.back(), sizeof(wire::Header)});
+    if (pending_.size() == 1) progress_ns_ = now_ns();
+  }
+
+  [[noreturn]] void dead(const std::string& why) {
+    detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
+                  "when the server is back",
+                  uri_.c_str(), why.c_str());
+  }
+
+  void check_silence() {
+    if (now_ns() - progress_ns_ > kSilenceLimitNs)
+      detail::fatal("the memory server %s has not answered for %llu s; giving up", uri_.c_str(),
+                    static_cast<unsigned long long>(kSilenceLimitNs / 1000000000ull));
+  }
+
+  // Reads whatever has arrived; completes requests whose replies are whole.
+  void receive() {
+    for (;;) {
+      ssize_t n;
+      if (hdr_got_ < sizeof hdr_) {
+        n = recv(fd_, reinterpret_cast<char*>(&hdr_) + hdr_got_, sizeof hdr_ - hdr_got_, MSG_DONTWAIT);
+      } else {
+        n = recv(fd_, cur_.dst + body_got_, cur_.len - body_got_, MSG_DONTWAIT);
+      }
+      if (n == 0) dead("connection closed by the server");
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        dead(std::strerror(errno));
+      }
+      progress_ns_ = now_ns();
+      if (hdr_got_ < sizeof hdr_) {
+        hdr_got_ += static_cast<std::size_t>(n);
+        if (hdr_got_ < sizeof hdr_) continue;
+        on_header();
+      } else {
+        body_got_ += static_cast<std::size_t>(n);
+      }
+      if (hdr_got_ == sizeof hdr_ && body_got_ == cur_.len) {
+        done_.push_back(cur_.cookie);
+        hdr_got_ = 0;
+        body_got_ = 0;
+      }
+    }
+  }
+
+  void on_header() {
+    std::string why;
+    if (wire::validate(hdr_, true, &why) != wire::Errc::Ok) dead("malformed reply: " + why);
+    if (static_cast<wire::Op>(hdr_.op) == wire::Op::Error) {
+      std::string msg(hdr_.length, '\0');
+      fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
+      read_full(fd_, msg.data(), msg.size(), 2000);
+      dead("the server said: " + msg);
+    }
+    auto it = pending_.find(hdr_.id);
+    if (it == pending_.end()) dead("reply to a request we did not send");
+    cur_ = it->second;
+    pending_.erase(it);
+    if (hdr_.length != cur_.len) dead("reply of the wrong size");
+    body_got_ = 0;
+  }
+
+  int fd_;
+  std::string uri_;
+  std::uint64_t next_id_ = 1;
+  std::unordered_map<std::uint64_t, Pending> pending_;
+  std::deque<wire::Header> headers_;
+  std::vector<iovec> out_;
+  std::deque<std::uint64_t> done_;
+  wire::Header hdr_{};
+  std::size_t hdr_got_ = 0, body_got_ = 0;
+  Pending cur_{nullptr, 0, 0};
+  std::uint64_t progress_ns_ = 0;
+};
+
+class TcpTransport final : public Transport {
+ public:
+  explicit TcpTransport(const Config& cfg) : ep_(parse_uri(cfg.backend)), token_(read_token(cfg)) {
+    ctl_ = dial(ep_);
+    wire::Header r = hello(ctl_, ep_, token_, cfg.far_mem_bytes, 0);
+    session_ = r.id;
+    capacity_ = r.offset;
+  }
+  ~TcpTransport() override { shutdown(); }
+
+  std::unique_ptr<QueuePair> create_qp() override {
+    int fd = dial(ep_);
+    try {
+      hello(fd, ep_, token_, capacity_, session_);
+    } catch (const Error& e) {
+      close(fd);
+      detail::fatal("%s", e.what());
+    }
+    return std::make_unique<TcpQueuePair>(fd, ep_.uri);
+  }
+  void discard(std::uint64_t off, std::uint64_t len) override {
+    std::lock_guard<std::mutex> g(mu_);
+    for (std::uint64_t done = 0; done < len && ctl_ >= 0;) {
+      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{4095};
+      if (n == 0) break;
+      request(wire::make(wire::Op::Discard, 0, off + done, static_cast<std::uint32_t>(n), 0));
+      done += n;
+    }
+  }
+  std::uint64_t remote_usage() override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (ctl_ < 0) return 0;
+    return request(wire::make(wire::Op::Usage, 0, 0, 0, 0)).offset;
+  }
+  void shutdown() override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (ctl_ >= 0) close(ctl_);
+    ctl_ = -1;
+  }
+  std::string describe() const override { return ep_.uri; }
+
+ private:
+  wire::Header request(const wire::Header& h) {
+    wire::Header r{};
+    if (send(ctl_, &h, sizeof h, MSG_NOSIGNAL) != sizeof h || !read_full(ctl_, &r, sizeof r, 10000))
+      detail::fatal("lost the memory server %s (control connection)", ep_.uri.c_str());
+    if (static_cast<wire::Op>(r.op) == wire::Op::Error) {
+      std::string msg(r.length, '\0');
+      read_full(ctl_, msg.data(), msg.size(), 2000);
+      detail::fatal("the memory server %s refused a request: %s", ep_.uri.c_str(), msg.c_str());
+    }
+    return r;
+  }
+
+  Endpoint ep_;
+  std::string token_;
+  int ctl_ = -1;
+  std::uint64_t session_ = 0, capacity_ = 0;
+  std::mutex mu_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> connect_tcp(const Config& cfg) { return std::make_unique<TcpTransport>(cfg); }
+
+}  // namespace farmem::net

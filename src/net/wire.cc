@@ -1,0 +1,46 @@
+// Header validation for the wire protocol: the one place that decides whether
+// bytes from the network are a well-formed message.
+#include "net/wire.hpp"
+
+namespace farmem::net::wire {
+
+Errc validate(const Header& h, bool from_server, std::string* why) {
+  auto fail = [&](Errc e, const char* msg) {
+    if (why) *why = msg;
+    return e;
+  };
+  if (h.magic != kMagic) return fail(Errc::BadMessage, "bad magic");
+  if (h.version != kVersion) return fail(Errc::Version, "unsupported protocol version");
+  if (h.length > kMaxPayload) return fail(Errc::BadMessage, "payload too large");
+  if (h.reserved != 0) return fail(Errc::BadMessage, "reserved field set");
+  const auto op = static_cast<Op>(h.op);
+  if (from_server) {
+    if (op != Op::Reply && op != Op::Error) return fail(Errc::BadMessage, "unexpected op from server");
+    if (op == Op::Error && h.status == 0) return fail(Errc::BadMessage, "error without a code");
+    return Errc::Ok;
+  }
+  switch (op) {
+    case Op::Hello:
+      if (h.length > kMaxToken) return fail(Errc::BadMessage, "token too long");
+      if (h.size > 1) return fail(Errc::BadMessage, "bad hello mode");
+      return Errc::Ok;
+    case Op::Read:
+    case Op::Discard:
+      if (h.length != 0) return fail(Errc::BadMessage, "unexpected payload");
+      if (h.size == 0 || h.size % 4096 || h.offset % 4096)
+        return fail(Errc::BadMessage, "unaligned range");
+      if (op == Op::Read && h.size > kMaxPayload) return fail(Errc::BadMessage, "read too large");
+      return Errc::Ok;
+    case Op::Write:
+      if (h.size != h.length || h.size == 0 || h.size % 4096 || h.offset % 4096)
+        return fail(Errc::BadMessage, "bad write size");
+      return Errc::Ok;
+    case Op::Usage:
+      if (h.length != 0) return fail(Errc::BadMessage, "unexpected payload");
+      return Errc::Ok;
+    default:
+      return fail(Errc::BadMessage, "unknown op");
+  }
+}
+
+}  // namespace farmem::net::wire

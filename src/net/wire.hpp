@@ -1,0 +1,59 @@
+// The farmem wire protocol (version 1) between the runtime and a networked
+// farmem-server: fixed 40-byte little-endian headers, optionally followed by a
+// payload. Documented in docs/protocol.md. Requests carry an id that the reply
+// echoes; a connection may have many requests in flight (pipelining).
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace farmem::net::wire {
+
+inline constexpr std::uint32_t kMagic = 0x50574d46;  // "FMWP"
+inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint32_t kMaxPayload = 1u << 20;  // 1 MiB: 256 pages
+inline constexpr std::uint32_t kMaxToken = 4096;
+
+enum class Op : std::uint16_t {
+  Hello = 1,    // offset: requested capacity; size: 0 new session / 1 attach; id: session to attach; payload: token
+  Read = 2,     // offset, size: bytes to read (page multiple)
+  Write = 3,    // offset, size == length: payload written there
+  Discard = 4,  // offset, size: drop these pages
+  Usage = 5,    // -> Reply with offset = bytes held for this session
+  Reply = 16,   // status 0: ok (Read: payload = data; Hello: id = session, offset = capacity)
+  Error = 17,   // status: Errc; payload: message
+};
+
+enum class Errc : std::uint32_t {
+  Ok = 0,
+  BadMessage = 1,
+  BadToken = 2,
+  NoCapacity = 3,
+  OutOfRange = 4,
+  NoSession = 5,
+  Version = 6,
+};
+
+struct Header {
+  std::uint32_t magic;
+  std::uint16_t version;
+  std::uint16_t op;
+  std::uint64_t id;
+  std::uint64_t offset;
+  std::uint32_t size;
+  std::uint32_t length;  // payload bytes that follow
+  std::uint32_t status;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(Header) == 40);
+
+inline Header make(Op op, std::uint64_t id, std::uint64_t offset, std::uint32_t size,
+                   std::uint32_t length, std::uint32_t status = 0) {
+  return Header{kMagic, kVersion, static_cast<std::uint16_t>(op), id, offset, size, length, status, 0};
+}
+
+// Checks a received header before anything trusts it. Returns Ok or why not.
+// `from_server` selects which ops are legal in that direction.
+Errc validate(const Header& h, bool from_server, std::string* why);
+
+}  // namespace farmem::net::wire

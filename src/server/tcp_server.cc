@@ -1,0 +1,375 @@
+// The networked memory server (tcp://): one epoll loop serving many clients.
+// A client session is a far region of its own (mapped on HELLO, unmapped when
+// its last connection closes); a runtime opens one connection per core and
+// attaches them all to its session. Every message is validated before use; a
+// malformed one gets an Error reply and the connection is closed. SIGTERM and
+// SIGINT end the server cleanly; SIGUSR1 prints a usage line.
+#include "server/tcp_server.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "net/wire.hpp"
+
+namespace farmem::server {
+namespace {
+
+namespace wire = net::wire;
+
+struct Session {
+  std::uint64_t id = 0;
+  char* base = nullptr;
+  std::uint64_t capacity = 0;
+  std::vector<std::uint64_t> written;  // one bit per page: holds data
+  std::uint64_t used_pages = 0;
+  int conns = 0;
+};
+
+struct Conn {
+  int fd = -1;
+  std::string peer;
+  std::vector<char> in;
+  std::size_t in_used = 0;
+  std::vector<char> out;
+  std::size_t out_sent = 0;
+  Session* session = nullptr;
+  bool closing = false;  // flush, then close
+};
+
+class Server {
+ public:
+  explicit Server(const TcpServerOptions& o) : opt_(o) {}
+  int run();
+
+ private:
+  bool start_listening();
+  void accept_all();
+  void on_readable(Conn& c);
+  bool handle(Conn& c, const wire::Header& h, const char* payload);
+  void reply(Conn& c, const wire::Header& h, const void* data = nullptr, std::size_t len = 0);
+  void fail(Conn& c, std::uint64_t id, wire::Errc e, const std::string& msg);
+  void flush(Conn& c);
+  void close_conn(int fd);
+  void print_usage(const char* why);
+  void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
+
+  TcpServerOptions opt_;
+  int lfd_ = -1, ep_ = -1, sfd_ = -1;
+  std::map<int, std::unique_ptr<Conn>> conns_;
+  std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
+  std::uint64_t reserved_ = 0;  // capacity granted to live sessions
+};
+
+bool Server::start_listening() {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  std::string port = std::to_string(opt_.port);
+  int rc = getaddrinfo(opt_.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    std::fprintf(stderr, "farmem-server: cannot resolve %s: %s\n", opt_.host.c_str(), gai_strerror(rc));
+    return false;
+  }
+  lfd_ = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (lfd_ < 0 || bind(lfd_, res->ai_addr, res->ai_addrlen) != 0 || listen(lfd_, 128) != 0) {
+    std::fprintf(stderr, "farmem-server: cannot listen on tcp://%s:%u: %s\n", opt_.host.c_str(),
+                 opt_.port, std::strerror(errno));
+    freeaddrinfo(res);
+    return false;
+  }
+  freeaddrinfo(res);
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  getsockname(lfd_, reinterpret_cast<sockaddr*>(&ss), &sl);
+  unsigned actual = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                                    : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  std::printf("farmem-server: listening on tcp://%s:%u, capacity %llu MiB, token %s\n", opt_.host.c_str(),
+              actual, static_cast<unsigned long long>(opt_.capacity >> 20),
+              opt_.token.empty() ? "not required" : "required");
+  std::fflush(stdout);
+  return true;
+}
+
+void Server::print_usage(const char* why) {
+  std::uint64_t used = 0;
+  for (auto& [id, s] : sessions_) used += s->used_pages * 4096;
+  std::printf("{\"farmem_server\":\"%s\",\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,"
+              "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu}\n",
+              why, sessions_.size(), conns_.size(), static_cast<unsigned long long>(used),
+              static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity));
+  std::fflush(stdout);
+}
+
+void Server::accept_all() {
+  for (;;) {
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof ss;
+    int fd = accept4(lfd_, reinterpret_cast<sockaddr*>(&ss), &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    auto c = std::make_unique<Conn>();
+    c->fd = fd;
+    c->in.resize(64 * 1024);
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+    conns_[fd] = std::move(c);
+  }
+}
+
+void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
+  for (std::uint64_t p = off / 4096; p < (off + len) / 4096; ++p) {
+    std::uint64_t& w = s.written[p / 64];
+    std::uint64_t bit = std::uint64_t{1} << (p % 64);
+    if (written && !(w & bit)) { w |= bit; ++s.used_pages; }
+    if (!written && (w & bit)) { w &= ~bit; --s.used_pages; }
+  }
+}
+
+void Server::reply(Conn& c, const wire::Header& h, const void* data, std::size_t len) {
+  const char* hp = reinterpret_cast<const char*>(&h);
+  c.out.insert(c.out.end(), hp, hp + sizeof h);
+  if (len) c.out.insert(c.out.end(), static_cast<const char*>(data), static_cast<const char*>(data) + len);
+}
+
+void Server::fail(Conn& c, std::uint64_t id, wire::Errc e, const std::string& msg) {
+  reply(c, wire::make(wire::Op::Error, id, 0, 0, static_cast<std::uint32_t>(msg.size()),
+                      static_cast<std::uint32_t>(e)),
+        msg.data(), msg.size());
+  c.closing = true;
+}
+
+// Returns false when the connection must stop reading (it is closing).
+bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
+  const auto op = static_cast<wire::Op>(h.op);
+  if (op == wire::Op::Hello) {
+    std::string token(payload, h.length);
+    if (!opt_.token.empty() && token != opt_.token) {
+      fail(c, h.id, wire::Errc::BadToken, "wrong or missing token");
+      return false;
+    }
+    if (c.session) {
+      fail(c, h.id, wire::Errc::BadMessage, "hello twice on one connection");
+      return false;
+    }
+    if (h.size == 1) {  // attach another connection to an existing session
+      auto it = sessions_.find(h.id);
+      if (it == sessions_.end()) {
+        fail(c, h.id, wire::Errc::NoSession, "no such session");
+        return false;
+      }
+      c.session = it->second.get();
+    } else {
+      std::uint64_t want = (h.offset + 4095) / 4096 * 4096;
+      if (want == 0 || want > opt_.capacity - reserved_) {
+        fail(c, h.id, wire::Errc::NoCapacity,
+             "the server has " + std::to_string((opt_.capacity - reserved_) >> 20) + " MiB free of " +
+                 std::to_string(opt_.capacity >> 20) + " MiB; ask for less (FARMEM_FAR_MEM)");
+        return false;
+      }
+      void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (base == MAP_FAILED) {
+        fail(c, h.id, wire::Errc::NoCapacity, "the server cannot map that much memory");
+        return false;
+      }
+      auto s = std::make_unique<Session>();
+      do getrandom(&s->id, sizeof s->id, 0); while (s->id == 0 || sessions_.count(s->id));
+      s->base = static_cast<char*>(base);
+      s->capacity = want;
+      s->written.assign((want / 4096 + 63) / 64, 0);
+      reserved_ += want;
+      c.session = s.get();
+      sessions_[s->id] = std::move(s);
+    }
+    ++c.session->conns;
+    reply(c, wire::make(wire::Op::Reply, c.session->id, c.session->capacity, 0, 0));
+    return true;
+  }
+  if (!c.session) {
+    fail(c, h.id, wire::Errc::BadMessage, "hello first");
+    return false;
+  }
+  Session& s = *c.session;
+  std::uint64_t size = h.size;
+  if (op != wire::Op::Usage && (h.offset > s.capacity || size > s.capacity - h.offset)) {
+    fail(c, h.id, wire::Errc::OutOfRange, "range outside the session's far memory");
+    return false;
+  }
+  switch (op) {
+    case wire::Op::Read:
+      reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, h.size), s.base + h.offset, size);
+      break;
+    case wire::Op::Write:
+      std::memcpy(s.base + h.offset, payload, size);
+      mark(s, h.offset, size, true);
+      reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
+      break;
+    case wire::Op::Discard:
+      madvise(s.base + h.offset, size, MADV_DONTNEED);
+      mark(s, h.offset, size, false);
+      reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
+      break;
+    case wire::Op::Usage:
+      reply(c, wire::make(wire::Op::Reply, h.id, s.used_pages * 4096, 0, 0));
+      break;
+    default:
+      fail(c, h.id, wire::Errc::BadMessage, "unexpected op");
+      return false;
+  }
+  return true;
+}
+
+void Server::on_readable(Conn& c) {
+  for (;;) {
+    if (c.in.size() - c.in_used < 64 * 1024) c.in.resize(c.in.size() * 2);
+    ssize_t n = recv(c.fd, c.in.data() + c.in_used, c.in.size() - c.in_used, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+      close_conn(c.fd);
+      return;
+    }
+    if (n < 0) break;
+    c.in_used += static_cast<std::size_t>(n);
+    if (c.out.size() > (8u << 20)) break;  // back-pressure: a slow reader
+  }
+  std::size_t pos = 0;
+  while (!c.closing && c.in_used - pos >= sizeof(wire::Header)) {
+    wire::Header h;
+    std::memcpy(&h, c.in.data() + pos, sizeof h);
+    std::string why;
+    if (wire::Errc e = wire::validate(h, false, &why); e != wire::Errc::Ok) {
+      fail(c, h.id, e, "malformed message: " + why);
+      break;
+    }
+    if (c.in_used - pos < sizeof h + h.length) break;  // payload not all here yet
+    handle(c, h, c.in.data() + pos + sizeof h);
+    pos += sizeof h + h.length;
+  }
+  std::memmove(c.in.data(), c.in.data() + pos, c.in_used - pos);
+  c.in_used -= pos;
+  if (c.in.size() > (4u << 20) && c.in_used < (1u << 20)) c.in.resize(c.in.size() / 2);
+  flush(c);
+}
+
+void Server::flush(Conn& c) {
+  while (c.out_sent < c.out.size()) {
+    ssize_t n = send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN) break;
+      if (errno == EINTR) continue;
+      close_conn(c.fd);
+      return;
+    }
+    c.out_sent += static_cast<std::size_t>(n);
+  }
+  if (c.out_sent == c.out.size()) {
+    c.out.clear();
+    c.out_sent = 0;
+    if (c.closing) {
+      close_conn(c.fd);
+      return;
+    }
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | (c.out.empty() ? 0u : static_cast<unsigned>(EPOLLOUT));
+  ev.data.fd = c.fd;
+  epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
+}
+
+void Server::close_conn(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  Session* s = it->second->session;
+  epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+  close(fd);
+  conns_.erase(it);
+  if (s && --s->conns == 0) {  // last connection of a client: reclaim its memory
+    munmap(s->base, s->capacity);
+    reserved_ -= s->capacity;
+    sessions_.erase(s->id);
+  }
+}
+
+int Server::run() {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGPIPE);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  sfd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (!start_listening()) return 1;
+  ep_ = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = lfd_;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, lfd_, &ev);
+  ev.data.fd = sfd_;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, sfd_, &ev);
+  time_t last_stats = time(nullptr);
+  epoll_event evs[64];
+  for (;;) {
+    int n = epoll_wait(ep_, evs, 64, 1000);
+    for (int i = 0; i < n; ++i) {
+      int fd = evs[i].data.fd;
+      if (fd == lfd_) {
+        accept_all();
+      } else if (fd == sfd_) {
+        signalfd_siginfo si;
+        while (read(sfd_, &si, sizeof si) == sizeof si) {
+          if (si.ssi_signo == SIGUSR1) {
+            print_usage("usage");
+          } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            print_usage("exit");
+            while (!conns_.empty()) close_conn(conns_.begin()->first);
+            close(lfd_);
+            return 0;
+          }
+        }
+      } else {
+        auto it = conns_.find(fd);
+        if (it == conns_.end()) continue;
+        Conn& c = *it->second;
+        if (evs[i].events & EPOLLOUT) flush(c);
+        if (conns_.count(fd) && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+          on_readable(c);
+      }
+    }
+    if (opt_.stats_interval_s && time(nullptr) - last_stats >= opt_.stats_interval_s) {
+      last_stats = time(nullptr);
+      print_usage("usage");
+    }
+  }
+}
+
+}  // namespace
+
+int run_tcp(const TcpServerOptions& opt) {
+  Server s(opt);
+  return s.run();
+}
+
+}  // namespace farmem::server

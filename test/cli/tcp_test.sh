@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# End to end over tcp:// with the real farmem-server process: integrity of a
+# multi-GiB far array at low local memory, two clients at once, isolation
+# between clients, tokens, malformed and truncated messages (plus a bounded
+# random fuzz run against the live server), a server killed mid-run, a client
+# killed mid-run (server stays healthy, memory reclaimed), clean SIGTERM.
+set -uo pipefail
+BENCH=$1
+SERVER=$2
+fails=0
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# start_server NAME ARGS...: starts farmem-server on a free port; sets PORT and SPID.
+start_server() {
+  local name=$1
+  shift
+  "$SERVER" --listen tcp://127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  SPID=$!
+  pids+=("$SPID")
+  for _ in $(seq 100); do
+    PORT=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.out")
+    [[ -n $PORT ]] && return 0
+    sleep 0.05
+  done
+  echo "server did not start:"; cat "$tmp/$name.err"; exit 1
+}
+
+usage_line() {  # asks the server for a usage line, prints the newest
+  kill -USR1 "$1"; sleep 0.3; grep '"farmem_server":"usage"' "$2" | tail -1
+}
+
+echo "s3cret-token" >"$tmp/token"
+echo "wrong-token" >"$tmp/wrong"
+start_server main --capacity 12G --token-file "$tmp/token"
+MAIN=$SPID
+export FARMEM_TOKEN_FILE=$tmp/token
+URI=tcp://127.0.0.1:$PORT
+
+# 1. Integrity of a 2 GiB far array at 10% local memory over TCP.
+out=$(FARMEM_BACKEND=$URI FARMEM_FAR_MEM=3G timeout 300 "$BENCH" --working-set 2G --local-mem 10% \
+      --ops 200000 --uthreads 64 --json 2>"$tmp/e1")
+if grep -q '"verified":true' <<<"$out" && grep -q '"evictions":[1-9]' <<<"$out"; then
+  ok "2 GiB far array at 10% local over tcp verified"
+else bad "2 GiB over tcp: $out $(cat "$tmp/e1")"; fi
+
+# 2. Two clients at once, both exact.
+for i in 1 2; do
+  FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 300 "$BENCH" --working-set 512M --local-mem 25% \
+    --ops 100000 --uthreads 32 --json >"$tmp/c$i" 2>&1 &
+  cpid[$i]=$!
+done
+wait "${cpid[1]}"; r1=$?
+wait "${cpid[2]}"; r2=$?
+if [[ $r1 -eq 0 && $r2 -eq 0 ]] && grep -q '"verified":true' "$tmp/c1" && grep -q '"verified":true' "$tmp/c2"; then
+  ok "two clients at once, both verified"
+else bad "two clients: $(cat "$tmp/c1" "$tmp/c2")"; fi
+
+# 3. Protocol-level checks with a raw client: isolation, bad token, malformed,
+#    truncated and random messages; the server must stay up and keep serving.
+python3 - "$PORT" "$tmp/token" <<'PY'
+import os, random, socket, struct, sys, time
+port = int(sys.argv[1]); token = open(sys.argv[2]).read().strip().encode()
+MAGIC, VER = 0x50574d46, 1
+HELLO, READ, WRITE, DISCARD, USAGE, REPLY, ERROR = 1, 2, 3, 4, 5, 16, 17
+def hdr(op, id=0, off=0, size=0, length=0, status=0):
+    return struct.pack("<IHHQQIIII", MAGIC, VER, op, id, off, size, length, status, 0)
+def conn():
+    s = socket.create_connection(("127.0.0.1", port), timeout=5); return s
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: raise EOFError
+        b += c
+    return b
+def reply(s):
+    h = recv_exact(s, 40)
+    magic, ver, op, id, off, size, length, status, _ = struct.unpack("<IHHQQIIII", h)
+    body = recv_exact(s, length) if length else b""
+    return op, id, off, status, body
+def session(tok=token, cap=1 << 30):
+    s = conn(); s.sendall(hdr(HELLO, 0, cap, 0, len(tok)) + tok); return s, reply(s)
+fails = 0
+def check(cond, what):
+    global fails
+    print(("ok   " if cond else "FAIL ") + what); fails += 0 if cond else 1
+# isolation: A writes page 0; B (another client) reads page 0 as zeros
+a, r = session(); check(r[0] == REPLY, "hello accepted")
+page = bytes([0xAB]) * 4096
+a.sendall(hdr(WRITE, 1, 0, 4096, 4096) + page); check(reply(a)[0] == REPLY, "write acked")
+a.sendall(hdr(READ, 2, 0, 4096, 0)); check(reply(a)[4] == page, "client reads its own data")
+b, r = session(); b.sendall(hdr(READ, 3, 0, 4096, 0))
+check(reply(b)[4] == bytes(4096), "another client sees only its own (zero) memory")
+b.sendall(hdr(READ, 4, 1 << 30, 4096, 0)); r = reply(b)
+check(r[0] == ERROR and r[3] == 4, "read beyond the session's capacity refused")
+# tokens
+s, r = session(b"nope"); check(r[0] == ERROR and r[3] == 2, "wrong token refused")
+s, r = session(b""); check(r[0] == ERROR and r[3] == 2, "missing token refused")
+# attaching to a session needs the token too and a real session id
+s = conn(); s.sendall(hdr(HELLO, 12345, 0, 1, len(token)) + token); r = reply(s)
+check(r[0] == ERROR and r[3] == 5, "attach to an unknown session refused")
+# malformed: bad magic, unknown op, huge length, request before hello, unaligned
+for name, msg in [("bad magic", b"\0" * 40), ("unknown op", hdr(99)),
+                  ("huge payload", hdr(WRITE, 1, 0, 1 << 30, 1 << 30)),
+                  ("unaligned read", hdr(READ, 1, 100, 4096)),
+                  ("read before hello", hdr(READ, 1, 0, 4096))]:
+    s = conn(); s.sendall(msg)
+    try: r = reply(s); check(r[0] == ERROR, name + " rejected with an error")
+    except EOFError: check(False, name + ": connection dropped without an error")
+    try: check(s.recv(1) == b"", name + ": connection closed after the error")
+    except Exception: check(True, name + ": connection closed after the error")
+# truncated header and truncated payload, then disconnect
+s = conn(); s.sendall(hdr(READ, 1, 0, 4096)[:17]); s.close()
+s, _ = session(); s.sendall(hdr(WRITE, 1, 0, 4096, 4096) + b"x" * 100); s.close()
+# bounded fuzz: random bytes and mutated valid messages for 5 seconds
+rng = random.Random(7); seeds = [hdr(READ, 1, 0, 4096), hdr(WRITE, 2, 0, 4096, 4096) + page,
+                                  hdr(HELLO, 0, 1 << 20, 0, len(token)) + token, hdr(USAGE, 3)]
+end = time.time() + 5; n = 0
+while time.time() < end:
+    s = conn()
+    if rng.random() < 0.5:
+        s.sendall(token and hdr(HELLO, 0, 1 << 20, 0, len(token)) + token)
+    for _ in range(rng.randint(1, 8)):
+        m = bytearray(rng.choice(seeds)) if rng.random() < 0.7 else bytearray(os.urandom(rng.randint(1, 200)))
+        for _ in range(rng.randint(0, 4)):
+            if m: m[rng.randrange(len(m))] ^= 1 << rng.randrange(8)
+        try: s.sendall(bytes(m))
+        except OSError: break
+    s.close(); n += 1
+s, r = session(); s.sendall(hdr(READ, 9, 0, 4096, 0)); r2 = reply(s)
+check(r[0] == REPLY and r2[0] == REPLY, f"server healthy after {n} fuzz connections")
+a.sendall(hdr(READ, 5, 0, 4096, 0)); check(reply(a)[4] == page, "first client's data intact after fuzzing")
+sys.exit(1 if fails else 0)
+PY
+[[ $? -eq 0 ]] || fails=$((fails + 1))
+kill -0 "$MAIN" 2>/dev/null && ok "server alive after malformed input" || bad "server died on malformed input"
+
+# 4. Token errors from the runtime: one line, non-zero, fast.
+for case in wrong missing; do
+  if [[ $case == wrong ]]; then envs=(FARMEM_TOKEN_FILE=$tmp/wrong); else envs=(-u FARMEM_TOKEN_FILE); fi
+  start=$(date +%s)
+  env "${envs[@]}" FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 30 "$BENCH" --working-set 64M --ops 1000 >"$tmp/t.out" 2>"$tmp/t.err"
+  rc=$?
+  if [[ $rc -ne 0 && $rc -ne 124 && $(wc -l <"$tmp/t.err") -eq 1 ]] && grep -q "refused us: wrong or missing token.*FARMEM_TOKEN_FILE" "$tmp/t.err"; then
+    ok "$case token: $(cat "$tmp/t.err") ($(( $(date +%s) - start ))s)"
+  else bad "$case token: rc=$rc $(cat "$tmp/t.err")"; fi
+done
+
+# 5. Asking for more than the server has, and a server that is not there.
+FARMEM_BACKEND=$URI FARMEM_FAR_MEM=64G timeout 30 "$BENCH" --working-set 64M --ops 1000 >/dev/null 2>"$tmp/cap.err"
+rc=$?
+if [[ $rc -ne 0 ]] && grep -q "MiB free.*FARMEM_FAR_MEM" "$tmp/cap.err"; then ok "capacity: $(cat "$tmp/cap.err")"
+else bad "capacity: rc=$rc $(cat "$tmp/cap.err")"; fi
+FARMEM_BACKEND=tcp://127.0.0.1:1 timeout 30 "$BENCH" --working-set 64M --ops 1000 >/dev/null 2>"$tmp/nc.err"
+rc=$?
+if [[ $rc -ne 0 ]] && grep -q "cannot connect to the memory server tcp://127.0.0.1:1" "$tmp/nc.err"; then ok "no server: $(cat "$tmp/nc.err")"
+else bad "no server: rc=$rc $(cat "$tmp/nc.err")"; fi
+
+# 6. A client killed mid-run leaves the server healthy and its memory reclaimed.
+FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% --ops 100000000 --no-verify >/dev/null 2>&1 &
+victim=$!
+sleep 3
+during=$(usage_line "$MAIN" "$tmp/main.out")
+kill -9 "$victim"; wait "$victim" 2>/dev/null
+sleep 1
+after=$(usage_line "$MAIN" "$tmp/main.out")
+if grep -q '"clients":[1-9]' <<<"$during" && grep -q '"used_bytes":[1-9]' <<<"$during" &&
+   grep -q '"clients":0,.*"used_bytes":0,"reserved_bytes":0' <<<"$after"; then
+  ok "killed client reclaimed (during: $during; after: $after)"
+else bad "killed client: during=$during after=$after"; fi
+out=$(FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 256M --ops 50000 --json 2>&1)
+grep -q '"verified":true' <<<"$out" && ok "server still serves after the client died" || bad "after client death: $out"
+
+# 7. The server killed mid-run: the client ends non-zero with a message within 15 s.
+start_server doomed --capacity 2G
+FARMEM_BACKEND=tcp://127.0.0.1:$PORT FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
+  --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
+client=$!
+sleep 3
+kill -9 "$SPID"
+start=$(date +%s)
+timeout 20 tail --pid="$client" -f /dev/null
+wait "$client"; rc=$?
+took=$(( $(date +%s) - start ))
+if [[ $rc -ne 0 && $took -le 15 ]] && grep -q "lost the memory server tcp://127.0.0.1:$PORT" "$tmp/k.err"; then
+  ok "server killed: client exit $rc after ${took}s: $(head -1 "$tmp/k.err")"
+else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$client" 2>/dev/null; fi
+
+# 8. SIGTERM ends the server cleanly.
+kill -TERM "$MAIN"
+wait "$MAIN"; rc=$?
+if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"
+else bad "SIGTERM: rc=$rc"; fi
+
+echo "$fails failure(s)"
+[[ $fails -eq 0 ]]
