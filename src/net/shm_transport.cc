@@ -201,10 +201,16 @@ class ShmTransport final : public Transport {
                   "; set FARMEM_SERVER to a working farmem-server binary");
     }
     shm::Hello hello{};
-    if (!recv_timed(&hello, sizeof hello, 10000) || hello.magic != shm::kMagic) {
+    int got = recv_timed(&hello, sizeof hello, 10000) ? 1 : 0;
+    if (!got || hello.magic != shm::kMagic) {
       int status = 0;
       std::string why = "did not answer within 10 s";
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      bool exited = false;
+      for (int i = 0; i < 100 && !exited; ++i) {  // it may be exiting right now
+        exited = waitpid(pid_, &status, WNOHANG) == pid_;
+        if (!exited) usleep(10000);
+      }
+      if (exited) {
         pid_ = -1;
         why = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
                                 : "was killed by signal " + std::to_string(WTERMSIG(status));
