@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "farmem/far.hpp"
+#include "farmem/farmem.h"
 #include "farmem/runtime.hpp"
 #include "farmem/uthread.hpp"
 
@@ -91,8 +92,8 @@ Options parse(int argc, char** argv) {
   }
   if (o.workload != "uniform" && o.workload != "seq" && o.workload != "zipf")
     die("--workload '" + o.workload + "' is not one of uniform, seq, zipf");
-  if (o.mode != "sw" && o.mode != "local")
-    die("--mode '" + o.mode + "' is not one of sw, local (hw comes with the userfaultfd front end)");
+  if (o.mode != "sw" && o.mode != "local" && o.mode != "hw")
+    die("--mode '" + o.mode + "' is not one of sw, hw, local");
   if (o.working_set < 4096) die("--working-set must be at least 4K");
   if (o.threads < 1 || o.threads > 60) die("--threads must be between 1 and 60");
   if (o.ops < o.threads) die("--ops must be at least --threads");
@@ -239,15 +240,18 @@ int main(int argc, char** argv) {
   bool verified = false;
   std::uint64_t expect_sum = pages + warm_ops + o.ops;  // each page starts at 1
 
-  if (o.mode == "sw") {
+  if (o.mode != "local") {
     try {
       farmem::Config cfg = farmem::Config::from_env();
       cfg.local_mem_bytes = local_mem;
-      if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 2 * pages * 4096);
+      if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 4 * pages * 4096);
+      if (o.mode == "hw") cfg.hw_mem_bytes = std::max(cfg.hw_mem_bytes, pages * 4096);
       farmem::init(cfg);
     } catch (const farmem::Error& e) {
       die(e.what());
     }
+  }
+  if (o.mode == "sw") {
     farmem::FarArray<std::uint64_t> a(words);
     {
       for (std::uint64_t p = 0; p < pages; ++p) {
@@ -288,8 +292,15 @@ int main(int argc, char** argv) {
     }
     after = farmem::stats();
   } else {
-    void* m = mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) die("cannot map the working set: " + std::string(std::strerror(errno)));
+    void* m;
+    if (o.mode == "hw") {  // the transparent region: plain pointers, userfaultfd paging
+      m = farmem_malloc(pages * 4096);
+      if (m == nullptr && errno == ENOSYS) std::exit(2);  // farmem printed why
+      if (m == nullptr) die("the transparent region cannot hold the working set; raise FARMEM_HW_MEM");
+    } else {
+      m = mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) die("cannot map the working set: " + std::string(std::strerror(errno)));
+    }
     auto* w = static_cast<std::uint64_t*>(m);
     for (std::uint64_t p = 0; p < pages; ++p) w[p * kWordsPerPage] = 1;
     auto access = [w](std::uint64_t page, std::uint64_t word) {
@@ -297,16 +308,28 @@ int main(int argc, char** argv) {
       *reinterpret_cast<volatile std::uint64_t*>(x) = *reinterpret_cast<volatile std::uint64_t*>(x) + 1;
     };
     run_ops(o, pages, warm_ops, o.seed + 1000, zipf.get(), access);
+    farmem::reset_fault_histogram();
+    before = farmem::stats();
     std::uint64_t f0 = kernel_faults(), s0 = vmstat("pswpout");
     seconds = run_ops(o, pages, o.ops, o.seed, zipf.get(), access);
-    faults = kernel_faults() - f0;
-    evictions = vmstat("pswpout") - s0;
+    after = farmem::stats();
+    if (o.mode == "hw") {
+      faults = after.faults - before.faults;
+      evictions = after.evictions - before.evictions;
+      p50 = after.fault_p50_ns;
+      p99 = after.fault_p99_ns;
+    } else {
+      faults = kernel_faults() - f0;
+      evictions = vmstat("pswpout") - s0;
+    }
     if (o.verify) {
       std::uint64_t sum = 0;
       for (std::uint64_t i = 0; i < words; ++i) sum += w[i];
       verified = sum == expect_sum;
-      if (!verified) die("verification FAILED: local memory sum mismatch");
+      if (!verified) die("verification FAILED: sum of the working set is " + std::to_string(sum) +
+                         ", expected " + std::to_string(expect_sum));
     }
+    after = farmem::stats();
   }
 
   const double ops_per_sec = static_cast<double>(o.ops) / seconds;
@@ -332,7 +355,7 @@ int main(int argc, char** argv) {
                 (unsigned long long)(local_mem >> 20), o.threads);
     std::printf("  %llu ops in %.3f s: %.2f Mops/s, %.1f ns/op\n", (unsigned long long)o.ops,
                 seconds, ops_per_sec / 1e6, ns_per_op);
-    if (o.mode == "sw") {
+    if (o.mode != "local") {
       std::printf("  faults %llu (p50 %llu ns, p99 %llu ns), evictions %llu, pages in %llu MiB, out %llu MiB\n",
                   (unsigned long long)faults, (unsigned long long)p50, (unsigned long long)p99,
                   (unsigned long long)evictions,

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
+#include "hw/region.hpp"
 #include "mem/page_state.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
@@ -243,7 +245,8 @@ void Evictor::finalize(Batch& b) {
     for (;;) {
       std::uint64_t s = word.load(std::memory_order_acquire);
       if (ps::kind(s) != Kind::Evicting || ps::frame(s) != v.frame) break;  // rescued by a core
-      if (ps::pins(s) != 0 || std::binary_search(hz.begin(), hz.end(), v.vpn)) {
+      const bool hw = rt_.is_hw_page(v.vpn);
+      if (!hw && (ps::pins(s) != 0 || std::binary_search(hz.begin(), hz.end(), v.vpn))) {
         if (word.compare_exchange_strong(s, ps::with_kind(s, Kind::Resident), std::memory_order_acq_rel)) {
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
           break;
@@ -269,6 +272,14 @@ void Evictor::finalize(Batch& b) {
     }
   }
   if (dirty.empty()) return;
+  hw::Region* region = rt_.hw.load(std::memory_order_acquire);
+  for (const Victim& v : dirty) {
+    // A transparent page leaves the application's address space first (one
+    // kernel TLB shootdown); from then on an access faults and waits for us.
+    if (rt_.is_hw_page(v.vpn))
+      if (int e = region->move_out(v.vpn, v.frame); e != 0)
+        detail::fatal("cannot unmap a page of the transparent region (UFFDIO_MOVE: %s)", std::strerror(e));
+  }
   for (std::size_t i = 0; i < dirty.size(); ++i)
     qp_->post_write(dirty[i].vpn * kPageSize, rt_.frame_addr(dirty[i].frame), kPageSize, i);
   qp_->submit();
@@ -283,8 +294,15 @@ void Evictor::finalize(Batch& b) {
     std::uint64_t s = word.load(std::memory_order_acquire);
     for (;;) {
       if (s & ps::kWanted) {  // a core faulted on it meanwhile: keep it, now clean
-        std::uint64_t keep = ps::make(Kind::Resident, v.frame, ps::kHasRemote | ps::kAccessed) |
+        const bool hw = rt_.is_hw_page(v.vpn);
+        std::uint64_t keep = ps::make(Kind::Resident, v.frame,
+                                      ps::kHasRemote | ps::kAccessed | (hw ? ps::kDirty : 0)) |
                              (s & ps::kPinMask);
+        if (hw) {
+          if (int e = region->move_in(v.vpn, v.frame); e != 0)  // wakes the faulting threads
+            detail::fatal("cannot map a page back into the transparent region (UFFDIO_MOVE: %s)",
+                          std::strerror(e));
+        }
         if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
           rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
@@ -334,6 +352,18 @@ bool Evictor::process_frees() {
               busy = true;
             break;
           case Kind::Resident:
+            if (rt_.is_hw_page(vpn)) {  // unmap it now: nothing else can hold it
+              std::uint64_t w = s | ps::kWriting;
+              w = ps::with_kind(w, Kind::Evicting);
+              if (!word.compare_exchange_strong(s, w, std::memory_order_acq_rel)) { busy = true; break; }
+              std::uint32_t f = static_cast<std::uint32_t>(ps::frame(s));
+              if (int e = rt_.hw.load()->move_out(vpn, f); e != 0)
+                detail::fatal("cannot unmap a freed page of the transparent region (UFFDIO_MOVE: %s)",
+                              std::strerror(e));
+              word.store(0, std::memory_order_release);
+              release_frame(f);
+              break;
+            }
             if (ps::pins(s) == 0 &&
                 word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel))
               marked.push_back({vpn, static_cast<std::uint32_t>(ps::frame(s))});
@@ -375,7 +405,8 @@ bool Evictor::process_frees() {
     }
     rt_.discarded_pages.fetch_add(pages, std::memory_order_relaxed);
     rt_.transport->discard(first * kPageSize, pages * kPageSize);
-    rt_.far.release(first, pages);
+    if (rt_.is_hw_page(first)) rt_.hw.load()->release_range(first, pages);
+    else rt_.far.release(first, pages);
   }
   return true;
 }

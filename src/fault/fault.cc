@@ -15,7 +15,6 @@
 #include "sched/sched.hpp"
 
 namespace farmem::detail {
-namespace {
 
 using mem::Kind;
 namespace ps = mem::ps;
@@ -25,6 +24,8 @@ std::uint64_t now_ns() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
 }
+
+namespace {
 
 // Waiting inside the fault path: a uthread lets others run (its scheduler acks
 // shootdowns at the switch); a plain thread acks and spins.
@@ -38,6 +39,8 @@ void wait_a_little(Core& c) {
 }
 
 constexpr std::uint64_t kStallLimitNs = 20ull * 1000 * 1000 * 1000;
+
+}  // namespace
 
 // Takes a free frame from the core's ring; waits for the evictor if it is empty.
 std::uint32_t take_frame(Runtime& rt, Core& c) {
@@ -77,7 +80,7 @@ void record_fault(Core& c, std::uint64_t t0) {
 }
 
 // Fetches far page `vpn` into frame f; returns when the bytes are there.
-void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
+void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   auto* qp = static_cast<net::QueuePair*>(c.qp);
   if (uthread::detail::Uthread* u = uthread::detail::current()) {
     // Post and park; the scheduler rings the doorbell once for all the reads its
@@ -97,6 +100,8 @@ void fetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   }
   c.stats.bump(c.stats.fetches);
 }
+
+namespace {
 
 // Pins a page whose hazard could not be published (scope holds too many pages).
 void pin_overflow(Runtime& rt, Core& c, std::uint64_t vpn) {
@@ -123,7 +128,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
   Runtime& rt = current();
   const std::uint64_t vpn = addr >> kPageShift;
   TlbEntry& e = c.tlb[vpn & (kTlbEntries - 1)];
-  if (vpn == 0 || vpn >= rt.far_pages)
+  if (vpn == 0 || vpn >= rt.far_pages || rt.is_hw_page(vpn))
     fatal("far pointer 0x%llx is outside far memory (null or corrupt far pointer)",
           static_cast<unsigned long long>(addr));
 
@@ -180,7 +185,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
           std::memset(rt.frame_addr(f), 0, kPageSize);
           c.stats.bump(c.stats.zero_fills);
         } else {
-          fetch(rt, c, vpn, f);
+          fetch_page(rt, c, vpn, f);
           flags |= ps::kHasRemote;
         }
         rt.owner[f].store(vpn, std::memory_order_relaxed);

@@ -84,6 +84,11 @@ Config Config::from_env() {
   if (const char* v = env("FARMEM_LOCAL_MEM"))
     c.local_mem_bytes = parse_size_or_percent(v, physical_memory_bytes(), "FARMEM_LOCAL_MEM");
   if (const char* v = env("FARMEM_FAR_MEM")) c.far_mem_bytes = parse_size(v, "FARMEM_FAR_MEM");
+  if (const char* v = env("FARMEM_HW_MEM")) {
+    c.hw_mem_bytes = parse_size(v, "FARMEM_HW_MEM");
+    if (c.hw_mem_bytes < (1ull << 20))
+      throw Error(std::string("FARMEM_HW_MEM=") + v + " is below 1M; raise it");
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;

@@ -14,6 +14,9 @@
 namespace farmem::evict {
 class Evictor;
 }
+namespace farmem::hw {
+class Region;
+}
 
 namespace farmem::detail {
 
@@ -38,6 +41,13 @@ struct Runtime {
   mem::FarAllocator far;
   std::unique_ptr<evict::Evictor> evictor;
 
+  // The transparent (userfaultfd) region, created on the first farmem_malloc.
+  std::atomic<hw::Region*> hw{nullptr};
+  std::atomic<std::uint64_t> hw_first{0}, hw_pages{0};  // its far pages (set once)
+  bool is_hw_page(std::uint64_t vpn) const {
+    return vpn - hw_first.load(std::memory_order_relaxed) < hw_pages.load(std::memory_order_relaxed);
+  }
+
   // Evictor-side statistics (the evictor is the only writer).
   std::atomic<std::uint64_t> evictions{0}, writebacks{0}, clean_drops{0}, shootdowns{0},
       discarded_pages{0}, evictor_rescues{0}, to_remote{0}, discarded_remote{0};
@@ -56,6 +66,12 @@ inline Runtime& current() { return *g_runtime_ptr.load(std::memory_order_acquire
 Runtime& runtime();  // starts the runtime from the environment on first use
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
+
+// Fault-path building blocks (fault/fault.cc), shared with the transparent region.
+std::uint64_t now_ns();
+std::uint32_t take_frame(Runtime& rt, Core& c);            // waits for the evictor if needed
+void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f);
+void record_fault(Core& c, std::uint64_t t0);
 
 // A point where a core that is blocked inside a scope acknowledges shootdowns:
 // its TLB is flushed, its hazards keep protecting the pages it holds.

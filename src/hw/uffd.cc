@@ -1,0 +1,73 @@
+// userfaultfd set-up and ioctls (see uffd.hpp).
+#include "hw/uffd.hpp"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "farmem/runtime.hpp"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+namespace farmem::hw {
+
+Uffd open_uffd() {
+  Uffd u;
+  u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  u.how = "userfaultfd(2)";
+  if (u.fd < 0 && errno == EPERM) {  // unprivileged: user-mode faults are enough for us
+    u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    u.how = "userfaultfd(2), user-mode only";
+  }
+  if (u.fd < 0 && (errno == EPERM || errno == ENOSYS)) {
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev >= 0) {
+      u.fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+      close(dev);
+      u.how = "/dev/userfaultfd";
+    }
+  }
+  if (u.fd < 0)
+    throw Error(std::string("userfaultfd is not available (") + std::strerror(errno) +
+                "); run as root, set sysctl vm.unprivileged_userfaultfd=1, or grant access to "
+                "/dev/userfaultfd");
+  uffdio_api api{UFFD_API, UFFD_FEATURE_MOVE, 0};
+  if (ioctl(u.fd, UFFDIO_API, &api) != 0 || !(api.features & UFFD_FEATURE_MOVE)) {
+    close(u.fd);
+    throw Error("this kernel's userfaultfd lacks UFFDIO_MOVE (Linux 6.8 or newer); the transparent "
+                "region needs it: use far pointers (FarArray) instead");
+  }
+  u.features = api.features;
+  return u;
+}
+
+void register_range(int fd, void* addr, std::uint64_t len) {
+  uffdio_register r{};
+  r.range.start = reinterpret_cast<std::uint64_t>(addr);
+  r.range.len = len;
+  r.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(fd, UFFDIO_REGISTER, &r) != 0)
+    throw Error(std::string("cannot register the transparent region with userfaultfd: ") + std::strerror(errno));
+}
+
+int move_page(int fd, void* dst, void* src) {
+  uffdio_move m{reinterpret_cast<std::uint64_t>(dst), reinterpret_cast<std::uint64_t>(src), 4096, 0, 0};
+  for (;;) {
+    if (ioctl(fd, UFFDIO_MOVE, &m) == 0) return 0;
+    if (errno == EAGAIN && m.move == 0) continue;  // transient: try again
+    return errno;
+  }
+}
+
+void wake(int fd, void* addr, std::uint64_t len) {
+  uffdio_range r{reinterpret_cast<std::uint64_t>(addr), len};
+  ioctl(fd, UFFDIO_WAKE, &r);
+}
+
+}  // namespace farmem::hw

@@ -1,0 +1,44 @@
+// userfaultfd: opening it (with the right privilege fallbacks), the features
+// this runtime needs, and the ioctls it uses. Debian 12's headers predate
+// UFFDIO_MOVE (Linux 6.8): it is defined here and detected at run time.
+#pragma once
+#include <linux/userfaultfd.h>
+
+#include <cstdint>
+#include <string>
+
+#ifndef UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+struct uffdio_move {
+  __u64 dst;
+  __u64 src;
+  __u64 len;
+  __u64 mode;
+  __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+namespace farmem::hw {
+
+struct Uffd {
+  int fd = -1;
+  std::uint64_t features = 0;
+  std::string how;  // which way it was opened (for the start-up line)
+};
+
+// Opens a userfaultfd with UFFD_FEATURE_MOVE; throws farmem::Error naming the
+// fix when the kernel or the privileges do not allow it.
+Uffd open_uffd();
+void register_range(int fd, void* addr, std::uint64_t len);
+// Moves one page from src to dst (dst must be missing); returns 0 or errno.
+int move_page(int fd, void* dst, void* src);
+void wake(int fd, void* addr, std::uint64_t len);
+
+}  // namespace farmem::hw
