@@ -62,6 +62,18 @@ PY
 then echo "ok   FARMEM_STATS=1 prints one JSON line; bench JSON has the contract fields"
 else echo "FAIL stats/json:"; cat "$tmp/out" "$tmp/err"; fails=$((fails + 1)); fi
 
+# The transparent region as an ordinary user: vm.unprivileged_userfaultfd=0
+# still allows user-mode-only userfaultfd, which is all the runtime needs.
+if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null && id nobody >/dev/null 2>&1; then
+  if (cd / && setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups \
+        "$BENCH" --mode hw --working-set 32M --ops 2000 --json >"$tmp/out" 2>"$tmp/err") &&
+     grep -q '"verified":true' "$tmp/out"; then
+    echo "ok   --mode hw as an unprivileged user"
+  else echo "FAIL --mode hw as an unprivileged user:"; cat "$tmp/err"; fails=$((fails + 1)); fi
+else
+  echo "skip --mode hw as an unprivileged user (needs root, setpriv and a nobody user)"
+fi
+
 # The memory server killed mid-run: the client exits non-zero with a message, quickly.
 "$BENCH" --working-set 256M --ops 500000000 --no-verify >"$tmp/out" 2>"$tmp/err" &
 bench=$!
