@@ -43,7 +43,7 @@ bool initialized();
 void shutdown();               // stops the evictor and the memory server (also at exit)
 
 struct Stats {
-  std::uint64_t faults = 0, zero_fills = 0, fetches = 0, rescues = 0, alloc_stalls = 0;
+  std::uint64_t faults = 0, zero_fills = 0, fetches = 0, prefetches = 0, rescues = 0, alloc_stalls = 0;
   std::uint64_t evictions = 0, writebacks = 0, clean_drops = 0, shootdowns = 0;
   std::uint64_t bytes_in = 0, bytes_out = 0;
   std::uint64_t local_mem_bytes = 0, resident_bytes = 0, far_bytes = 0;

@@ -157,22 +157,28 @@ bool Evictor::reclaim_dead_cores() {
   return any;
 }
 
+// Fair refill: first every ring up to half (starting from a rotating core, so
+// a core that faults a lot cannot starve the others when frames are scarce),
+// then every ring to full.
 bool Evictor::refill_rings() {
   bool any = false;
   std::uint32_t hwm = rt_.core_hwm.load(std::memory_order_acquire);
-  for (std::uint32_t i = 0; i < hwm && !free_.empty(); ++i) {
-    Core& c = rt_.cores[i];
-    if (c.life.load(std::memory_order_acquire) != 1) continue;
-    std::uint32_t h = c.ring.head.load(std::memory_order_acquire);
-    std::uint32_t t = c.ring.tail.load(std::memory_order_relaxed);
-    std::uint32_t space = kRingSize - (t - h);
-    if (space == 0) continue;
-    for (; space > 0 && !free_.empty(); --space, ++t) {
-      c.ring.slots[t & (kRingSize - 1)] = free_.back();
-      free_.pop_back();
+  if (hwm == 0) return false;
+  const std::uint32_t start = refill_rr_++ % hwm;
+  for (std::uint32_t target : {kRingSize / 2, kRingSize}) {
+    for (std::uint32_t k = 0; k < hwm && !free_.empty(); ++k) {
+      Core& c = rt_.cores[(start + k) % hwm];
+      if (c.life.load(std::memory_order_acquire) != 1) continue;
+      std::uint32_t h = c.ring.head.load(std::memory_order_acquire);
+      std::uint32_t t = c.ring.tail.load(std::memory_order_relaxed);
+      if (t - h >= target) continue;
+      for (std::uint32_t n = target - (t - h); n > 0 && !free_.empty(); --n, ++t) {
+        c.ring.slots[t & (kRingSize - 1)] = free_.back();
+        free_.pop_back();
+      }
+      c.ring.tail.store(t, std::memory_order_release);
+      any = true;
     }
-    c.ring.tail.store(t, std::memory_order_release);
-    any = true;
   }
   return any;
 }

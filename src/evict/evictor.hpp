@@ -60,6 +60,7 @@ class Evictor {
   std::deque<Batch> pending_;        // batches waiting for acknowledgements
   std::size_t pending_pages_ = 0;
   std::uint64_t hand_ = 0;           // CLOCK hand over frames
+  std::uint32_t refill_rr_ = 0;      // first core served by the next refill
   std::unique_ptr<net::QueuePair> qp_;
   std::thread thread_;
   std::atomic<bool> stop_{false};

@@ -103,6 +103,69 @@ void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
 
 namespace {
 
+constexpr unsigned kPrefetchPages = 8;
+
+// A frame only if one is free right now (prefetch never waits for the evictor).
+std::uint32_t try_take_frame(Core& c) {
+  FreeRing& r = c.ring;
+  std::uint32_t h = r.head.load(std::memory_order_relaxed);
+  // Keep half the ring for demand faults.
+  if (r.tail.load(std::memory_order_acquire) - h <= kRingSize / 2) return 0;
+  std::uint32_t f = r.slots[h & (kRingSize - 1)];
+  r.head.store(h + 1, std::memory_order_release);
+  return f;
+}
+
+// Fetches remote page vpn into frame f, and, when this core's recent fetches
+// were sequential, the next remote pages too: one batch, one system call.
+void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
+  c.seq_run = (vpn == c.last_fetch_vpn + 1) ? c.seq_run + 1 : 0;
+  c.last_fetch_vpn = vpn;
+  if (c.seq_run < 2 || uthread::detail::current() != nullptr) {
+    fetch_page(rt, c, vpn, f);
+    return;
+  }
+  std::uint64_t ahead[kPrefetchPages];
+  std::uint32_t frames[kPrefetchPages];
+  unsigned n = 0;
+  for (std::uint64_t p = vpn + 1; p < vpn + 1 + kPrefetchPages && p < rt.far_pages; ++p) {
+    if (rt.is_hw_page(p)) break;
+    std::uint64_t s = rt.pt[p].load(std::memory_order_acquire);
+    if (mem::ps::kind(s) != Kind::Remote) break;
+    // Claim the page first (others wait on Fetching), then find it a frame.
+    if (!rt.pt[p].compare_exchange_strong(s, ps::make(Kind::Fetching, 0, 0), std::memory_order_acq_rel))
+      break;
+    std::uint32_t g = try_take_frame(c);
+    if (g == 0) {
+      rt.pt[p].store(s, std::memory_order_release);  // give the claim back
+      break;
+    }
+    ahead[n] = p;
+    frames[n] = g;
+    ++n;
+  }
+  auto* qp = static_cast<net::QueuePair*>(c.qp);
+  qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
+  for (unsigned i = 0; i < n; ++i) qp->post_read(ahead[i] * kPageSize, rt.frame_addr(frames[i]), kPageSize, ahead[i]);
+  qp->submit();
+  net::Completion done[kPrefetchPages + 1];
+  for (unsigned got = 0, spins = 0; got < n + 1; ++spins) {
+    std::size_t k = qp->poll(done, kPrefetchPages + 1);
+    got += static_cast<unsigned>(k);
+    if (k) continue;
+    ack_point(c);
+    if (spins > 64) qp->wait(200);
+    else cpu_relax();
+  }
+  for (unsigned i = 0; i < n; ++i) {  // installed cold: CLOCK takes them back if unused
+    rt.owner[frames[i]].store(ahead[i], std::memory_order_relaxed);
+    rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], ps::kHasRemote), std::memory_order_release);
+  }
+  c.last_fetch_vpn = vpn + n;
+  c.stats.bump(c.stats.fetches);
+  c.stats.bump(c.stats.prefetches, n);
+}
+
 // Pins a page whose hazard could not be published (scope holds too many pages).
 void pin_overflow(Runtime& rt, Core& c, std::uint64_t vpn) {
   if (c.pins == nullptr) c.pins = new std::vector<std::uint64_t>();
@@ -185,7 +248,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
           std::memset(rt.frame_addr(f), 0, kPageSize);
           c.stats.bump(c.stats.zero_fills);
         } else {
-          fetch_page(rt, c, vpn, f);
+          fetch_with_prefetch(rt, c, vpn, f);
           flags |= ps::kHasRemote;
         }
         rt.owner[f].store(vpn, std::memory_order_relaxed);

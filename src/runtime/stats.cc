@@ -32,6 +32,7 @@ Stats stats() {
     s.faults += c.faults.load(std::memory_order_relaxed);
     s.zero_fills += c.zero_fills.load(std::memory_order_relaxed);
     s.fetches += c.fetches.load(std::memory_order_relaxed);
+    s.prefetches += c.prefetches.load(std::memory_order_relaxed);
     s.rescues += c.rescues.load(std::memory_order_relaxed);
     s.alloc_stalls += c.alloc_stalls.load(std::memory_order_relaxed);
     for (unsigned b = 0; b < kB; ++b) {
@@ -49,13 +50,13 @@ Stats stats() {
   s.writebacks = rt->writebacks.load(std::memory_order_relaxed);
   s.clean_drops = rt->clean_drops.load(std::memory_order_relaxed);
   s.shootdowns = rt->shootdowns.load(std::memory_order_relaxed);
-  s.bytes_in = s.fetches * detail::kPageSize;
+  s.bytes_in = (s.fetches + s.prefetches) * detail::kPageSize;
   s.bytes_out = s.writebacks * detail::kPageSize;
   s.local_mem_bytes = std::uint64_t{rt->nframes} * detail::kPageSize;
   std::uint64_t free_frames = rt->evictor ? rt->evictor->free_frames() : rt->nframes;
   s.resident_bytes = (rt->nframes - std::min<std::uint64_t>(free_frames, rt->nframes)) * detail::kPageSize;
   std::int64_t remote = static_cast<std::int64_t>(rt->to_remote.load()) -
-                        static_cast<std::int64_t>(s.fetches) -
+                        static_cast<std::int64_t>(s.fetches + s.prefetches) -
                         static_cast<std::int64_t>(rt->discarded_remote.load());
   s.far_bytes = remote > 0 ? static_cast<std::uint64_t>(remote) * detail::kPageSize : 0;
   return s;
@@ -72,13 +73,14 @@ std::string stats_json() {
   Stats s = stats();
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "{\"farmem_stats\":1,\"faults\":%llu,\"zero_fills\":%llu,\"fetches\":%llu,"
+                "{\"farmem_stats\":1,\"faults\":%llu,\"zero_fills\":%llu,\"fetches\":%llu,\"prefetches\":%llu,"
                 "\"evictions\":%llu,\"writebacks\":%llu,\"clean_drops\":%llu,\"rescues\":%llu,"
                 "\"alloc_stalls\":%llu,\"shootdowns\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                 "\"local_mem_bytes\":%llu,\"resident_bytes\":%llu,\"far_bytes\":%llu,"
                 "\"fault_p50_ns\":%llu,\"fault_p99_ns\":%llu,\"fault_max_ns\":%llu}",
                 (unsigned long long)s.faults, (unsigned long long)s.zero_fills,
-                (unsigned long long)s.fetches, (unsigned long long)s.evictions,
+                (unsigned long long)s.fetches, (unsigned long long)s.prefetches,
+                (unsigned long long)s.evictions,
                 (unsigned long long)s.writebacks, (unsigned long long)s.clean_drops,
                 (unsigned long long)s.rescues, (unsigned long long)s.alloc_stalls,
                 (unsigned long long)s.shootdowns, (unsigned long long)s.bytes_in,

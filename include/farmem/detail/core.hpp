@@ -27,7 +27,7 @@ struct TlbEntry {
 struct CoreStats {
   // Written only by the owning core (load+store, no locked op), read by the reporter.
   std::atomic<std::uint64_t> faults{0}, zero_fills{0}, fetches{0}, rescues{0},
-      alloc_stalls{0}, fetch_wait_ns{0}, tlb_flushes{0};
+      alloc_stalls{0}, fetch_wait_ns{0}, tlb_flushes{0}, prefetches{0};
   static constexpr unsigned kHistBuckets = 64 * 8;
   std::atomic<std::uint32_t> fault_hist[kHistBuckets]{};  // log-linear, ns
   void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
@@ -51,6 +51,8 @@ struct alignas(64) Core {
   std::uint32_t depth = 0;
   std::uint64_t seen_gen = 0;          // last shootdown generation this core flushed for
   std::uint32_t spare_frame = 0;       // a frame taken but not used (lost a race); 0 = none
+  std::uint64_t last_fetch_vpn = 0;    // sequential-fetch detection (prefetch)
+  std::uint32_t seq_run = 0;
   unsigned index = 0;
   void* qp = nullptr;                  // the core's queue pair (net::QueuePair)
   std::uint32_t npins = 0;             // overflow pins held in this scope
