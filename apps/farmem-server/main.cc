@@ -4,11 +4,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "farmem/runtime.hpp"
+#include "net/wire.hpp"
 #include "server/shm_server.hpp"
 #include "server/tcp_server.hpp"
 
@@ -75,13 +74,8 @@ int main(int argc, char** argv) {
   opt.capacity = capacity;
   opt.stats_interval_s = stats_interval;
   if (!token_file.empty()) {
-    std::ifstream f(token_file);
-    if (!f) die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    opt.token = ss.str();
-    while (!opt.token.empty() && (opt.token.back() == '\n' || opt.token.back() == '\r' || opt.token.back() == ' '))
-      opt.token.pop_back();
+    if (!farmem::net::wire::read_token_file(token_file, &opt.token))
+      die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
     if (opt.token.empty()) die("--token-file " + token_file + " is empty");
   }
   return farmem::server::run_tcp(opt);

@@ -1,11 +1,8 @@
 // Eviction on a dedicated core (see evictor.hpp for the pipeline).
 #include "evict/evictor.hpp"
 
-#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,10 +26,6 @@ namespace ps = mem::ps;
 namespace {
 constexpr std::size_t kMaxPendingBatches = 4;
 
-void futex_wait(std::atomic<std::uint32_t>* w, std::uint32_t val, long ns) {
-  timespec ts{0, ns};
-  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAIT_PRIVATE, val, &ts, nullptr, 0);
-}
 }  // namespace
 
 Evictor::Evictor(detail::Runtime& rt) : rt_(rt) {
@@ -62,8 +55,7 @@ void Evictor::stop() {
   if (!thread_.joinable()) return;
   stop_.store(true);
   rt_.kick_word.fetch_add(1);
-  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&rt_.kick_word), FUTEX_WAKE_PRIVATE, 1,
-          nullptr, nullptr, 0);
+  detail::futex_wake(&rt_.kick_word);
   thread_.join();
 }
 
@@ -134,7 +126,7 @@ void Evictor::idle_wait(unsigned idle) {
                     kRingSize / 2;
   }
   if (!rings_low || free_.empty())
-    futex_wait(&rt_.kick_word, k, pending_.empty() ? 2000000 : 50000);
+    detail::futex_wait(&rt_.kick_word, k, pending_.empty() ? 2000000 : 50000);
   rt_.evictor_sleeping.store(0, std::memory_order_relaxed);
 }
 

@@ -3,7 +3,6 @@
 // state: uses the resident frame, rescues a page the evictor picked, zero-fills a
 // never-touched page, or fetches a remote page through the core's queue pair.
 // It never evicts: frames come from the core's free ring, kept full by the evictor.
-#include <time.h>
 
 #include <cstring>
 #include <vector>
@@ -18,12 +17,6 @@ namespace farmem::detail {
 
 using mem::Kind;
 namespace ps = mem::ps;
-
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
 
 namespace {
 
@@ -79,6 +72,22 @@ void record_fault(Core& c, std::uint64_t t0) {
   b.store(b.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
+namespace {
+// Busy-polls (acking shootdowns) until `count` completions have arrived; after
+// a while sleeps in the transport's wait, so a server on this machine gets a CPU.
+void await_completions(Core& c, net::QueuePair* qp, unsigned count) {
+  net::Completion done[16];
+  for (unsigned got = 0, spins = 0; got < count; ++spins) {
+    std::size_t k = qp->poll(done, 16);
+    got += static_cast<unsigned>(k);
+    if (k) continue;
+    ack_point(c);
+    if (spins > 64) qp->wait(200);
+    else cpu_relax();
+  }
+}
+}  // namespace
+
 // Fetches far page `vpn` into frame f; returns when the bytes are there.
 void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   auto* qp = static_cast<net::QueuePair*>(c.qp);
@@ -92,12 +101,7 @@ void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
   }
   qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
   qp->submit();
-  net::Completion done[4];
-  for (unsigned spins = 0; qp->poll(done, 4) == 0; ++spins) {
-    ack_point(c);
-    if (spins > 64) qp->wait(200);
-    else cpu_relax();
-  }
+  await_completions(c, qp, 1);
   c.stats.bump(c.stats.fetches);
 }
 
@@ -148,15 +152,7 @@ void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t 
   qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
   for (unsigned i = 0; i < n; ++i) qp->post_read(ahead[i] * kPageSize, rt.frame_addr(frames[i]), kPageSize, ahead[i]);
   qp->submit();
-  net::Completion done[kPrefetchPages + 1];
-  for (unsigned got = 0, spins = 0; got < n + 1; ++spins) {
-    std::size_t k = qp->poll(done, kPrefetchPages + 1);
-    got += static_cast<unsigned>(k);
-    if (k) continue;
-    ack_point(c);
-    if (spins > 64) qp->wait(200);
-    else cpu_relax();
-  }
+  await_completions(c, qp, n + 1);
   for (unsigned i = 0; i < n; ++i) {  // installed cold: CLOCK takes them back if unused
     rt.owner[frames[i]].store(ahead[i], std::memory_order_relaxed);
     rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], ps::kHasRemote), std::memory_order_release);

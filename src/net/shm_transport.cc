@@ -12,7 +12,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,17 +27,14 @@
 #include "net/shm_wire.hpp"
 #include "net/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
 
 extern char** environ;
 
 namespace farmem::net {
 namespace {
 
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
+using detail::now_ns;
 
 bool executable(const std::string& p) { return !p.empty() && access(p.c_str(), X_OK) == 0; }
 

@@ -10,15 +10,12 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -28,6 +25,7 @@
 #include "net/tcp_transport.hpp"
 #include "net/wire.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
 
 namespace farmem::net {
 namespace {
@@ -35,11 +33,7 @@ namespace {
 constexpr int kConnectTimeoutMs = 5000;
 constexpr std::uint64_t kSilenceLimitNs = 10ull * 1000 * 1000 * 1000;
 
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
+using detail::now_ns;
 
 struct Endpoint {
   std::string host, port, uri;
@@ -61,12 +55,9 @@ Endpoint parse_uri(const std::string& uri) {
 
 std::string read_token(const Config& cfg) {
   if (cfg.token_file.empty()) return {};
-  std::ifstream f(cfg.token_file);
-  if (!f) throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::string t = ss.str();
-  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
+  std::string t;
+  if (!wire::read_token_file(cfg.token_file, &t))
+    throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
   if (t.size() > wire::kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 4096 bytes");
   return t;
 }

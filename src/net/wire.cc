@@ -2,7 +2,21 @@
 // bytes from the network are a well-formed message.
 #include "net/wire.hpp"
 
+#include <fstream>
+#include <sstream>
+
 namespace farmem::net::wire {
+
+bool read_token_file(const std::string& path, std::string* token) {
+  std::ifstream f(path);
+  if (!f) return false;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  *token = ss.str();
+  while (!token->empty() && (token->back() == '\n' || token->back() == '\r' || token->back() == ' '))
+    token->pop_back();
+  return true;
+}
 
 Errc validate(const Header& h, bool from_server, std::string* why) {
   auto fail = [&](Errc e, const char* msg) {

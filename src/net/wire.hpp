@@ -52,6 +52,10 @@ inline Header make(Op op, std::uint64_t id, std::uint64_t offset, std::uint32_t 
   return Header{kMagic, kVersion, static_cast<std::uint16_t>(op), id, offset, size, length, status, 0};
 }
 
+// Reads a shared-token file (client FARMEM_TOKEN_FILE, server --token-file):
+// its contents without trailing newlines and spaces. False (errno set) if unreadable.
+bool read_token_file(const std::string& path, std::string* token);
+
 // Checks a received header before anything trusts it. Returns Ok or why not.
 // `from_server` selects which ops are legal in that direction.
 Errc validate(const Header& h, bool from_server, std::string* why);

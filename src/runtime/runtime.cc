@@ -3,9 +3,7 @@
 // them at exit (printing statistics when FARMEM_STATS=1).
 #include "runtime/runtime.hpp"
 
-#include <linux/futex.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -53,8 +51,7 @@ void at_exit() { farmem::shutdown(); }
 void Runtime::kick_evictor() {
   if (evictor_sleeping.load(std::memory_order_seq_cst)) {
     kick_word.fetch_add(1, std::memory_order_seq_cst);
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&kick_word), FUTEX_WAKE_PRIVATE, 1,
-            nullptr, nullptr, 0);
+    futex_wake(&kick_word);
   }
 }
 

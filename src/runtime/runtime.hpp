@@ -10,6 +10,7 @@
 #include "farmem/runtime.hpp"
 #include "mem/far_alloc.hpp"
 #include "net/queue_pair.hpp"
+#include "runtime/os.hpp"
 
 namespace farmem::evict {
 class Evictor;
@@ -68,7 +69,6 @@ Runtime& runtime();  // starts the runtime from the environment on first use
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
 // Fault-path building blocks (fault/fault.cc), shared with the transparent region.
-std::uint64_t now_ns();
 std::uint32_t take_frame(Runtime& rt, Core& c);            // waits for the evictor if needed
 void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f);
 void record_fault(Core& c, std::uint64_t t0);

@@ -6,12 +6,9 @@
 // Idle schedulers steal runnable uthreads that are not inside a scope.
 #include "sched/sched.hpp"
 
-#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +23,7 @@
 #include "mem/page_state.hpp"
 #include "net/queue_pair.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
 #include "runtime/runtime.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -54,11 +52,7 @@ constexpr std::size_t kStackSize = 64 * 1024;
 constexpr std::size_t kGuard = 4096;
 constexpr unsigned kMaxSchedulers = 60;
 
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
+using farmem::detail::now_ns;
 
 Stack new_stack() {
   void* p = mmap(nullptr, kStackSize + kGuard, PROT_READ | PROT_WRITE,
@@ -94,23 +88,21 @@ class Scheduler {
   std::vector<Stack> stacks;      // stack pool
   void* tsan_fiber = nullptr;
 
-  void push(Uthread* u) {
-    qlock.lock();
-    runq.push_back(u);
-    nq.store(runq.size(), std::memory_order_relaxed);
-    qlock.unlock();
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the sleeper's check
-    if (sleeping.load(std::memory_order_seq_cst)) {
-      wake_word.fetch_add(1, std::memory_order_seq_cst);
-      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&wake_word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
-    }
-  }
   // From the scheduler's own thread: nobody to wake.
   void push_local(Uthread* u) {
     qlock.lock();
     runq.push_back(u);
     nq.store(runq.size(), std::memory_order_relaxed);
     qlock.unlock();
+  }
+  // From anywhere: also wakes the scheduler if it sleeps.
+  void push(Uthread* u) {
+    push_local(u);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the sleeper's check
+    if (sleeping.load(std::memory_order_seq_cst)) {
+      wake_word.fetch_add(1, std::memory_order_seq_cst);
+      farmem::detail::futex_wake(&wake_word);
+    }
   }
   Uthread* pop() {
     if (nq.load(std::memory_order_relaxed) == 0) return nullptr;  // peek; the lock decides
@@ -375,8 +367,7 @@ void Scheduler::loop() {
     if (nq.load(std::memory_order_seq_cst) == 0) {
       long ns = 1000000;
       if (!timers.empty()) ns = std::max<long>(1000, std::min<long>(ns, static_cast<long>(timers.top().first - now_ns())));
-      timespec ts{0, ns};
-      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&wake_word), FUTEX_WAIT_PRIVATE, w, &ts, nullptr, 0);
+      farmem::detail::futex_wait(&wake_word, w, ns);
     }
     sleeping.store(0, std::memory_order_relaxed);
     idle = 0;
@@ -409,7 +400,7 @@ void wake(Waiter* w) {
     // The waiter may return (and w vanish) as soon as it sees 1: a wake on a
     // dead futex word is harmless.
     w->woken.store(1, std::memory_order_release);
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&w->woken), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    farmem::detail::futex_wake(&w->woken);
   }
 }
 
@@ -419,7 +410,7 @@ void wait_plain(Waiter& w) {
     farmem::detail::cpu_relax();
   }
   while (!w.woken.load(std::memory_order_acquire))
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&w.woken), FUTEX_WAIT_PRIVATE, 0, nullptr, nullptr, 0);
+    farmem::detail::futex_wait(&w.woken, 0);
 }
 
 }  // namespace farmem::uthread::detail
@@ -459,7 +450,7 @@ void stop() {
   g_stop.store(true, std::memory_order_release);
   for (auto& s : g_scheds) {
     s->wake_word.fetch_add(1);
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&s->wake_word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    farmem::detail::futex_wake(&s->wake_word);
   }
   for (auto& s : g_scheds) s->thread.join();
   for (auto& s : g_scheds)

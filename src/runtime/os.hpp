@@ -1,0 +1,31 @@
+// Thin wrappers over the kernel calls every subsystem uses: the monotonic
+// clock and futex wait/wake on a 32-bit atomic word.
+#pragma once
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace farmem::detail {
+
+inline std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Sleeps while *w == expected, at most timeout_ns (negative: no limit).
+inline void futex_wait(std::atomic<std::uint32_t>* w, std::uint32_t expected, long timeout_ns = -1) {
+  timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAIT_PRIVATE, expected,
+          timeout_ns < 0 ? nullptr : &ts, nullptr, 0);
+}
+
+inline void futex_wake(std::atomic<std::uint32_t>* w, int waiters = 1) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAKE_PRIVATE, waiters, nullptr, nullptr, 0);
+}
+
+}  // namespace farmem::detail
