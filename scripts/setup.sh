@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps
+PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
           libboost-context-dev libmimalloc-dev catch2
           libibverbs-dev librdmacm-dev libdpdk-dev)
 

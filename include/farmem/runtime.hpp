@@ -26,6 +26,9 @@ struct Config {
   int evictor_cpu = -1;                // -1 = last CPU
   unsigned evict_batch = 64;           // pages per eviction batch
   bool stats_at_exit = false;
+  bool populate_pool = true;           // fault the frame pool in at start (false: as frames are used)
+  bool keep_running_at_exit = false;   // at exit only print statistics; the evictor and server
+                                       // keep serving whatever runs after (the preload shim)
 
   // Reads FARMEM_* variables; throws Error on a bad value.
   static Config from_env();
@@ -38,6 +41,9 @@ std::uint64_t parse_size_or_percent(const std::string& text, std::uint64_t whole
                                     const std::string& what);
 std::uint64_t physical_memory_bytes();
 
+// Fills in defaults (budget, far size, backend) and checks every value against
+// this machine; throws Error naming the problem and the fix.
+void check_config(Config& cfg);
 void init(const Config& cfg);  // throws Error; a second call is an error
 bool initialized();
 void shutdown();               // stops the evictor and the memory server (also at exit)

@@ -59,13 +59,49 @@ void Evictor::stop() {
   thread_.join();
 }
 
-void Evictor::free_range(std::uint64_t first, std::uint64_t pages) {
+std::uint64_t Evictor::free_range(std::uint64_t first, std::uint64_t pages, bool release) {
+  std::uint64_t ticket;
   {
     std::lock_guard<std::mutex> g(frees_mu_);
-    frees_.emplace_back(first, pages);
+    ticket = ++next_ticket_;
+    frees_.push_back({first, pages, ticket, release});
   }
   frees_pending_.store(true, std::memory_order_release);
   rt_.kick_evictor();
+  return ticket;
+}
+
+void Evictor::wait_freed(std::uint64_t ticket) {
+  const auto t = static_cast<std::uint32_t>(ticket);
+  for (;;) {
+    std::uint32_t d = frees_done_.load(std::memory_order_acquire);
+    if (static_cast<std::int32_t>(d - t) >= 0) return;
+    rt_.kick_evictor();
+    detail::futex_wait(&frees_done_, d, 1000000);
+  }
+}
+
+void Evictor::pause() {
+  if (!thread_.joinable()) return;
+  pause_req_.store(1, std::memory_order_seq_cst);
+  for (;;) {
+    rt_.kick_word.fetch_add(1);
+    detail::futex_wake(&rt_.kick_word);
+    if (paused_.load(std::memory_order_acquire)) return;
+    detail::futex_wait(&paused_, 0, 1000000);
+  }
+}
+
+void Evictor::resume() {
+  pause_req_.store(0, std::memory_order_seq_cst);
+  detail::futex_wake(&pause_req_);
+}
+
+void Evictor::forget_thread() {
+  // The thread does not exist in a forked child; drop the handle without a join.
+  new (&thread_) std::thread();
+  pause_req_.store(0);
+  paused_.store(0);
 }
 
 void Evictor::publish_free_count() {
@@ -85,8 +121,22 @@ void Evictor::release_frame(std::uint32_t f) {
 }
 
 void Evictor::loop() {
+  detail::g_internal_alloc = 1;  // never allocate from the transparent region
   unsigned idle = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
+    if (pause_req_.load(std::memory_order_acquire)) {
+      while (!pending_.empty()) {
+        wait_acked(pending_.front().gen);
+        finalize(pending_.front());
+        pending_pages_ -= pending_.front().victims.size();
+        pending_.pop_front();
+      }
+      paused_.store(1, std::memory_order_release);
+      detail::futex_wake(&paused_);
+      while (pause_req_.load(std::memory_order_acquire)) detail::futex_wait(&pause_req_, 1);
+      paused_.store(0, std::memory_order_release);
+      continue;
+    }
     bool progress = reclaim_dead_cores();
     progress |= refill_rings();
     if (frees_pending_.load(std::memory_order_acquire)) progress |= process_frees();
@@ -271,13 +321,26 @@ void Evictor::finalize(Batch& b) {
   }
   if (dirty.empty()) return;
   hw::Region* region = rt_.hw.load(std::memory_order_acquire);
-  for (const Victim& v : dirty) {
+  for (std::size_t i = 0; i < dirty.size();) {
     // A transparent page leaves the application's address space first (one
     // kernel TLB shootdown); from then on an access faults and waits for us.
-    if (rt_.is_hw_page(v.vpn))
-      if (int e = region->move_out(v.vpn, v.frame); e != 0)
-        detail::fatal("cannot unmap a page of the transparent region (UFFDIO_MOVE: %s)", std::strerror(e));
+    const Victim v = dirty[i];
+    if (!rt_.is_hw_page(v.vpn) || region->move_out(v.vpn, v.frame)) {
+      ++i;
+      continue;
+    }
+    // It cannot leave now (shared with a forked child, or mprotect()ed): keep it.
+    std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
+    std::uint64_t s = word.load(std::memory_order_acquire), keep;
+    do {
+      keep = ps::with_kind(s & ~(ps::kWriting | ps::kWanted), Kind::Resident);
+    } while (!word.compare_exchange_weak(s, keep, std::memory_order_acq_rel));
+    if (s & ps::kWanted) region->wake_page(v.vpn);
+    rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
+    dirty[i] = dirty.back();
+    dirty.pop_back();
   }
+  if (dirty.empty()) return;
   for (std::size_t i = 0; i < dirty.size(); ++i)
     qp_->post_write(dirty[i].vpn * kPageSize, rt_.frame_addr(dirty[i].frame), kPageSize, i);
   qp_->submit();
@@ -296,11 +359,7 @@ void Evictor::finalize(Batch& b) {
         std::uint64_t keep = ps::make(Kind::Resident, v.frame,
                                       ps::kHasRemote | ps::kAccessed | (hw ? ps::kDirty : 0)) |
                              (s & ps::kPinMask);
-        if (hw) {
-          if (int e = region->move_in(v.vpn, v.frame); e != 0)  // wakes the faulting threads
-            detail::fatal("cannot map a page back into the transparent region (UFFDIO_MOVE: %s)",
-                          std::strerror(e));
-        }
+        if (hw) region->map_back(v.vpn, v.frame);  // wakes the faulting threads
         if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
           rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
@@ -319,7 +378,7 @@ void Evictor::finalize(Batch& b) {
 }
 
 bool Evictor::process_frees() {
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> work;
+  std::vector<FreeReq> work;
   {
     std::lock_guard<std::mutex> g(frees_mu_);
     work.swap(frees_);
@@ -333,7 +392,8 @@ bool Evictor::process_frees() {
     pending_pages_ -= pending_.front().victims.size();
     pending_.pop_front();
   }
-  for (auto [first, pages] : work) {
+  for (const FreeReq& req : work) {
+    const std::uint64_t first = req.first, pages = req.pages;
     for (unsigned round = 0;; ++round) {
       std::vector<Victim> marked;
       bool busy = false;
@@ -355,9 +415,7 @@ bool Evictor::process_frees() {
               w = ps::with_kind(w, Kind::Evicting);
               if (!word.compare_exchange_strong(s, w, std::memory_order_acq_rel)) { busy = true; break; }
               std::uint32_t f = static_cast<std::uint32_t>(ps::frame(s));
-              if (int e = rt_.hw.load()->move_out(vpn, f); e != 0)
-                detail::fatal("cannot unmap a freed page of the transparent region (UFFDIO_MOVE: %s)",
-                              std::strerror(e));
+              rt_.hw.load()->drop_page(vpn, f);
               word.store(0, std::memory_order_release);
               release_frame(f);
               break;
@@ -403,8 +461,12 @@ bool Evictor::process_frees() {
     }
     rt_.discarded_pages.fetch_add(pages, std::memory_order_relaxed);
     rt_.transport->discard(first * kPageSize, pages * kPageSize);
-    if (rt_.is_hw_page(first)) rt_.hw.load()->release_range(first, pages);
-    else rt_.far.release(first, pages);
+    if (req.release) {
+      if (rt_.is_hw_page(first)) rt_.hw.load()->release_range(first, pages);
+      else rt_.far.release(first, pages);
+    }
+    frees_done_.store(static_cast<std::uint32_t>(req.ticket), std::memory_order_release);
+    detail::futex_wake(&frees_done_, INT32_MAX);
   }
   return true;
 }

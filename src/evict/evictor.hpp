@@ -28,8 +28,16 @@ class Evictor {
   void start();
   void stop();
   // Far pages being freed: the evictor drops them (no write back) and hands the
-  // range back to the far allocator.
-  void free_range(std::uint64_t first_page, std::uint64_t pages);
+  // range back to the far allocator (release = false: the range stays allocated
+  // and reads as zeros, as after MADV_DONTNEED). Returns a ticket for wait_freed.
+  std::uint64_t free_range(std::uint64_t first_page, std::uint64_t pages, bool release = true);
+  void wait_freed(std::uint64_t ticket);
+  // fork(): pause() drains every batch in flight and parks the evictor, so the
+  // page table is at rest while the process is copied; resume() in the parent,
+  // forget_thread() in the child (which has no evictor).
+  void pause();
+  void resume();
+  void forget_thread();
   std::uint64_t free_frames() const { return free_count_.load(std::memory_order_relaxed); }
 
  private:
@@ -67,9 +75,17 @@ class Evictor {
   std::atomic<std::uint64_t> free_count_{0};
   std::uint32_t high_wm_ = 0;
 
+  struct FreeReq {
+    std::uint64_t first, pages, ticket;
+    bool release;
+  };
   std::mutex frees_mu_;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> frees_;
+  std::vector<FreeReq> frees_;
+  std::uint64_t next_ticket_ = 0;
   std::atomic<bool> frees_pending_{false};
+  std::atomic<std::uint32_t> frees_done_{0};  // last ticket done (low 32 bits)
+
+  std::atomic<std::uint32_t> pause_req_{0}, paused_{0};
 };
 
 }  // namespace farmem::evict

@@ -88,22 +88,24 @@ void await_completions(Core& c, net::QueuePair* qp, unsigned count) {
 }
 }  // namespace
 
-// Fetches far page `vpn` into frame f; returns when the bytes are there.
-void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
+// Fetches far page `vpn` into dst (a frame); returns when the bytes are there.
+void fetch_to(Core& c, std::uint64_t vpn, void* dst) {
   auto* qp = static_cast<net::QueuePair*>(c.qp);
   if (uthread::detail::Uthread* u = uthread::detail::current()) {
     // Post and park; the scheduler rings the doorbell once for all the reads its
     // uthreads posted in a round, polls, and wakes us when the page is in.
-    qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, reinterpret_cast<std::uint64_t>(u));
+    qp->post_read(vpn * kPageSize, dst, kPageSize, reinterpret_cast<std::uint64_t>(u));
     uthread::detail::park_io();
     c.stats.bump(c.stats.fetches);
     return;
   }
-  qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
+  qp->post_read(vpn * kPageSize, dst, kPageSize, vpn);
   qp->submit();
   await_completions(c, qp, 1);
   c.stats.bump(c.stats.fetches);
 }
+
+void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) { fetch_to(c, vpn, rt.frame_addr(f)); }
 
 namespace {
 
@@ -155,6 +157,7 @@ void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t 
   await_completions(c, qp, n + 1);
   for (unsigned i = 0; i < n; ++i) {  // installed cold: CLOCK takes them back if unused
     rt.owner[frames[i]].store(ahead[i], std::memory_order_relaxed);
+    rt.mark_slot_full(frames[i]);
     rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], ps::kHasRemote), std::memory_order_release);
   }
   c.last_fetch_vpn = vpn + n;
@@ -232,6 +235,9 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
       }
       case Kind::Untouched:
       case Kind::Remote: {
+        if (rt.forked_child)
+          fatal("far pointers cannot bring pages in after fork(): only the parent runs the evictor; "
+                "exec() in the child, or keep children to transparent (farmem_malloc) memory");
         const std::uint64_t t0 = now_ns();
         std::uint32_t f = take_frame(rt, c);
         if (!word.compare_exchange_strong(s, ps::make(Kind::Fetching, f, 0),
@@ -248,6 +254,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
           flags |= ps::kHasRemote;
         }
         rt.owner[f].store(vpn, std::memory_order_relaxed);
+        rt.mark_slot_full(f);
         word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
         c.stats.bump(c.stats.faults);
         record_fault(c, t0);

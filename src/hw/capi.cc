@@ -10,19 +10,21 @@
 #include "hw/region.hpp"
 #include "runtime/runtime.hpp"
 
+namespace farmem::hw {
 namespace {
 std::mutex g_mu;
 bool g_failed = false;
+}  // namespace
 
-// The region, created on first use; nullptr (after one message) if impossible.
-farmem::hw::Region* region() {
+Region* shared_region() {
   farmem::detail::Runtime& rt = farmem::detail::runtime();
   if (auto* r = rt.hw.load(std::memory_order_acquire)) return r;
   std::lock_guard<std::mutex> g(g_mu);
   if (auto* r = rt.hw.load(std::memory_order_acquire)) return r;
   if (g_failed) return nullptr;
+  farmem::detail::InternalAlloc internal;
   try {
-    auto* r = new farmem::hw::Region(rt, rt.cfg.hw_mem_bytes);
+    auto* r = new Region(rt, rt.cfg.hw_mem_bytes);
     rt.hw.store(r, std::memory_order_release);
     return r;
   } catch (const farmem::Error& e) {
@@ -31,6 +33,10 @@ farmem::hw::Region* region() {
     return nullptr;
   }
 }
+}  // namespace farmem::hw
+
+namespace {
+farmem::hw::Region* region() { return farmem::hw::shared_region(); }
 }  // namespace
 
 extern "C" {

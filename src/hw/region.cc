@@ -1,5 +1,6 @@
-// The transparent region (see region.hpp): reservation, allocation, and the
-// userfaultfd fault-handler thread.
+// The transparent region (see region.hpp): reservation, blocks (farmem_malloc,
+// the shim's mmaps, mimalloc's arena), the userfaultfd fault-handler thread,
+// and the region's side of fork().
 #include "hw/region.hpp"
 
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include "evict/evictor.hpp"
 #include "farmem/runtime.hpp"
 #include "mem/page_state.hpp"
+#include "net/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
 
@@ -21,8 +23,14 @@ namespace farmem::hw {
 using mem::Kind;
 namespace ps = mem::ps;
 
+namespace {
+constexpr std::uint64_t kAlign = 64ull << 20;  // mimalloc arenas want 32 MiB alignment
+alignas(4096) const char kZeroPage[4096] = {};
+}  // namespace
+
 Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
-  bytes_ = (bytes + 4095) & ~std::uint64_t{4095};
+  detail::InternalAlloc internal;
+  bytes_ = (bytes + kAlign - 1) & ~(kAlign - 1);
   const std::uint64_t pages = bytes_ / 4096;
   uffd_ = open_uffd();  // throws with the fix when userfaultfd is not usable
   first_vpn_ = rt.far.alloc(pages);
@@ -31,87 +39,233 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
     throw Error("far memory cannot hold a transparent region of " + std::to_string(bytes_ >> 20) +
                 " MiB; raise FARMEM_FAR_MEM or lower FARMEM_HW_MEM");
   }
-  void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = mmap(nullptr, bytes_ + kAlign, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     close(uffd_.fd);
     throw Error("cannot reserve the transparent region (" + std::to_string(bytes_ >> 20) + " MiB): " +
                 std::strerror(errno) + "; lower FARMEM_HW_MEM");
   }
-  base_ = static_cast<char*>(p);
+  char* raw = static_cast<char*>(p);
+  base_ = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(raw) + kAlign - 1) & ~(kAlign - 1));
+  if (base_ > raw) munmap(raw, static_cast<std::size_t>(base_ - raw));
+  munmap(base_ + bytes_, static_cast<std::size_t>(raw + kAlign - base_));
   madvise(base_, bytes_, MADV_NOHUGEPAGE);  // pages come and go one at a time
   register_range(uffd_.fd, base_, bytes_);
   // Frames move into the region and back: the pool must be a MOVE destination too.
   register_range(uffd_.fd, rt.pool, std::uint64_t{rt.nframes} * 4096);
   pages_.reset(1, pages + 1);
-  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  staging_ = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   rt.hw_first.store(first_vpn_, std::memory_order_relaxed);
   rt.hw_pages.store(pages, std::memory_order_release);
-  handler_ = std::thread([this] { handler_loop(); });
-  pthread_setname_np(handler_.native_handle(), "farmem-uffd");
+  start_handler(&Region::handler_loop);
 }
 
 Region::~Region() {
   stop_.store(true);
   std::uint64_t one = 1;
-  if (write(stop_fd_, &one, sizeof one) < 0) {
+  if (write(wake_fd_, &one, sizeof one) < 0) {
   }
-  if (handler_.joinable()) handler_.join();
+  if (handler_ && handler_->joinable()) handler_->join();
 }
 
-void* Region::alloc(std::uint64_t bytes) {
+void Region::start_handler(void (Region::*loop)()) {
+  handler_ = new std::thread([this, loop] { (this->*loop)(); });
+  pthread_setname_np(handler_->native_handle(), "farmem-uffd");
+}
+
+// ---- blocks ---------------------------------------------------------------
+
+void* Region::alloc(std::uint64_t bytes, std::uint64_t align) {
+  detail::InternalAlloc internal;
   std::uint64_t pages = (bytes + 4095) / 4096;
   if (pages == 0) pages = 1;
-  std::uint64_t idx = pages_.alloc(pages);
+  const std::uint64_t align_pages = align > 4096 ? align / 4096 : 1;
+  std::uint64_t idx = pages_.alloc(pages + align_pages - 1);
   if (idx == 0) return nullptr;
-  char* p = base_ + (idx - 1) * 4096;
+  std::uint64_t start = idx;
+  if (align_pages > 1) {  // give back the unaligned head and tail
+    start = ((idx - 1 + align_pages - 1) / align_pages) * align_pages + 1;
+    if (start > idx) pages_.release(idx, start - idx);
+    if (align_pages - 1 > start - idx) pages_.release(start + pages, align_pages - 1 - (start - idx));
+  }
   std::lock_guard<std::mutex> g(mu_);
-  sizes_[reinterpret_cast<std::uintptr_t>(p)] = pages;
-  return p;
+  blocks_[start] = pages;
+  return base_ + (start - 1) * 4096;
 }
 
 bool Region::free(void* p) {
   std::uint64_t pages;
   {
     std::lock_guard<std::mutex> g(mu_);
-    auto it = sizes_.find(reinterpret_cast<std::uintptr_t>(p));
-    if (it == sizes_.end()) return false;
+    auto it = blocks_.find(static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1);
+    if (!contains(p) || it == blocks_.end() || page_addr(first_vpn_ + it->first - 1) != p) return false;
     pages = it->second;
-    sizes_.erase(it);
   }
-  std::uint64_t first = first_vpn_ + (static_cast<char*>(p) - base_) / 4096;
-  rt_.evictor->free_range(first, pages);  // drops the pages, then release_range()
-  return true;
+  return unmap(p, pages * 4096);
 }
 
 std::uint64_t Region::usable_size(void* p) {
+  if (!contains(p)) return 0;
   std::lock_guard<std::mutex> g(mu_);
-  auto it = sizes_.find(reinterpret_cast<std::uintptr_t>(p));
-  return it == sizes_.end() ? 0 : it->second * 4096;
+  auto it = blocks_.find(static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1);
+  return it == blocks_.end() ? 0 : it->second * 4096;
+}
+
+bool Region::unmap(void* p, std::uint64_t len) {
+  detail::InternalAlloc internal;
+  if (!contains(p) || len == 0) return false;
+  const std::uint64_t a = static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1;
+  const std::uint64_t b = std::min(a + (len + 4095) / 4096, bytes_ / 4096 + 1);
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> gone;  // (first index, pages)
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = blocks_.upper_bound(a);
+    if (it != blocks_.begin()) --it;
+    while (it != blocks_.end() && it->first < b) {
+      const std::uint64_t s = it->first, e = s + it->second;
+      if (e <= a) {
+        ++it;
+        continue;
+      }
+      const std::uint64_t x = std::max(s, a), y = std::min(e, b);
+      it = blocks_.erase(it);
+      if (s < x) blocks_[s] = x - s;
+      if (y < e) it = blocks_.emplace(y, e - y).first;
+      gone.emplace_back(x, y - x);
+    }
+  }
+  for (auto [first, n] : gone) drop_pages(first_vpn_ + first - 1, n, true);
+  return !gone.empty();
+}
+
+bool Region::discard(void* p, std::uint64_t len) {
+  detail::InternalAlloc internal;
+  if (!contains(p) || len == 0) return false;
+  const std::uint64_t first = vpn_of(p);
+  const std::uint64_t pages = std::min((len + 4095) / 4096, first_vpn_ + bytes_ / 4096 - first);
+  drop_pages(first, pages, false);
+  return true;
+}
+
+void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int flags) {
+  detail::InternalAlloc internal;
+  old_len = (old_len + 4095) & ~std::uint64_t{4095};
+  new_len = (new_len + 4095) & ~std::uint64_t{4095};
+  const std::uint64_t a = static_cast<std::uint64_t>(static_cast<char*>(old) - base_) / 4096 + 1;
+  const std::uint64_t old_pages = old_len / 4096, new_pages = new_len / 4096;
+  bool at_end = false;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = blocks_.upper_bound(a);
+    if (it == blocks_.begin() || new_pages == 0 || old_pages == 0) {
+      errno = EINVAL;
+      return nullptr;
+    }
+    --it;
+    if (a + old_pages > it->first + it->second) {  // not all inside one block
+      errno = EFAULT;
+      return nullptr;
+    }
+    at_end = a + old_pages == it->first + it->second;
+    if (new_pages > old_pages && at_end && pages_.take_at(a + old_pages, new_pages - old_pages)) {
+      it->second += new_pages - old_pages;  // grown in place: the new pages are untouched
+      return old;
+    }
+  }
+  if (new_pages < old_pages) {
+    unmap(static_cast<char*>(old) + new_len, old_len - new_len);
+    return old;
+  }
+  if (new_pages == old_pages) return old;
+  if (!(flags & MREMAP_MAYMOVE)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  char* to = static_cast<char*>(alloc(new_len));
+  if (to == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  // Copy what was ever written; untouched pages stay untouched.
+  const std::uint64_t from_vpn = vpn_of(old);
+  for (std::uint64_t i = 0; i < old_pages; ++i)
+    if (ps::kind(rt_.pt[from_vpn + i].load(std::memory_order_acquire)) != Kind::Untouched)
+      std::memcpy(to + i * 4096, static_cast<char*>(old) + i * 4096, 4096);
+  unmap(old, old_len);
+  return to;
+}
+
+void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release) {
+  if (rt_.forked_child) {  // no evictor: this process's pages are local
+    madvise(page_addr(first_vpn), pages * 4096, MADV_DONTNEED);
+    for (std::uint64_t v = first_vpn; v < first_vpn + pages; ++v) rt_.pt[v].store(0, std::memory_order_release);
+    if (release) release_range(first_vpn, pages);
+    return;
+  }
+  std::uint64_t ticket = rt_.evictor->free_range(first_vpn, pages, release);
+  if (!release) rt_.evictor->wait_freed(ticket);  // MADV_DONTNEED: zeros from the next access on
 }
 
 void Region::release_range(std::uint64_t first_vpn, std::uint64_t pages) {
   pages_.release(first_vpn - first_vpn_ + 1, pages);
 }
 
-int Region::move_out(std::uint64_t vpn, std::uint32_t frame) {
-  return move_page(uffd_.fd, rt_.frame_addr(frame), page_addr(vpn));
+// ---- page moves (evictor and handler) --------------------------------------
+
+void Region::fill_from_frame(std::uint64_t vpn, std::uint32_t f) {
+  char* page = page_addr(vpn);
+  int e = move_page(uffd_.fd, page, rt_.frame_addr(f));
+  if (e == EBUSY || e == EINVAL) {
+    // The frame's page is shared with a forked child (or the mapping was
+    // mprotect()ed): copy the bytes instead, then empty the slot as a move would.
+    e = copy_page(uffd_.fd, page, rt_.frame_addr(f));
+    if (e == 0) madvise(rt_.frame_addr(f), 4096, MADV_DONTNEED);
+  }
+  if (e != 0)
+    detail::fatal("cannot map a page into the transparent region at %p: %s", static_cast<void*>(page),
+                  std::strerror(e));
+  rt_.slot_full[f].store(0, std::memory_order_relaxed);
 }
 
-int Region::move_in(std::uint64_t vpn, std::uint32_t frame) {
-  return move_page(uffd_.fd, page_addr(vpn), rt_.frame_addr(frame));
+bool Region::move_out(std::uint64_t vpn, std::uint32_t f) {
+  int e = move_page(uffd_.fd, rt_.frame_addr(f), page_addr(vpn));
+  if (e == ENOENT) {
+    // The application dropped the page itself (madvise outside the shim): it reads as zeros.
+    e = copy_page(uffd_.fd, rt_.frame_addr(f), kZeroPage);
+  }
+  if (e == EBUSY || e == EINVAL) return false;
+  if (e != 0)
+    detail::fatal("cannot unmap a page of the transparent region at %p: %s",
+                  static_cast<void*>(page_addr(vpn)), std::strerror(e));
+  rt_.mark_slot_full(f);
+  return true;
 }
+
+void Region::map_back(std::uint64_t vpn, std::uint32_t f) { fill_from_frame(vpn, f); }
+
+void Region::drop_page(std::uint64_t vpn, std::uint32_t f) {
+  if (move_page(uffd_.fd, rt_.frame_addr(f), page_addr(vpn)) == 0) rt_.mark_slot_full(f);
+  else madvise(page_addr(vpn), 4096, MADV_DONTNEED);  // the slot stays empty; that is fine
+}
+
+void Region::wake_page(std::uint64_t vpn) { wake(uffd_.fd, page_addr(vpn), 4096); }
 
 // One fault: give page `addr` its bytes, or say it must wait (being written back).
 bool Region::resolve(std::uint64_t addr) {
   detail::Core& c = detail::this_core();
-  const std::uint64_t vpn = first_vpn_ + (addr - reinterpret_cast<std::uint64_t>(base_)) / 4096;
+  const std::uint64_t vpn = vpn_of(reinterpret_cast<void*>(addr));
   char* page = page_addr(vpn);
   std::atomic<std::uint64_t>& word = rt_.pt[vpn];
   for (;;) {
     std::uint64_t s = word.load(std::memory_order_acquire);
     switch (ps::kind(s)) {
-      case Kind::Resident:  // another fault on the same page got it in already
-        wake(uffd_.fd, page, 4096);
+      case Kind::Resident:
+        // Usually another fault on the same page got it in already (EEXIST). If
+        // not, the application dropped the page behind our back: zeros, as the
+        // kernel would give.
+        if (copy_page(uffd_.fd, page, kZeroPage) == EEXIST) wake(uffd_.fd, page, 4096);
         return true;
       case Kind::Evicting:
         if ((s & ps::kWriting) && !(s & ps::kWanted))
@@ -130,16 +284,24 @@ bool Region::resolve(std::uint64_t addr) {
         // Pages of the region are always written back when evicted (no dirty
         // tracking yet), so they are marked dirty.
         std::uint64_t flags = ps::kAccessed | ps::kDirty;
+        // A frame whose slot is empty is never touched here (it would fault on
+        // this very thread): the bytes go in with UFFDIO_COPY instead of a move.
+        const bool slot = rt_.slot_full[f].load(std::memory_order_relaxed) != 0;
         if (ps::kind(s) == Kind::Untouched) {
-          std::memset(rt_.frame_addr(f), 0, 4096);
           c.stats.bump(c.stats.zero_fills);
+          if (slot) std::memset(rt_.frame_addr(f), 0, 4096);
         } else {
-          detail::fetch_page(rt_, c, vpn, f);
+          detail::fetch_to(c, vpn, slot ? rt_.frame_addr(f) : staging_);
           flags |= ps::kHasRemote;
         }
         rt_.owner[f].store(vpn, std::memory_order_relaxed);
-        if (int e = move_in(vpn, f); e != 0)
-          detail::fatal("cannot map a page into the transparent region (UFFDIO_MOVE: %s)", std::strerror(e));
+        if (slot) {
+          fill_from_frame(vpn, f);
+        } else if (int e = copy_page(uffd_.fd, page, ps::kind(s) == Kind::Untouched ? kZeroPage : staging_);
+                   e != 0) {
+          detail::fatal("cannot fill a page of the transparent region at %p (UFFDIO_COPY: %s)",
+                        static_cast<void*>(page), std::strerror(e));
+        }
         word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
         c.stats.bump(c.stats.faults);
         detail::record_fault(c, t0);
@@ -149,14 +311,43 @@ bool Region::resolve(std::uint64_t addr) {
   }
 }
 
+// A far-pointer core touched a frame whose slot was never used: give it a page.
+void Region::serve_pool_fault(std::uint64_t addr) {
+  int e = copy_page(uffd_.fd, reinterpret_cast<void*>(addr), kZeroPage);
+  if (e != 0 && e != EEXIST)
+    detail::fatal("cannot populate a frame at 0x%llx (UFFDIO_COPY: %s)", static_cast<unsigned long long>(addr),
+                  std::strerror(e));
+  if (e == EEXIST) wake(uffd_.fd, reinterpret_cast<void*>(addr), 4096);
+}
+
+// fork_prepare() asks; the handler parks between faults until fork_parent().
+void Region::park_if_asked() {
+  if (!pause_req_.load(std::memory_order_acquire)) return;
+  paused_.store(1, std::memory_order_release);
+  detail::futex_wake(&paused_);
+  while (pause_req_.load(std::memory_order_acquire)) detail::futex_wait(&pause_req_, 1);
+  paused_.store(0, std::memory_order_release);
+}
+
 void Region::handler_loop() {
-  std::vector<std::uint64_t> retry;
+  detail::g_internal_alloc = 1;  // never allocate from the region we serve
+  std::vector<std::uint64_t> retry, again;
+  retry.reserve(64);
+  again.reserve(64);
   uffd_msg msgs[64];
+  const auto pool = reinterpret_cast<std::uint64_t>(rt_.pool);
+  const std::uint64_t pool_end = pool + std::uint64_t{rt_.nframes} * 4096;
   while (!stop_.load(std::memory_order_relaxed)) {
-    pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    park_if_asked();
+    pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     int n = poll(p, 2, retry.empty() ? 100 : 0);
     if (n < 0 && errno != EINTR) break;
-    std::vector<std::uint64_t> again;
+    if (n > 0 && (p[1].revents & POLLIN)) {
+      std::uint64_t v;
+      if (read(wake_fd_, &v, sizeof v) < 0) {
+      }
+    }
+    again.clear();
     for (std::uint64_t a : retry)
       if (!resolve(a)) again.push_back(a);
     retry.swap(again);
@@ -169,11 +360,108 @@ void Region::handler_loop() {
     for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       std::uint64_t a = msgs[i].arg.pagefault.address & ~std::uint64_t{4095};
-      if (!contains(reinterpret_cast<void*>(a)))
-        detail::fatal("access to an empty frame-pool slot at 0x%llx (runtime bug)",
-                      static_cast<unsigned long long>(a));
-      if (!resolve(a)) retry.push_back(a);
+      if (a >= pool && a < pool_end) serve_pool_fault(a);
+      else if (!resolve(a)) retry.push_back(a);
     }
+  }
+}
+
+// ---- fork -----------------------------------------------------------------
+
+void Region::fork_prepare() {
+  pause_req_.store(1, std::memory_order_seq_cst);
+  for (;;) {
+    std::uint64_t one = 1;
+    if (write(wake_fd_, &one, sizeof one) < 0) {
+    }
+    if (paused_.load(std::memory_order_acquire)) break;
+    detail::futex_wait(&paused_, 0, 1000000);
+  }
+  mu_.lock();
+  pages_.lock();
+}
+
+void Region::fork_parent() {
+  pages_.unlock();
+  mu_.unlock();
+  pause_req_.store(0, std::memory_order_seq_cst);
+  detail::futex_wake(&pause_req_);
+}
+
+void Region::fork_child() {
+  pages_.unlock();
+  mu_.unlock();
+  // The inherited descriptors belong to the parent (its userfaultfd acts on the
+  // parent's memory): close them and serve this process's copy of the region.
+  close(uffd_.fd);
+  close(wake_fd_);
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  pause_req_.store(0);
+  paused_.store(0);
+  handler_ = nullptr;  // the parent's handler thread does not exist here
+  try {
+    uffd_ = open_uffd();
+    register_range(uffd_.fd, base_, bytes_);
+  } catch (const Error& e) {
+    detail::fatal("forked child: %s", e.what());
+  }
+  child_qp_ = rt_.transport->create_qp();
+  start_handler(&Region::child_loop);
+}
+
+// In a forked child: a page that was far at fork time comes from the memory
+// server's snapshot and stays local; a never-touched page is zero.
+void Region::resolve_in_child(std::uint64_t addr) {
+  const std::uint64_t vpn = vpn_of(reinterpret_cast<void*>(addr));
+  char* page = page_addr(vpn);
+  std::atomic<std::uint64_t>& word = rt_.pt[vpn];
+  const std::uint64_t s = word.load(std::memory_order_acquire);
+  const void* src = kZeroPage;
+  switch (ps::kind(s)) {
+    case Kind::Untouched:
+      break;
+    case Kind::Remote: {
+      if (!rt_.fork_snapshot)
+        detail::fatal("a forked child cannot read far memory over %s (only the embedded shm server "
+                      "keeps a snapshot for children); exec() after fork, or use FARMEM_BACKEND=shm",
+                      rt_.cfg.backend.c_str());
+      child_qp_->post_read(vpn * 4096, staging_, 4096, vpn);
+      child_qp_->submit();
+      net::Completion done;
+      while (child_qp_->poll(&done, 1) == 0) child_qp_->wait(200);
+      src = staging_;
+      break;
+    }
+    case Kind::Resident:  // mapped already (copied at fork), unless dropped since: zeros
+      break;
+    default:
+      detail::fatal("forked child: far page %llu was in flight at fork (runtime bug)",
+                    static_cast<unsigned long long>(vpn));
+  }
+  if (int e = copy_page(uffd_.fd, page, src); e == EEXIST) wake(uffd_.fd, page, 4096);
+  else if (e != 0)
+    detail::fatal("forked child: cannot fill a page of the transparent region (UFFDIO_COPY: %s)",
+                  std::strerror(e));
+  word.store(ps::make(Kind::Resident, 0, ps::kAccessed | ps::kDirty), std::memory_order_release);
+}
+
+void Region::child_loop() {
+  detail::g_internal_alloc = 1;
+  uffd_msg msgs[64];
+  while (!stop_.load(std::memory_order_relaxed)) {
+    park_if_asked();
+    pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    if (poll(p, 2, 1000) <= 0) continue;
+    if (p[1].revents & POLLIN) {
+      std::uint64_t v;
+      if (read(wake_fd_, &v, sizeof v) < 0) {
+      }
+    }
+    if (!(p[0].revents & POLLIN)) continue;
+    ssize_t got = read(uffd_.fd, msgs, sizeof msgs);
+    for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i)
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+        resolve_in_child(msgs[i].arg.pagefault.address & ~std::uint64_t{4095});
   }
 }
 

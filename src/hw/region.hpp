@@ -5,10 +5,15 @@
 // UFFDIO_MOVE moves that physical page into the region (no copy, and the
 // application's resident memory stays at the budget). Eviction moves it back
 // out (one kernel TLB shootdown), writes it back, and frees the frame.
+//
+// It hands out page-granular blocks: farmem_malloc's, the preload shim's
+// anonymous mmaps (with munmap, mremap and MADV_DONTNEED on any part of them),
+// and one aligned arena that the shim gives to mimalloc.
 #pragma once
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -20,6 +25,9 @@
 namespace farmem::detail {
 struct Runtime;
 }
+namespace farmem::net {
+class QueuePair;
+}
 
 namespace farmem::hw {
 
@@ -28,23 +36,52 @@ class Region {
   Region(detail::Runtime& rt, std::uint64_t bytes);  // throws farmem::Error
   ~Region();
 
-  void* alloc(std::uint64_t bytes);  // page granular, zeroed; nullptr when full
-  bool free(void* p);                // false if p is not an allocation of ours
+  // Blocks: page granular, zeroed; nullptr when the region is full.
+  void* alloc(std::uint64_t bytes, std::uint64_t align = 4096);
+  bool free(void* p);  // a whole block from alloc(); false if p starts none
   std::uint64_t usable_size(void* p);
+  // munmap() semantics on [p, p+len): every page of a block in it is dropped
+  // and its address space reused. Returns false if no page of it was ours.
+  bool unmap(void* p, std::uint64_t len);
+  // MADV_DONTNEED semantics: the pages read as zeros from now on.
+  bool discard(void* p, std::uint64_t len);
+  // mremap() semantics for a block or its head (flags: MREMAP_MAYMOVE); returns
+  // the new address, or nullptr with errno set.
+  void* remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int flags);
+
   bool contains(const void* p) const {
     return static_cast<const char*>(p) >= base_ && static_cast<const char*>(p) < base_ + bytes_;
   }
   char* page_addr(std::uint64_t vpn) const { return base_ + (vpn - first_vpn_) * 4096; }
+  std::uint64_t vpn_of(const void* p) const {
+    return first_vpn_ + static_cast<std::uint64_t>(static_cast<const char*>(p) - base_) / 4096;
+  }
   void release_range(std::uint64_t first_vpn, std::uint64_t pages);  // from the evictor
   const std::string& how() const { return uffd_.how; }
 
   // Evictor side (single thread).
-  int move_out(std::uint64_t vpn, std::uint32_t frame);  // region -> frame; 0 or errno
-  int move_in(std::uint64_t vpn, std::uint32_t frame);   // frame -> region; wakes waiters
+  bool move_out(std::uint64_t vpn, std::uint32_t frame);  // region -> frame; false: not now
+  void map_back(std::uint64_t vpn, std::uint32_t frame);  // frame -> region; wakes waiters
+  void drop_page(std::uint64_t vpn, std::uint32_t frame); // a freed page leaves the region
+  void wake_page(std::uint64_t vpn);
+
+  // fork(): the handler thread parks and block bookkeeping is locked while the
+  // process is copied. In the child, a new userfaultfd and handler serve the
+  // region from the memory server's snapshot, locally, with no eviction.
+  void fork_prepare();
+  void fork_parent();
+  void fork_child();
 
  private:
   void handler_loop();
-  bool resolve(std::uint64_t addr);  // false: retry later
+  void park_if_asked();
+  void child_loop();
+  bool resolve(std::uint64_t addr);        // false: retry later
+  void resolve_in_child(std::uint64_t addr);
+  void serve_pool_fault(std::uint64_t addr);
+  void fill_from_frame(std::uint64_t vpn, std::uint32_t frame);  // move, or copy + empty slot
+  void drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release);
+  void start_handler(void (Region::*loop)());
 
   detail::Runtime& rt_;
   Uffd uffd_;
@@ -52,10 +89,17 @@ class Region {
   std::uint64_t bytes_ = 0, first_vpn_ = 0;
   mem::FarAllocator pages_;  // page index + 1 within the region
   std::mutex mu_;
-  std::map<std::uintptr_t, std::uint64_t> sizes_;  // allocation -> pages
-  std::thread handler_;
+  std::map<std::uint64_t, std::uint64_t> blocks_;  // first page index -> pages (live blocks)
+  std::thread* handler_ = nullptr;
   std::atomic<bool> stop_{false};
-  int stop_fd_ = -1;
+  std::atomic<std::uint32_t> pause_req_{0}, paused_{0};
+  int wake_fd_ = -1;   // eventfd: stop or pause the handler
+  char* staging_ = nullptr;  // the handler's page buffer for frames whose slot is empty
+  std::unique_ptr<net::QueuePair> child_qp_;
 };
+
+// The process's region, created on first use (from the runtime's configuration);
+// nullptr, after one "farmem: ..." line on stderr, if it cannot be set up.
+Region* shared_region();
 
 }  // namespace farmem::hw

@@ -65,6 +65,15 @@ int move_page(int fd, void* dst, void* src) {
   }
 }
 
+int copy_page(int fd, void* dst, const void* src) {
+  uffdio_copy c{reinterpret_cast<std::uint64_t>(dst), reinterpret_cast<std::uint64_t>(src), 4096, 0, 0};
+  for (;;) {
+    if (ioctl(fd, UFFDIO_COPY, &c) == 0) return 0;
+    if (errno == EAGAIN && c.copy == 0) continue;
+    return errno;
+  }
+}
+
 void wake(int fd, void* addr, std::uint64_t len) {
   uffdio_range r{reinterpret_cast<std::uint64_t>(addr), len};
   ioctl(fd, UFFDIO_WAKE, &r);

@@ -38,7 +38,12 @@ struct Uffd {
 Uffd open_uffd();
 void register_range(int fd, void* addr, std::uint64_t len);
 // Moves one page from src to dst (dst must be missing); returns 0 or errno.
+// EBUSY: the page is shared with a forked child; EINVAL: the two mappings differ
+// (the application mprotect()ed it). Callers fall back to copy_page.
 int move_page(int fd, void* dst, void* src);
+// Copies one page of bytes from src into missing page dst and wakes its waiters
+// (UFFDIO_COPY); returns 0 or errno (EEXIST: dst is already there).
+int copy_page(int fd, void* dst, const void* src);
 void wake(int fd, void* addr, std::uint64_t len);
 
 }  // namespace farmem::hw

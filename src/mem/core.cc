@@ -35,6 +35,7 @@ thread_local CoreGuard tls_guard;
 
 Core& register_core() {
   Runtime& rt = runtime();
+  InternalAlloc internal;
   for (unsigned i = 0; i < kMaxCores; ++i) {
     Core& c = rt.cores[i];
     std::uint32_t expect = 0;

@@ -41,6 +41,20 @@ void FarAllocator::release(std::uint64_t first, std::uint64_t pages) {
   free_[first] = pages;
 }
 
+bool FarAllocator::take_at(std::uint64_t first, std::uint64_t pages) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = free_.upper_bound(first);
+  if (it == free_.begin()) return false;
+  --it;
+  const std::uint64_t start = it->first, count = it->second;
+  if (first + pages > start + count) return false;
+  free_.erase(it);
+  if (first > start) free_[start] = first - start;
+  if (start + count > first + pages) free_[first + pages] = start + count - (first + pages);
+  allocated_ += pages;
+  return true;
+}
+
 std::uint64_t FarAllocator::allocated_pages() const {
   std::lock_guard<std::mutex> g(mu_);
   return allocated_;

@@ -13,6 +13,11 @@ class FarAllocator {
   // Returns the first page of `pages` contiguous far pages, or 0 when exhausted.
   std::uint64_t alloc(std::uint64_t pages);
   void release(std::uint64_t first_page, std::uint64_t pages);
+  // Takes [first_page, first_page + pages) if all of it is free (growing a block in place).
+  bool take_at(std::uint64_t first_page, std::uint64_t pages);
+  // Held across fork() so a child never inherits it locked.
+  void lock() { mu_.lock(); }
+  void unlock() { mu_.unlock(); }
   std::uint64_t allocated_pages() const;
 
  private:

@@ -44,6 +44,12 @@ class Transport {
   virtual std::uint64_t remote_usage() = 0;
   virtual void shutdown() = 0;
   virtual std::string describe() const = 0;
+
+  // fork(): before it, arrange for the child to read far memory as it is now
+  // (returns false if this transport cannot); after it, keep or adopt that.
+  virtual bool fork_prepare() { return false; }
+  virtual void fork_parent() {}
+  virtual void fork_child() {}
 };
 
 // Starts or connects to the memory server named by cfg.backend; throws farmem::Error.

@@ -188,7 +188,14 @@ class ShmTransport final : public Transport {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, child_fd, 3);
-    int rc = posix_spawn(&pid_, server.c_str(), &fa, nullptr, const_cast<char**>(argv), environ);
+    // The server must not run under the preload shim (LD_PRELOAD is inherited):
+    // it would start a runtime, and a server of its own, and so on.
+    std::vector<char*> env;
+    for (char** e = environ; *e; ++e)
+      if (std::strncmp(*e, "FARMEM_SHIM_DISABLE=", 20) != 0) env.push_back(*e);
+    env.push_back(const_cast<char*>("FARMEM_SHIM_DISABLE=1"));
+    env.push_back(nullptr);
+    int rc = posix_spawn(&pid_, server.c_str(), &fa, nullptr, const_cast<char**>(argv), env.data());
     posix_spawn_file_actions_destroy(&fa);
     close(child_fd);
     if (rc != 0) {
@@ -260,6 +267,10 @@ class ShmTransport final : public Transport {
       close(fd_);
       fd_ = -1;
     }
+    if (pid_ > 0 && !own_child_) {  // a snapshot server: it exits when its socket closes
+      pid_ = -1;
+      return;
+    }
     if (pid_ > 0) {
       for (int i = 0; i < 200; ++i) {  // up to 2 s, then kill
         if (waitpid(pid_, nullptr, WNOHANG) == pid_) { pid_ = -1; return; }
@@ -269,6 +280,40 @@ class ShmTransport final : public Transport {
       waitpid(pid_, nullptr, 0);
       pid_ = -1;
     }
+  }
+  bool fork_prepare() override {
+    std::lock_guard<std::mutex> g(mu_);
+    fork_fd_ = -1;
+    shm::Request req{shm::Op::Fork, 0, 0, 0};
+    if (fd_ < 0 || send(fd_, &req, sizeof req, MSG_NOSIGNAL) != sizeof req) return false;
+    shm::Reply rep{};
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 10000) <= 0) return false;
+    iovec iov{&rep, sizeof rep};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl;
+    mh.msg_controllen = sizeof ctl;
+    if (recvmsg(fd_, &mh, MSG_CMSG_CLOEXEC) != sizeof rep || rep.value == 0) return false;
+    cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+    if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS) return false;
+    std::memcpy(&fork_fd_, CMSG_DATA(cm), sizeof(int));
+    fork_pid_ = static_cast<pid_t>(rep.value);
+    return true;
+  }
+  void fork_parent() override {
+    if (fork_fd_ >= 0) close(fork_fd_);
+    fork_fd_ = -1;
+  }
+  void fork_child() override {
+    // The parent's server stays the parent's; this process talks to the snapshot.
+    if (fd_ >= 0) close(fd_);
+    fd_ = fork_fd_;
+    pid_ = fork_fd_ >= 0 ? fork_pid_ : -1;
+    fork_fd_ = -1;
+    own_child_ = false;
   }
   std::string describe() const override {
     return "shm (farmem-server pid " + std::to_string(pid_) + ", delay " +
@@ -291,6 +336,9 @@ class ShmTransport final : public Transport {
   std::uint64_t delay_ns_;
   int fd_ = -1;
   pid_t pid_ = -1;
+  bool own_child_ = true;  // false in a forked child: pid_ is a snapshot we did not start
+  int fork_fd_ = -1;
+  pid_t fork_pid_ = -1;
   std::uint64_t base_ = 0, capacity_ = 0;
   std::mutex mu_;
 };

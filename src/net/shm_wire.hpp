@@ -17,7 +17,10 @@ struct Hello {          // server -> client, once, when its memory is mapped
   std::uint64_t capacity;  // bytes
 };
 
-enum class Op : std::uint32_t { Discard = 1, Usage = 2, Bye = 3 };
+// Fork: the server forks a copy of itself (a copy-on-write snapshot of far
+// memory) for a child of the client, and answers with the copy's pid and,
+// as SCM_RIGHTS, the control socket of the copy.
+enum class Op : std::uint32_t { Discard = 1, Usage = 2, Bye = 3, Fork = 4 };
 
 struct Request {        // client -> server
   Op op;
@@ -26,7 +29,7 @@ struct Request {        // client -> server
   std::uint64_t len;
 };
 
-struct Reply {          // server -> client (Usage)
+struct Reply {          // server -> client (Usage: bytes; Fork: pid, 0 on failure)
   std::uint64_t value;
 };
 

@@ -3,6 +3,8 @@
 // them at exit (printing statistics when FARMEM_STATS=1).
 #include "runtime/runtime.hpp"
 
+#include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -13,12 +15,14 @@
 #include <mutex>
 
 #include "evict/evictor.hpp"
+#include "hw/region.hpp"
 #include "runtime/fatal.hpp"
 
 namespace farmem {
 namespace detail {
 
 std::atomic<Runtime*> g_runtime_ptr{nullptr};
+__thread int g_internal_alloc __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
 std::mutex g_init_mu;
@@ -44,7 +48,66 @@ void* map_region(std::uint64_t bytes, bool populate, const char* what) {
   return a;
 }
 
-void at_exit() { farmem::shutdown(); }
+// FARMEM_STATS=1 goes to a copy of stderr taken at start: programs (coreutils,
+// for one) close stderr in their own exit handlers, which run before ours.
+int g_stats_fd = -1;
+
+void print_stats(Runtime& r) {
+  if (!r.cfg.stats_at_exit || r.forked_child) return;
+  std::string line = farmem::stats_json() + "\n";
+  if (write(g_stats_fd >= 0 ? g_stats_fd : 2, line.data(), line.size()) < 0) {
+  }
+}
+
+void at_exit() {
+  Runtime* r = g_runtime_ptr.load();
+  if (r != nullptr && r->cfg.keep_running_at_exit) {
+    print_stats(*r);
+    return;  // the memory server exits when our socket closes
+  }
+  farmem::shutdown();
+}
+
+// fork(): the page table must be at rest while the process is copied, and the
+// child must be able to read what is far right now. The handler and the evictor
+// park (in-flight batches finish), the memory server forks a snapshot for the
+// child, and the child serves its transparent pages from it (hw/region.cc).
+Runtime* g_forking = nullptr;
+
+void fork_prepare() {
+  Runtime* r = g_runtime_ptr.load(std::memory_order_acquire);
+  g_init_mu.lock();
+  if (r == nullptr || g_shut_down) {
+    g_forking = nullptr;
+    return;
+  }
+  g_forking = r;
+  InternalAlloc internal;
+  hw::Region* region = r->hw.load(std::memory_order_acquire);
+  if (region) region->fork_prepare();
+  r->evictor->pause();
+  r->fork_snapshot = r->transport->fork_prepare();
+}
+
+void fork_parent() {
+  if (Runtime* r = g_forking) {
+    r->transport->fork_parent();
+    r->evictor->resume();
+    if (hw::Region* region = r->hw.load(std::memory_order_acquire)) region->fork_parent();
+  }
+  g_init_mu.unlock();
+}
+
+void fork_child() {
+  if (Runtime* r = g_forking) {
+    InternalAlloc internal;
+    r->forked_child = true;
+    r->transport->fork_child();
+    r->evictor->forget_thread();
+    if (hw::Region* region = r->hw.load(std::memory_order_acquire)) region->fork_child();
+  }
+  g_init_mu.unlock();
+}
 
 }  // namespace
 
@@ -85,12 +148,8 @@ Runtime& runtime() {
 
 }  // namespace detail
 
-void init(const Config& in) {
+void check_config(Config& cfg) {
   using namespace detail;
-  std::lock_guard<std::mutex> g(g_init_mu);
-  if (g_runtime_ptr.load() != nullptr)
-    throw Error("farmem::init called twice; call it once, before the first far allocation");
-  Config cfg = in;
   const std::uint64_t phys = physical_memory_bytes();
   if (cfg.local_mem_bytes == 0) cfg.local_mem_bytes = phys / 4;
   if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = kDefaultFarMem;
@@ -114,14 +173,27 @@ void init(const Config& in) {
     throw Error("FARMEM_BACKEND=" + cfg.backend +
                 " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
   }
+}
 
+void init(const Config& in) {
+  using namespace detail;
+  InternalAlloc internal;
+  std::lock_guard<std::mutex> g(g_init_mu);
+  if (g_runtime_ptr.load() != nullptr)
+    throw Error("farmem::init called twice; call it once, before the first far allocation");
+  Config cfg = in;
+  check_config(cfg);
   auto rt = std::make_unique<Runtime>();
   rt->cfg = cfg;
   rt->far_pages = (cfg.far_mem_bytes + kPageSize - 1) / kPageSize;
   rt->nframes = static_cast<std::uint32_t>(cfg.local_mem_bytes / kPageSize);
   rt->pt = static_cast<std::atomic<std::uint64_t>*>(
       map_region(rt->far_pages * sizeof(std::uint64_t), false, "the page table"));
-  rt->pool = static_cast<char*>(map_region(std::uint64_t{rt->nframes} * kPageSize, true, "the frame pool"));
+  rt->pool = static_cast<char*>(
+      map_region(std::uint64_t{rt->nframes} * kPageSize, cfg.populate_pool, "the frame pool"));
+  rt->slot_full = static_cast<std::atomic<std::uint8_t>*>(
+      map_region(std::uint64_t{rt->nframes} + 1, false, "the frame map"));
+  if (cfg.populate_pool) std::memset(static_cast<void*>(rt->slot_full), 1, std::uint64_t{rt->nframes} + 1);
   rt->owner = static_cast<std::atomic<std::uint64_t>*>(
       map_region((std::uint64_t{rt->nframes} + 1) * sizeof(std::uint64_t), false, "the frame map"));
   rt->cores = new Core[kMaxCores];
@@ -135,6 +207,8 @@ void init(const Config& in) {
   if (!registered) {
     registered = true;
     std::atexit(at_exit);
+    if (cfg.stats_at_exit) g_stats_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
   }
 }
 
@@ -146,10 +220,7 @@ void shutdown() {
   Runtime* r = g_runtime_ptr.load();
   if (r == nullptr || g_shut_down) return;
   g_shut_down = true;
-  if (r->cfg.stats_at_exit) {
-    std::string line = stats_json();
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
+  print_stats(*r);
   r->evictor->stop();
   r->transport->shutdown();
   // The runtime's memory stays mapped: other threads may still hold far pointers.

@@ -34,6 +34,16 @@ struct Runtime {
   std::uint32_t nframes = 0;
   std::atomic<std::uint64_t>* owner = nullptr; // frame -> far page number, 0 = free
   char* frame_addr(std::uint64_t f) const { return pool + (f - 1) * kPageSize; }
+  // Whether frame f's pool slot holds a page. A slot is empty until first used
+  // (when the pool is not populated at start) and while its page has been moved
+  // into the transparent region. The uffd handler never touches an empty slot.
+  std::atomic<std::uint8_t>* slot_full = nullptr;
+  void mark_slot_full(std::uint64_t f) { slot_full[f].store(1, std::memory_order_relaxed); }
+
+  // Set in a child after fork(): no evictor runs; transparent pages are served
+  // locally from a snapshot of far memory (hw/region.cc).
+  bool forked_child = false;
+  bool fork_snapshot = false;  // the transport kept far memory readable for the child
 
   Core* cores = nullptr;                       // kMaxCores slots
   std::atomic<std::uint32_t> core_hwm{0};      // slots in use are below this
@@ -62,6 +72,18 @@ struct Runtime {
 };
 
 extern std::atomic<Runtime*> g_runtime_ptr;
+
+// Non-zero while a thread runs runtime code (always, on the runtime's own
+// threads). The preload shim then serves malloc from ordinary memory, never
+// from the transparent region: a runtime thread that faulted on the region
+// could wait for itself.
+extern __thread int g_internal_alloc __attribute__((tls_model("initial-exec")));
+struct InternalAlloc {
+  InternalAlloc() { ++g_internal_alloc; }
+  ~InternalAlloc() { --g_internal_alloc; }
+  InternalAlloc(const InternalAlloc&) = delete;
+  InternalAlloc& operator=(const InternalAlloc&) = delete;
+};
 // The running runtime; only valid once a core is registered or init() returned.
 inline Runtime& current() { return *g_runtime_ptr.load(std::memory_order_acquire); }
 Runtime& runtime();  // starts the runtime from the environment on first use
@@ -71,6 +93,7 @@ inline void cpu_relax() { __builtin_ia32_pause(); }
 // Fault-path building blocks (fault/fault.cc), shared with the transparent region.
 std::uint32_t take_frame(Runtime& rt, Core& c);            // waits for the evictor if needed
 void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f);
+void fetch_to(Core& c, std::uint64_t vpn, void* dst);
 void record_fault(Core& c, std::uint64_t t0);
 
 // A point where a core that is blocked inside a scope acknowledges shootdowns:

@@ -41,7 +41,8 @@ int run_shm(int fd, std::uint64_t capacity) {
   sigaction(SIGINT, &sa, nullptr);
   // Yama (ptrace_scope 1) lets an ancestor read us anyway; say so explicitly.
   prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
-  const pid_t parent = getppid();
+  signal(SIGCHLD, SIG_IGN);  // snapshots made for forked clients reap themselves
+  pid_t parent = getppid();
 
   void* base = mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -63,7 +64,7 @@ int run_shm(int fd, std::uint64_t capacity) {
     int r = poll(&p, 1, 1000);
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
-      if (getppid() != parent) break;  // client died without closing
+      if (parent != 0 && getppid() != parent) break;  // client died without closing
       continue;
     }
     net::shm::Request req{};
@@ -87,6 +88,43 @@ int run_shm(int fd, std::uint64_t capacity) {
       case net::shm::Op::Bye:
         g_stop = 1;
         break;
+      case net::shm::Op::Fork: {
+        // A snapshot for the client's forked child: fork ourselves (copy on
+        // write) and hand the child's runtime a socket to the copy.
+        int sv[2];
+        net::shm::Reply rep{0};
+        pid_t pid = -1;
+        const bool have_sv = socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0;
+        if (have_sv) {
+          pid = fork();
+          if (pid == 0) {  // the copy: serves the child until its socket closes
+            close(fd);
+            close(sv[1]);
+            fd = sv[0];
+            parent = 0;
+            continue;
+          }
+          close(sv[0]);
+          if (pid > 0) rep.value = static_cast<std::uint64_t>(pid);
+        }
+        iovec iov{&rep, sizeof rep};
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+        msghdr mh{};
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        if (pid > 0) {
+          mh.msg_control = ctl;
+          mh.msg_controllen = sizeof ctl;
+          cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+          cm->cmsg_level = SOL_SOCKET;
+          cm->cmsg_type = SCM_RIGHTS;
+          cm->cmsg_len = CMSG_LEN(sizeof(int));
+          std::memcpy(CMSG_DATA(cm), &sv[1], sizeof(int));
+        }
+        sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (have_sv) close(sv[1]);
+        break;
+      }
     }
   }
   munmap(base, capacity);
