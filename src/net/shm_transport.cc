@@ -25,6 +25,7 @@
 #include "farmem_build_config.h"
 #include "net/queue_pair.hpp"
 #include "net/shm_wire.hpp"
+#include "net/rdma_transport.hpp"
 #include "net/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
@@ -300,7 +301,16 @@ class ShmTransport final : public Transport {
 std::unique_ptr<Transport> connect(const Config& cfg) {
   if (cfg.backend == "shm") return std::make_unique<ShmTransport>(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
-  throw Error("unknown backend '" + cfg.backend + "'; use shm or tcp://HOST:PORT");
+  if (cfg.backend.rfind("rdma://", 0) == 0) {
+#if FARMEM_HAVE_RDMA
+    return connect_rdma(cfg);
+#else
+    throw Error("FARMEM_BACKEND=" + cfg.backend +
+                ": this farmem was built without rdma-core; install libibverbs-dev and librdmacm-dev and "
+                "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
+#endif
+  }
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT or rdma://HOST:PORT");
 }
 
 }  // namespace farmem::net
