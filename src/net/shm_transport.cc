@@ -25,6 +25,7 @@
 #include "farmem_build_config.h"
 #include "net/queue_pair.hpp"
 #include "net/shm_wire.hpp"
+#include "net/rdma_logic.hpp"
 #include "net/rdma_transport.hpp"
 #include "net/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
@@ -305,6 +306,7 @@ std::unique_ptr<Transport> connect(const Config& cfg) {
 #if FARMEM_HAVE_RDMA
     return connect_rdma(cfg);
 #else
+    rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND");  // a bad URI is named first
     throw Error("FARMEM_BACKEND=" + cfg.backend +
                 ": this farmem was built without rdma-core; install libibverbs-dev and librdmacm-dev and "
                 "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
