@@ -317,7 +317,9 @@ void Server::on_cm_event() {
     if (type == RDMA_CM_EVENT_CONNECT_REQUEST) {
       const auto* p = static_cast<const std::uint8_t*>(ev->param.conn.private_data);
       if (p) pdata.assign(p, p + ev->param.conn.private_data_len);
-      initiator_depth = ev->param.conn.initiator_depth;
+      // The CM reports the request from our side: its responder_resources is the
+      // client's initiator depth (how many READs it will have in flight).
+      initiator_depth = ev->param.conn.responder_resources;
     }
     rdma_ack_cm_event(ev);
     switch (type) {
