@@ -1,3 +1,4 @@
+// Options and entry point of the RDMA memory server (rdma_server.cc).
 #pragma once
 #include <cstdint>
 #include <string>
