@@ -4,6 +4,7 @@
 #include "net/rdma_logic.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -110,7 +111,7 @@ Endpoint parse_uri(const std::string& uri, bool allow_port0, const std::string& 
   char* end = nullptr;
   long p = std::strtol(port.c_str(), &end, 10);
   long lo = allow_port0 ? 0 : 1;
-  if (*end || port[0] == '-' || port[0] == '+' || p < lo || p > 65535)
+  if (*end || !std::isdigit(static_cast<unsigned char>(port[0])) || p < lo || p > 65535)
     throw Error(form + ": port must be " + std::to_string(lo) + "-65535");
   return {host, static_cast<std::uint16_t>(p), uri};
 }

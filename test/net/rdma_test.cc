@@ -45,6 +45,7 @@ TEST_CASE("rdma URIs parse, and bad ones say what is wrong") {
   CHECK_THROWS_WITH(rd::parse_uri("rdma://h:65536", true, "--listen"), Catch::Contains("--listen rdma://h:65536: port must be 0-65535"));
   CHECK_THROWS_WITH(rd::parse_uri("rdma://h:-1", true, "--listen"), Catch::Contains("port must be"));
   CHECK_THROWS_WITH(rd::parse_uri("rdma://h:7x", false, "FARMEM_BACKEND"), Catch::Contains("port must be"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h: 7", false, "FARMEM_BACKEND"), Catch::Contains("port must be"));
   CHECK_THROWS_WITH(rd::parse_uri("rdma://host", false, "FARMEM_BACKEND"),
                     Catch::Contains("FARMEM_BACKEND=rdma://host is not rdma://HOST:PORT"));
   CHECK_THROWS_WITH(rd::parse_uri("rdma://:7000", false, "FARMEM_BACKEND"), Catch::Contains("not rdma://HOST:PORT"));
