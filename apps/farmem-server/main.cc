@@ -1,26 +1,38 @@
-// farmem-server: the memory node. Serves far memory to clients over tcp://
-// (--listen), or runs as the embedded shm server a runtime starts for itself
-// (--shm-fd, internal).
+// farmem-server: the memory node. Serves far memory to clients over tcp:// or
+// rdma:// (--listen), or runs as the embedded shm server a runtime starts for
+// itself (--shm-fd, internal).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "farmem/runtime.hpp"
+#include "farmem_build_config.h"
+#include "net/rdma_logic.hpp"
 #include "net/wire.hpp"
 #include "server/shm_server.hpp"
 #include "server/tcp_server.hpp"
+#if FARMEM_HAVE_RDMA
+#include "server/rdma_server.hpp"
+#endif
 
 namespace {
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: farmem-server --listen tcp://HOST:PORT --capacity SIZE [--token-file FILE]\n"
+               "usage: farmem-server --listen URI --capacity SIZE [--token-file FILE]\n"
                "                     [--stats-interval SECONDS]\n"
                "  Serves SIZE bytes of far memory (e.g. 16G) to farmem clients; each client gets\n"
                "  its own memory, reclaimed when it disconnects. PORT 0 picks a free port (printed).\n"
+               "  URI is one of:\n"
+               "    tcp://HOST:PORT   plain TCP, works anywhere (FARMEM_BACKEND=tcp://...)\n"
+               "    rdma://HOST:PORT  RDMA with rdma-core: clients READ and WRITE the server's registered\n"
+               "                      memory (FARMEM_BACKEND=rdma://...). HOST is an address on an RDMA\n"
+               "                      interface or 0.0.0.0; needs an RDMA device (or Soft-RoCE:\n"
+               "                      rdma link add rxe0 type rxe netdev eth0). See docs/rdma.md.%s\n"
                "  With --token-file, clients must present the same token (FARMEM_TOKEN_FILE).\n"
                "  SIGUSR1 prints a usage line; SIGTERM stops it.\n"
-               "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n");
+               "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n",
+               FARMEM_HAVE_RDMA ? "" : "\n                      (not in this build: it was built without rdma-core)");
 }
 [[noreturn]] void die(const std::string& msg) {
   std::fprintf(stderr, "farmem-server: %s\n", msg.c_str());
@@ -41,7 +53,10 @@ int main(int argc, char** argv) {
     try {
       if (a == "--shm-fd") shm_fd = std::stoi(v);
       else if (a == "--capacity") capacity = farmem::parse_size(v, "--capacity");
-      else if (a == "--listen") listen = v;
+      else if (a == "--listen") {
+        if (!listen.empty()) die("--listen given twice; run one farmem-server per transport");
+        listen = v;
+      }
       else if (a == "--token-file") token_file = v;
       else if (a == "--stats-interval") stats_interval = static_cast<unsigned>(std::stoul(v));
       else die("unknown option " + a + "; see --help");
@@ -55,12 +70,39 @@ int main(int argc, char** argv) {
     if (capacity == 0) die("--shm-fd needs --capacity");
     return farmem::server::run_shm(shm_fd, capacity);
   }
-  if (listen.empty()) die("--listen tcp://HOST:PORT is required; see --help");
+  if (listen.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT); see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");
+  std::string token;
+  if (!token_file.empty()) {
+    if (!farmem::net::wire::read_token_file(token_file, &token))
+      die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
+    if (token.empty()) die("--token-file " + token_file + " is empty");
+    if (token.size() > farmem::net::wire::kMaxToken) die("--token-file " + token_file + " holds more than 4096 bytes");
+  }
+  if (listen.rfind("rdma://", 0) == 0) {
+    farmem::net::rdma::Endpoint ep;
+    try {
+      ep = farmem::net::rdma::parse_uri(listen, true, "--listen");
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+#if FARMEM_HAVE_RDMA
+    farmem::server::RdmaServerOptions ro;
+    ro.host = ep.host;
+    ro.port = ep.port;
+    ro.capacity = capacity;
+    ro.token = token;
+    ro.stats_interval_s = stats_interval;
+    return farmem::server::run_rdma(ro);
+#else
+    die("--listen " + listen + ": this farmem-server was built without rdma-core; install libibverbs-dev and "
+        "librdmacm-dev and rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
+#endif
+  }
   farmem::server::TcpServerOptions opt;
-  if (listen.rfind("rdma://", 0) == 0 || listen.rfind("dpdk://", 0) == 0)
-    die("--listen " + listen + ": the rdma and dpdk listeners are not built yet; use tcp://HOST:PORT");
-  if (listen.rfind("tcp://", 0) != 0) die("--listen " + listen + " is not tcp://HOST:PORT");
+  if (listen.rfind("dpdk://", 0) == 0)
+    die("--listen " + listen + ": the dpdk listener is not built yet; use tcp://HOST:PORT");
+  if (listen.rfind("tcp://", 0) != 0) die("--listen " + listen + " is not tcp://HOST:PORT or rdma://HOST:PORT");
   std::string rest = listen.substr(6);
   std::size_t colon = rest.rfind(':');
   if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");
@@ -73,10 +115,6 @@ int main(int argc, char** argv) {
   opt.port = static_cast<std::uint16_t>(port);
   opt.capacity = capacity;
   opt.stats_interval_s = stats_interval;
-  if (!token_file.empty()) {
-    if (!farmem::net::wire::read_token_file(token_file, &opt.token))
-      die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
-    if (opt.token.empty()) die("--token-file " + token_file + " is empty");
-  }
+  opt.token = token;
   return farmem::server::run_tcp(opt);
 }

@@ -31,6 +31,10 @@ alignas(4096) const char kZeroPage[4096] = {};
 Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   detail::InternalAlloc internal;
   bytes_ = (bytes + kAlign - 1) & ~(kAlign - 1);
+  if (rt.transport->pins_local_memory())  // a pinned frame cannot move into the region
+    throw Error("farmem_malloc (the transparent region) moves frames with UFFDIO_MOVE, but the " +
+                rt.transport->describe() + " transport pinned the frame pool (its RDMA device has no "
+                "on-demand paging); use far pointers, a device with ODP, or tcp://HOST:PORT");
   const std::uint64_t pages = bytes_ / 4096;
   uffd_ = open_uffd();  // throws with the fix when userfaultfd is not usable
   first_vpn_ = rt.far.alloc(pages);

@@ -44,6 +44,13 @@ class Transport {
   virtual std::uint64_t remote_usage() = 0;
   virtual void shutdown() = 0;
   virtual std::string describe() const = 0;
+  // Local memory that queue pairs will move pages to and from (the frame pool),
+  // told once before the first create_qp(). A transport whose NIC needs
+  // registered memory (rdma) registers it here; throws farmem::Error.
+  virtual void register_local(void* base, std::size_t len) { (void)base, (void)len; }
+  // True if register_local() pinned that memory: its pages must then stay where
+  // they are (no UFFDIO_MOVE of frames, which the transparent region does).
+  virtual bool pins_local_memory() const { return false; }
 
   // fork(): before it, arrange for the child to read far memory as it is now
   // (returns false if this transport cannot); after it, keep or adopt that.

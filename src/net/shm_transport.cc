@@ -24,6 +24,8 @@
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
 #include "net/queue_pair.hpp"
+#include "net/rdma_logic.hpp"
+#include "net/rdma_transport.hpp"
 #include "net/shm_wire.hpp"
 #include "net/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
@@ -348,7 +350,17 @@ class ShmTransport final : public Transport {
 std::unique_ptr<Transport> connect(const Config& cfg) {
   if (cfg.backend == "shm") return std::make_unique<ShmTransport>(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
-  throw Error("unknown backend '" + cfg.backend + "'; use shm or tcp://HOST:PORT");
+  if (cfg.backend.rfind("rdma://", 0) == 0) {
+#if FARMEM_HAVE_RDMA
+    return connect_rdma(cfg);
+#else
+    rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND");  // a bad URI is named first
+    throw Error("FARMEM_BACKEND=" + cfg.backend +
+                ": this farmem was built without rdma-core; install libibverbs-dev and librdmacm-dev and "
+                "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
+#endif
+  }
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT or rdma://HOST:PORT");
 }
 
 }  // namespace farmem::net

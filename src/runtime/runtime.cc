@@ -165,9 +165,9 @@ void check_config(Config& cfg) {
     throw Error("far memory size " + mib(cfg.far_mem_bytes) +
                 " is out of range; set FARMEM_FAR_MEM between 16M and 64T");
   if (cfg.backend.empty()) cfg.backend = "shm";
-  if (cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0) {
+  if (cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0 && cfg.backend.rfind("rdma://", 0) != 0) {
     auto scheme = cfg.backend.substr(0, cfg.backend.find("://"));
-    if (scheme == "rdma" || scheme == "dpdk")
+    if (scheme == "dpdk")
       throw Error("FARMEM_BACKEND=" + cfg.backend + ": the " + scheme +
                   " transport is not built yet; use shm (the embedded memory server)");
     throw Error("FARMEM_BACKEND=" + cfg.backend +
@@ -198,6 +198,7 @@ void init(const Config& in) {
       map_region((std::uint64_t{rt->nframes} + 1) * sizeof(std::uint64_t), false, "the frame map"));
   rt->cores = new Core[kMaxCores];
   rt->transport = net::connect(cfg);  // starts the memory server; throws Error
+  rt->transport->register_local(rt->pool, std::uint64_t{rt->nframes} * kPageSize);  // rdma: the MR for the pool
   rt->far.reset(1, rt->far_pages);   // far page 0 is the null far pointer
   Runtime* r = rt.release();
   g_runtime_ptr.store(r, std::memory_order_release);

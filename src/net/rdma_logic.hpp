@@ -1,0 +1,122 @@
+// The device-independent half of the rdma:// transport: URI parsing, the
+// tuning knobs, the token digest, the connection private data the client and
+// the server exchange through librdmacm (connect request, accept, reject), and
+// the send-queue accounting behind selective signaling. Nothing here touches
+// a verbs device, so all of it is unit-tested on machines without one.
+// The exchange is documented in docs/protocol.md ("RDMA").
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+
+#include "net/wire.hpp"
+
+namespace farmem::net::rdma {
+
+struct Endpoint {
+  std::string host;  // without [] for IPv6
+  std::uint16_t port = 0;
+  std::string uri;   // as given
+};
+
+// Parses rdma://HOST:PORT (HOST may be [IPv6]). `what` names the setting in the
+// error ("FARMEM_BACKEND", "--listen"); port 0 is only legal for a listener.
+// Throws farmem::Error.
+Endpoint parse_uri(const std::string& uri, bool allow_port0, const std::string& what);
+
+// Tuning knobs, from FARMEM_RDMA_QUEUE_DEPTH and FARMEM_RDMA_SIGNAL_EVERY.
+struct Tuning {
+  unsigned queue_depth = 512;  // send-queue slots per queue pair (and CQ entries)
+  unsigned signal_every = 16;  // one signaled work request in this many
+};
+// nullptr or "" keeps a default. Throws farmem::Error naming the variable and the range.
+Tuning parse_tuning(const char* queue_depth, const char* signal_every);
+
+using Digest = std::array<std::uint8_t, 32>;
+Digest sha256(const void* data, std::size_t len);
+// What a client presents: SHA-256 of the token; all zero bytes for no token.
+Digest token_digest(const std::string& token);
+// Compares without an early exit (no timing hint about the token).
+bool digest_equal(const Digest& a, const Digest& b);
+
+inline constexpr std::uint32_t kMagic = 0x44524d46;  // "FMRD"
+inline constexpr std::uint16_t kVersion = 1;
+// An IB/RoCE connect request carries at most 56 bytes of private data through
+// rdma_cm; a reply 196; a reject 148. The peer may see them zero-padded.
+inline constexpr std::size_t kConnectBytes = 56;
+inline constexpr std::size_t kAcceptBytes = 40;
+inline constexpr std::size_t kRejectBytes = 148;
+inline constexpr std::size_t kRejectMessageMax = kRejectBytes - 8 - 1;
+
+enum class ConnKind : std::uint16_t {
+  NewSession = 1,  // the control connection: creates the client's session (its own memory region)
+  Attach = 2,      // a data queue pair (one per core) joining an existing session
+};
+
+struct ConnectRequest {
+  ConnKind kind = ConnKind::NewSession;
+  std::uint64_t session = 0;   // Attach: the session to join; NewSession: 0
+  std::uint64_t capacity = 0;  // NewSession: bytes wanted
+  Digest token{};
+};
+std::array<std::uint8_t, kConnectBytes> encode(const ConnectRequest& r);
+// Checks private data from a connect request; Ok, or why not (the server rejects with it).
+wire::Errc decode(const void* data, std::size_t len, ConnectRequest* out, std::string* why);
+
+struct Accept {
+  std::uint64_t session = 0;
+  std::uint64_t capacity = 0;     // bytes granted (the session's region)
+  std::uint64_t remote_addr = 0;  // the region's address in the server (RDMA target)
+  std::uint32_t rkey = 0;         // the region's own memory key
+};
+std::array<std::uint8_t, kAcceptBytes> encode(const Accept& a);
+bool decode(const void* data, std::size_t len, Accept* out, std::string* why);
+
+struct Reject {
+  wire::Errc code = wire::Errc::BadMessage;
+  std::string message;  // one line, at most kRejectMessageMax bytes
+};
+std::array<std::uint8_t, kRejectBytes> encode(const Reject& r);  // cuts the message to fit
+// False when the data is not a farmem reject (e.g. no listener: the CM rejected).
+bool decode(const void* data, std::size_t len, Reject* out);
+
+// Selective signaling on one RC send queue. Work requests get consecutive ids
+// (the wr_id); only some are signaled: every `signal_every`-th one and the last
+// of each posted list. On a reliable-connected queue pair a work request
+// completes only after every earlier one on its send queue, so the completion
+// of a signaled request retires it and all unsignaled ones before it. Each
+// posted request holds a send-queue slot until it is retired.
+class SendAccounting {
+ public:
+  struct Planned {
+    std::uint64_t wr_id;
+    bool signaled;
+  };
+
+  SendAccounting(unsigned queue_depth, unsigned signal_every);
+  // Slots free for new work requests.
+  unsigned room() const { return depth_ - static_cast<unsigned>(inflight_.size()); }
+  std::size_t outstanding() const { return inflight_.size(); }
+  // Takes a slot for a request with `cookie`; `last` marks the end of a posted
+  // list (always signaled, so every list completes). Needs room() > 0.
+  Planned plan(std::uint64_t cookie, bool last);
+  // A signaled request completed: moves the cookies of it and of every earlier
+  // request to `done`, in posting order. Returns how many, or -1 if wr_id is not
+  // an outstanding signaled request (a completion we cannot account for).
+  long retire_through(std::uint64_t wr_id, std::deque<std::uint64_t>& done);
+
+ private:
+  struct Slot {
+    std::uint64_t wr_id;
+    std::uint64_t cookie;
+    bool signaled;
+  };
+  unsigned depth_, signal_every_;
+  std::uint64_t next_id_ = 1;
+  unsigned since_signal_ = 0;
+  std::deque<Slot> inflight_;
+};
+
+}  // namespace farmem::net::rdma

@@ -1,0 +1,498 @@
+// The rdma:// transport: far memory in a farmem-server's registered memory,
+// moved with one-sided RDMA READ and WRITE (the server's CPU never touches a
+// page). librdmacm sets up one RC connection for control, which creates the
+// session (the client's own memory region and rkey on the server), and one per
+// core (QueuePair), each with its own completion queue. submit() posts all
+// queued transfers as one chained list of work requests; only every Nth and
+// the last are signaled (SendAccounting, rdma_wr.hpp). Control requests
+// (discard, usage) are wire-protocol headers sent on the control connection.
+// A failed or silent connection ends the process with a clear message.
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "farmem/runtime.hpp"
+#include "net/queue_pair.hpp"
+#include "net/rdma_logic.hpp"
+#include "net/rdma_transport.hpp"
+#include "net/rdma_verbs.hpp"
+#include "net/rdma_wr.hpp"
+#include "net/wire.hpp"
+#include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
+
+namespace farmem::net {
+namespace {
+
+using detail::now_ns;
+using rdma::Endpoint;
+
+constexpr int kCmTimeoutMs = 5000;
+constexpr std::uint64_t kSilenceLimitNs = 10ull * 1000 * 1000 * 1000;
+constexpr std::uint8_t kAckTimeout = 14;  // 4.096 us << 14 = 67 ms per try, 7 retries: ~0.5 s to notice a dead peer
+constexpr std::size_t kCtlMsg = sizeof(wire::Header);
+
+std::string read_token(const Config& cfg) {
+  if (cfg.token_file.empty()) return {};
+  std::string t;
+  if (!wire::read_token_file(cfg.token_file, &t))
+    throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
+  if (t.size() > wire::kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 4096 bytes");
+  return t;
+}
+
+void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// One librdmacm connection with its own event channel, completion channel,
+// completion queue and RC queue pair. Set up step by step (resolve, create_qp,
+// connect) so the caller can post receives before connecting.
+class Connection {
+ public:
+  explicit Connection(const Endpoint& ep) : ep_(ep) {}
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection() {
+    if (id && connected_) rdma_disconnect(id);
+    if (id && id->qp) rdma_destroy_qp(id);
+    if (cq) ibv_destroy_cq(cq);
+    if (cc) ibv_destroy_comp_channel(cc);
+    if (id) rdma_destroy_id(id);
+    if (ch) rdma_destroy_event_channel(ch);
+  }
+
+  void resolve() {
+    ch = rdma_create_event_channel();
+    if (!ch)
+      throw Error(ep_.uri + ": cannot open the RDMA connection manager (/dev/infiniband/rdma_cm: " +
+                  std::strerror(errno) + "); load the rdma_ucm module or use tcp://HOST:PORT");
+    set_nonblocking(ch->fd);
+    if (rdma_create_id(ch, &id, this, RDMA_PS_TCP) != 0)
+      throw Error(ep_.uri + ": rdma_create_id failed: " + std::strerror(errno));
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    std::string port = std::to_string(ep_.port);
+    int rc = getaddrinfo(ep_.host.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0) throw Error("cannot resolve the memory server " + ep_.uri + ": " + gai_strerror(rc));
+    rc = rdma_resolve_addr(id, nullptr, res->ai_addr, kCmTimeoutMs);
+    freeaddrinfo(res);
+    if (rc != 0) unreachable("address resolution", std::strerror(errno));
+    expect(RDMA_CM_EVENT_ADDR_RESOLVED, "address resolution");
+    if (rdma_resolve_route(id, kCmTimeoutMs) != 0) unreachable("route resolution", std::strerror(errno));
+    expect(RDMA_CM_EVENT_ROUTE_RESOLVED, "route resolution");
+  }
+
+  void create_qp(ibv_pd* pd, unsigned send_depth, unsigned recv_depth) {
+    cc = ibv_create_comp_channel(id->verbs);
+    if (!cc) throw Error(ep_.uri + ": cannot create a completion channel: " + std::strerror(errno));
+    set_nonblocking(cc->fd);
+    cq = ibv_create_cq(id->verbs, static_cast<int>(send_depth + recv_depth), nullptr, cc, 0);
+    if (!cq)
+      throw Error(ep_.uri + ": cannot create a completion queue of " + std::to_string(send_depth + recv_depth) +
+                  " entries: " + std::strerror(errno) + "; lower FARMEM_RDMA_QUEUE_DEPTH");
+    ibv_qp_init_attr a{};
+    a.send_cq = cq;
+    a.recv_cq = cq;
+    a.qp_type = IBV_QPT_RC;
+    a.cap.max_send_wr = send_depth;
+    a.cap.max_recv_wr = recv_depth;
+    a.cap.max_send_sge = 1;
+    a.cap.max_recv_sge = 1;
+    a.sq_sig_all = 0;  // selective signaling
+    if (rdma_create_qp(id, pd, &a) != 0)
+      throw Error(ep_.uri + ": cannot create an RC queue pair with " + std::to_string(send_depth) +
+                  " send slots: " + std::strerror(errno) + "; lower FARMEM_RDMA_QUEUE_DEPTH");
+  }
+
+  // Connects with `req` in the private data; returns what the server granted.
+  rdma::Accept connect(const rdma::ConnectRequest& req, int initiator_depth) {
+    auto data = rdma::encode(req);
+    rdma_conn_param p{};
+    p.private_data = data.data();
+    p.private_data_len = static_cast<std::uint8_t>(data.size());
+    p.initiator_depth = static_cast<std::uint8_t>(initiator_depth);
+    p.responder_resources = 0;  // the server never reads from us
+    p.retry_count = 7;
+    p.rnr_retry_count = 7;
+    std::uint8_t timeout = kAckTimeout;
+    rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &timeout, sizeof timeout);
+    if (rdma_connect(id, &p) != 0) unreachable("connect", std::strerror(errno));
+    rdma_cm_event* ev = rdma::wait_cm_event(ch, kCmTimeoutMs);
+    if (!ev)
+      throw Error("the memory server " + ep_.uri + " did not answer the connection request within " +
+                  std::to_string(kCmTimeoutMs / 1000) + " s; is farmem-server --listen " + ep_.uri + " running?");
+    rdma_cm_event_type type = ev->event;
+    int status = ev->status;
+    std::vector<std::uint8_t> pdata(static_cast<const std::uint8_t*>(ev->param.conn.private_data),
+                                    static_cast<const std::uint8_t*>(ev->param.conn.private_data) +
+                                        (ev->param.conn.private_data ? ev->param.conn.private_data_len : 0));
+    rdma_ack_cm_event(ev);
+    if (type == RDMA_CM_EVENT_REJECTED) {
+      rdma::Reject r;
+      if (rdma::decode(pdata.data(), pdata.size(), &r)) {
+        std::string msg = "the memory server " + ep_.uri + " refused us: " + r.message;
+        if (r.code == wire::Errc::BadToken) msg += "; set FARMEM_TOKEN_FILE to the server's token file";
+        throw Error(msg);
+      }
+      throw Error("cannot connect to the memory server " + ep_.uri + ": rejected (status " + std::to_string(status) +
+                  "); start farmem-server --listen " + ep_.uri + " or fix FARMEM_BACKEND");
+    }
+    if (type != RDMA_CM_EVENT_ESTABLISHED)
+      throw Error("cannot connect to the memory server " + ep_.uri + ": " + rdma_event_str(type) +
+                  " (status " + std::to_string(status) + "); start farmem-server --listen " + ep_.uri +
+                  " or fix FARMEM_BACKEND");
+    connected_ = true;
+    rdma::Accept acc;
+    std::string why;
+    if (!rdma::decode(pdata.data(), pdata.size(), &acc, &why))
+      throw Error("the memory server " + ep_.uri + " sent a malformed accept (" + why + "); is it a farmem-server?");
+    return acc;
+  }
+
+  rdma_event_channel* ch = nullptr;
+  rdma_cm_id* id = nullptr;
+  ibv_comp_channel* cc = nullptr;
+  ibv_cq* cq = nullptr;
+
+ private:
+  [[noreturn]] void unreachable(const char* step, const std::string& why) {
+    throw Error("cannot reach the memory server " + ep_.uri + " over RDMA (" + step + ": " + why +
+                "); HOST must be an address on the server's RDMA interface (with Soft-RoCE, the IP of "
+                "the netdev rxe is bound to), or use tcp://HOST:PORT");
+  }
+
+  void expect(rdma_cm_event_type want, const char* step) {
+    rdma_cm_event* ev = rdma::wait_cm_event(ch, kCmTimeoutMs + 1000);
+    if (!ev) unreachable(step, errno == ETIMEDOUT ? "timed out" : std::strerror(errno));
+    rdma_cm_event_type got = ev->event;
+    int status = ev->status;
+    rdma_ack_cm_event(ev);
+    if (got != want) unreachable(step, std::string(rdma_event_str(got)) + ", status " + std::to_string(status));
+  }
+
+  Endpoint ep_;
+  bool connected_ = false;
+};
+
+struct LocalRegion {
+  std::uintptr_t base;
+  std::size_t len;
+  std::uint32_t lkey;
+};
+
+struct RemoteRegion {
+  std::uint64_t addr;
+  std::uint64_t capacity;
+  std::uint32_t rkey;
+};
+
+class RdmaQueuePair final : public QueuePair {
+ public:
+  RdmaQueuePair(std::unique_ptr<Connection> c, RemoteRegion remote, std::vector<LocalRegion> local,
+                rdma::Tuning t, std::string uri)
+      : conn_(std::move(c)),
+        remote_(remote),
+        local_(std::move(local)),
+        acct_(t.queue_depth, t.signal_every),
+        wrs_(t.queue_depth),
+        sges_(t.queue_depth),
+        uri_(std::move(uri)) {}
+
+  void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    queue(false, off, local, len, cookie);
+  }
+  void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    queue(true, off, local, len, cookie);
+  }
+
+  // Posts everything queued: one chained list per ibv_post_send, as long as the
+  // send queue has room; when it is full, reaps completions until it has.
+  void submit() override {
+    std::size_t i = 0;
+    while (i < pending_.size()) {
+      std::size_t n = std::min<std::size_t>(acct_.room(), pending_.size() - i);
+      if (n == 0) {
+        if (reap() == 0) check_silence();
+        continue;
+      }
+      if (acct_.outstanding() == 0) progress_ns_ = now_ns();
+      ibv_send_wr* head = rdma::build_send_list(&pending_[i], n, acct_, remote_.addr, remote_.rkey,
+                                                wrs_.data(), sges_.data());
+      ibv_send_wr* bad = nullptr;
+      if (int rc = ibv_post_send(conn_->id->qp, head, &bad); rc != 0)
+        dead(std::string("ibv_post_send: ") + std::strerror(rc));
+      i += n;
+    }
+    pending_.clear();
+  }
+
+  std::size_t poll(Completion* out, std::size_t max) override {
+    if (done_.empty()) {
+      reap();
+      if (done_.empty() && acct_.outstanding()) check_silence();
+    }
+    std::size_t n = 0;
+    while (n < max && !done_.empty()) {
+      out[n++] = {done_.front()};
+      done_.pop_front();
+    }
+    return n;
+  }
+
+  // Sleeps on the completion channel until the CQ has something (or timeout_us).
+  void wait(unsigned timeout_us) override {
+    if (acct_.outstanding() == 0 || !done_.empty()) return;
+    if (!armed_) {
+      ibv_req_notify_cq(conn_->cq, 0);
+      armed_ = true;
+      if (reap() > 0) return;  // arrived before the arming
+    }
+    pollfd p{conn_->cc->fd, POLLIN, 0};
+    timespec ts{0, static_cast<long>(timeout_us) * 1000};
+    if (ppoll(&p, 1, &ts, nullptr) == 1) {
+      ibv_cq* cq = nullptr;
+      void* ctx = nullptr;
+      if (ibv_get_cq_event(conn_->cc, &cq, &ctx) == 0) {
+        ibv_ack_cq_events(cq, 1);
+        armed_ = false;
+      }
+    }
+  }
+
+ private:
+  void queue(bool write, std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) {
+    if (off > remote_.capacity || len > remote_.capacity - off)
+      detail::fatal("rdma transfer at far offset %llu (+%zu) is outside the session's %llu MiB (runtime bug)",
+                    static_cast<unsigned long long>(off), len,
+                    static_cast<unsigned long long>(remote_.capacity >> 20));
+    auto a = reinterpret_cast<std::uintptr_t>(local);
+    for (const LocalRegion& r : local_)
+      if (a >= r.base && a - r.base + len <= r.len) {
+        pending_.push_back({write, a, static_cast<std::uint32_t>(len), r.lkey, off, cookie});
+        return;
+      }
+    detail::fatal("rdma transfer from %p, which is not memory registered with the RDMA device (runtime bug)", local);
+  }
+
+  // Moves finished transfers to done_; returns how many work completions were read.
+  int reap() {
+    ibv_wc wc[32];
+    int n = ibv_poll_cq(conn_->cq, 32, wc);
+    if (n < 0) dead("ibv_poll_cq failed");
+    for (int k = 0; k < n; ++k) {
+      if (wc[k].status != IBV_WC_SUCCESS)
+        dead(std::string("work request failed: ") + ibv_wc_status_str(wc[k].status));
+      if (acct_.retire_through(wc[k].wr_id, done_) < 0) dead("a completion for a work request we did not post");
+    }
+    if (n > 0) progress_ns_ = now_ns();
+    return n;
+  }
+
+  [[noreturn]] void dead(const std::string& why) {
+    detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
+                  "when the server is back",
+                  uri_.c_str(), why.c_str());
+  }
+
+  void check_silence() {
+    if (now_ns() - progress_ns_ > kSilenceLimitNs)
+      detail::fatal("the memory server %s has not completed a transfer for %llu s; giving up", uri_.c_str(),
+                    static_cast<unsigned long long>(kSilenceLimitNs / 1000000000ull));
+  }
+
+  std::unique_ptr<Connection> conn_;
+  RemoteRegion remote_;
+  std::vector<LocalRegion> local_;
+  rdma::SendAccounting acct_;
+  std::vector<rdma::Transfer> pending_;
+  std::vector<ibv_send_wr> wrs_;
+  std::vector<ibv_sge> sges_;
+  std::deque<std::uint64_t> done_;
+  std::uint64_t progress_ns_ = 0;
+  bool armed_ = false;
+  std::string uri_;
+};
+
+class RdmaTransport final : public Transport {
+ public:
+  explicit RdmaTransport(const Config& cfg)
+      : ep_(rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND")),
+        tuning_(rdma::parse_tuning(std::getenv("FARMEM_RDMA_QUEUE_DEPTH"), std::getenv("FARMEM_RDMA_SIGNAL_EVERY"))),
+        token_(rdma::token_digest(read_token(cfg))) {
+    if (std::string why = rdma::no_device_reason(); !why.empty())
+      throw Error(ep_.uri + ": " + why + "; use tcp://HOST:PORT (farmem-server --listen tcp://...) or " +
+                  rdma::kSoftRoceHint);
+    ctl_ = std::make_unique<Connection>(ep_);
+    ctl_->resolve();
+    pd_ = ibv_alloc_pd(ctl_->id->verbs);
+    if (!pd_) throw Error(ep_.uri + ": cannot allocate a protection domain: " + std::strerror(errno));
+    odp_ = rdma::odp_supported(ctl_->id->verbs);
+    ctl_mr_ = ibv_reg_mr(pd_, ctl_buf_, sizeof ctl_buf_, IBV_ACCESS_LOCAL_WRITE);
+    if (!ctl_mr_) throw Error(ep_.uri + ": cannot register a control buffer: " + std::strerror(errno) + locked_hint());
+    ctl_->create_qp(pd_, 2, 2);
+    post_ctl_recv();
+    rdma::ConnectRequest req;
+    req.kind = rdma::ConnKind::NewSession;
+    req.capacity = cfg.far_mem_bytes;
+    req.token = token_;
+    rdma::Accept acc = ctl_->connect(req, 0);
+    if (acc.capacity < cfg.far_mem_bytes)
+      throw Error("the memory server " + ep_.uri + " granted less memory than FARMEM_FAR_MEM asks for");
+    session_ = acc.session;
+    remote_ = {acc.remote_addr, acc.capacity, acc.rkey};
+  }
+
+  ~RdmaTransport() override {
+    shutdown();
+    for (ibv_mr* mr : local_mrs_) ibv_dereg_mr(mr);
+    // pd_ stays: queue pairs handed out may still use it until the process exits.
+  }
+
+  void register_local(void* base, std::size_t len) override {
+    int access = IBV_ACCESS_LOCAL_WRITE | (odp_ ? IBV_ACCESS_ON_DEMAND : 0);
+    ibv_mr* mr = ibv_reg_mr(pd_, base, len, access);
+    if (!mr)
+      throw Error(ep_.uri + ": cannot register the frame pool (" + std::to_string(len >> 20) +
+                  " MiB) with the RDMA device: " + std::strerror(errno) + locked_hint() +
+                  " or lower FARMEM_LOCAL_MEM");
+    local_mrs_.push_back(mr);
+    local_.push_back({reinterpret_cast<std::uintptr_t>(base), len, mr->lkey});
+  }
+  bool pins_local_memory() const override { return !odp_; }
+
+  std::unique_ptr<QueuePair> create_qp() override {
+    try {
+      auto c = std::make_unique<Connection>(ep_);
+      c->resolve();
+      if (c->id->verbs != pd_->context)
+        throw Error(ep_.uri + " resolves to another RDMA device than the control connection did");
+      c->create_qp(pd_, tuning_.queue_depth, 1);
+      rdma::ConnectRequest req;
+      req.kind = rdma::ConnKind::Attach;
+      req.session = session_;
+      req.token = token_;
+      rdma::Accept acc = c->connect(req, rdma::max_reads_in_flight(c->id->verbs, true));
+      if (acc.session != session_ || acc.remote_addr != remote_.addr || acc.rkey != remote_.rkey)
+        throw Error("the memory server " + ep_.uri + " attached a queue pair to another session");
+      return std::make_unique<RdmaQueuePair>(std::move(c), remote_, local_, tuning_, ep_.uri);
+    } catch (const Error& e) {
+      detail::fatal("%s", e.what());
+    }
+  }
+
+  void discard(std::uint64_t off, std::uint64_t len) override {
+    std::lock_guard<std::mutex> g(mu_);
+    for (std::uint64_t done = 0; done < len && ctl_;) {
+      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{4095};
+      if (n == 0) break;
+      request(wire::make(wire::Op::Discard, 0, off + done, static_cast<std::uint32_t>(n), 0));
+      done += n;
+    }
+  }
+  std::uint64_t remote_usage() override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!ctl_) return 0;
+    return request(wire::make(wire::Op::Usage, 0, 0, 0, 0)).offset;
+  }
+  void shutdown() override {
+    std::lock_guard<std::mutex> g(mu_);
+    ctl_.reset();  // disconnects; the server keeps the session while queue pairs remain
+    if (ctl_mr_) ibv_dereg_mr(ctl_mr_);
+    ctl_mr_ = nullptr;
+  }
+  std::string describe() const override { return ep_.uri; }
+
+ private:
+  static std::string locked_hint() {
+    return errno == ENOMEM || errno == EPERM
+               ? "; raise the locked-memory limit (ulimit -l unlimited, LimitMEMLOCK=infinity for a service)"
+               : "";
+  }
+
+  void post_ctl_recv() {
+    ibv_sge sge{reinterpret_cast<std::uintptr_t>(ctl_buf_ + kCtlMsg), kCtlMsg, ctl_mr_->lkey};
+    ibv_recv_wr wr{}, *bad = nullptr;
+    wr.wr_id = 1;
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    if (ibv_post_recv(ctl_->id->qp, &wr, &bad) != 0)
+      detail::fatal("lost the memory server %s (control connection: ibv_post_recv failed)", ep_.uri.c_str());
+  }
+
+  // One request on the control connection: SEND the header, wait for the reply's RECV.
+  wire::Header request(const wire::Header& h) {
+    std::memcpy(ctl_buf_, &h, sizeof h);
+    ibv_sge sge{reinterpret_cast<std::uintptr_t>(ctl_buf_), kCtlMsg, ctl_mr_->lkey};
+    ibv_send_wr wr{}, *bad = nullptr;
+    wr.wr_id = 0;
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    wr.opcode = IBV_WR_SEND;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    if (ibv_post_send(ctl_->id->qp, &wr, &bad) != 0)
+      detail::fatal("lost the memory server %s (control connection: ibv_post_send failed)", ep_.uri.c_str());
+    bool sent = false, replied = false;
+    std::uint32_t got = 0;
+    const std::uint64_t start = now_ns();
+    while (!sent || !replied) {
+      ibv_wc wc[2];
+      int n = ibv_poll_cq(ctl_->cq, 2, wc);
+      for (int k = 0; k < n; ++k) {
+        if (wc[k].status != IBV_WC_SUCCESS)
+          detail::fatal("lost the memory server %s (control connection: %s)", ep_.uri.c_str(),
+                        ibv_wc_status_str(wc[k].status));
+        if (wc[k].opcode == IBV_WC_RECV) {
+          replied = true;
+          got = wc[k].byte_len;
+        } else {
+          sent = true;
+        }
+      }
+      if (n == 0) {
+        if (now_ns() - start > kSilenceLimitNs)
+          detail::fatal("the memory server %s did not answer a control request within 10 s", ep_.uri.c_str());
+        timespec ts{0, 20000};
+        nanosleep(&ts, nullptr);
+      }
+    }
+    wire::Header r{};
+    std::memcpy(&r, ctl_buf_ + kCtlMsg, sizeof r);
+    post_ctl_recv();
+    std::string why;
+    if (got != sizeof r || wire::validate(r, true, &why) != wire::Errc::Ok)
+      detail::fatal("the memory server %s sent a malformed control reply (%s)", ep_.uri.c_str(),
+                    got != sizeof r ? "wrong size" : why.c_str());
+    if (static_cast<wire::Op>(r.op) == wire::Op::Error)
+      detail::fatal("the memory server %s refused a request (error %u)", ep_.uri.c_str(), r.status);
+    return r;
+  }
+
+  Endpoint ep_;
+  rdma::Tuning tuning_;
+  rdma::Digest token_;
+  std::unique_ptr<Connection> ctl_;
+  ibv_pd* pd_ = nullptr;
+  bool odp_ = false;
+  alignas(64) char ctl_buf_[2 * kCtlMsg] = {};  // [send | receive]
+  ibv_mr* ctl_mr_ = nullptr;
+  std::vector<ibv_mr*> local_mrs_;
+  std::vector<LocalRegion> local_;
+  std::uint64_t session_ = 0;
+  RemoteRegion remote_{};
+  std::mutex mu_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> connect_rdma(const Config& cfg) { return std::make_unique<RdmaTransport>(cfg); }
+
+}  // namespace farmem::net

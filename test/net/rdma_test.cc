@@ -1,0 +1,334 @@
+// The device-independent logic of the rdma:// transport: URI and knob parsing,
+// the token digest (SHA-256 test vectors), the connection private data
+// (round trips, padding, malformed and random input), selective-signaling
+// accounting (which cookies complete when a signaled request completes), and,
+// when built with rdma-core, the chained ibv_send_wr lists. No device needed.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <set>
+
+#include "farmem/runtime.hpp"
+#include "farmem_build_config.h"
+#include "net/rdma_logic.hpp"
+#if FARMEM_HAVE_RDMA
+#include "net/rdma_verbs.hpp"
+#include "net/rdma_wr.hpp"
+#endif
+
+namespace rd = farmem::net::rdma;
+namespace wire = farmem::net::wire;
+using farmem::Error;
+
+namespace {
+std::string hex(const rd::Digest& d) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (auto b : d) {
+    s += digits[b >> 4];
+    s += digits[b & 15];
+  }
+  return s;
+}
+}  // namespace
+
+TEST_CASE("rdma URIs parse, and bad ones say what is wrong") {
+  auto e = rd::parse_uri("rdma://10.0.0.1:7000", false, "FARMEM_BACKEND");
+  CHECK(e.host == "10.0.0.1");
+  CHECK(e.port == 7000);
+  CHECK(e.uri == "rdma://10.0.0.1:7000");
+  e = rd::parse_uri("rdma://[fe80::1]:9", false, "FARMEM_BACKEND");
+  CHECK(e.host == "fe80::1");
+  CHECK(e.port == 9);
+  CHECK(rd::parse_uri("rdma://0.0.0.0:0", true, "--listen").port == 0);
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h:0", false, "FARMEM_BACKEND"), Catch::Contains("port must be 1-65535"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h:65536", true, "--listen"), Catch::Contains("--listen rdma://h:65536: port must be 0-65535"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h:-1", true, "--listen"), Catch::Contains("port must be"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h:7x", false, "FARMEM_BACKEND"), Catch::Contains("port must be"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h: 7", false, "FARMEM_BACKEND"), Catch::Contains("port must be"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://host", false, "FARMEM_BACKEND"),
+                    Catch::Contains("FARMEM_BACKEND=rdma://host is not rdma://HOST:PORT"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://:7000", false, "FARMEM_BACKEND"), Catch::Contains("not rdma://HOST:PORT"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://h:", false, "FARMEM_BACKEND"), Catch::Contains("not rdma://HOST:PORT"));
+  CHECK_THROWS_WITH(rd::parse_uri("tcp://h:1", false, "FARMEM_BACKEND"), Catch::Contains("not rdma://HOST:PORT"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://fe80::1:9", false, "FARMEM_BACKEND"), Catch::Contains("in brackets"));
+  CHECK_THROWS_WITH(rd::parse_uri("rdma://[fe80::1:9", false, "FARMEM_BACKEND"), Catch::Contains("in brackets"));
+}
+
+TEST_CASE("rdma tuning knobs: defaults, ranges, and the signal interval fits the queue") {
+  rd::Tuning t = rd::parse_tuning(nullptr, nullptr);
+  CHECK(t.queue_depth == 512);
+  CHECK(t.signal_every == 16);
+  t = rd::parse_tuning("64", "32");
+  CHECK(t.queue_depth == 64);
+  CHECK(t.signal_every == 32);
+  t = rd::parse_tuning("", "1");
+  CHECK(t.queue_depth == 512);
+  CHECK(t.signal_every == 1);
+  CHECK_THROWS_WITH(rd::parse_tuning("8", nullptr), Catch::Contains("FARMEM_RDMA_QUEUE_DEPTH='8' is out of range; use 16 to 16384"));
+  CHECK_THROWS_WITH(rd::parse_tuning("lots", nullptr), Catch::Contains("FARMEM_RDMA_QUEUE_DEPTH"));
+  CHECK_THROWS_WITH(rd::parse_tuning(nullptr, "0"), Catch::Contains("FARMEM_RDMA_SIGNAL_EVERY='0'"));
+  CHECK_THROWS_WITH(rd::parse_tuning(nullptr, "-4"), Catch::Contains("FARMEM_RDMA_SIGNAL_EVERY"));
+  CHECK_THROWS_WITH(rd::parse_tuning("64", "33"), Catch::Contains("exceeds half of FARMEM_RDMA_QUEUE_DEPTH"));
+}
+
+TEST_CASE("token digest is SHA-256 (FIPS 180-2 vectors); no token is all zeros") {
+  CHECK(hex(rd::sha256("", 0)) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(hex(rd::sha256("abc", 3)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";  // 56 bytes: padding spills
+  CHECK(hex(rd::sha256(two_blocks.data(), two_blocks.size())) ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  std::string million(1000000, 'a');
+  CHECK(hex(rd::sha256(million.data(), million.size())) ==
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  CHECK(rd::token_digest("") == rd::Digest{});
+  CHECK(rd::token_digest("s3cret") == rd::sha256("s3cret", 6));
+  CHECK(rd::digest_equal(rd::token_digest("a"), rd::token_digest("a")));
+  CHECK_FALSE(rd::digest_equal(rd::token_digest("a"), rd::token_digest("b")));
+  CHECK_FALSE(rd::digest_equal(rd::token_digest(""), rd::token_digest("a")));
+}
+
+TEST_CASE("connect request private data: round trip, padding, and rejection of bad input") {
+  rd::ConnectRequest r;
+  r.kind = rd::ConnKind::NewSession;
+  r.capacity = 3ull << 30;
+  r.token = rd::token_digest("tok");
+  auto b = rd::encode(r);
+  static_assert(sizeof(b) == 56, "fits an IB/RoCE connect request through rdma_cm");
+  rd::ConnectRequest got;
+  std::string why;
+  REQUIRE(rd::decode(b.data(), b.size(), &got, &why) == wire::Errc::Ok);
+  CHECK(got.kind == rd::ConnKind::NewSession);
+  CHECK(got.capacity == r.capacity);
+  CHECK(got.session == 0);
+  CHECK(got.token == r.token);
+
+  std::vector<std::uint8_t> padded(b.begin(), b.end());
+  padded.resize(92, 0);  // what some CMs deliver
+  CHECK(rd::decode(padded.data(), padded.size(), &got, nullptr) == wire::Errc::Ok);
+
+  rd::ConnectRequest a;
+  a.kind = rd::ConnKind::Attach;
+  a.session = 0x1234567890abcdefull;
+  auto ab = rd::encode(a);
+  REQUIRE(rd::decode(ab.data(), ab.size(), &got, nullptr) == wire::Errc::Ok);
+  CHECK(got.kind == rd::ConnKind::Attach);
+  CHECK(got.session == a.session);
+  CHECK(got.token == rd::Digest{});
+
+  CHECK(rd::decode(b.data(), 55, &got, &why) == wire::Errc::BadMessage);
+  CHECK(why == "connect request too short");
+  CHECK(rd::decode(nullptr, 0, &got, nullptr) == wire::Errc::BadMessage);
+  auto bad = b;
+  bad[0] ^= 1;
+  CHECK(rd::decode(bad.data(), bad.size(), &got, &why) == wire::Errc::BadMessage);
+  bad = b;
+  bad[4] = 2;  // version 2
+  CHECK(rd::decode(bad.data(), bad.size(), &got, nullptr) == wire::Errc::Version);
+  bad = b;
+  bad[6] = 9;  // kind
+  CHECK(rd::decode(bad.data(), bad.size(), &got, &why) == wire::Errc::BadMessage);
+  CHECK(why == "unknown connection kind");
+  r.session = 5;  // a new session must not name one
+  auto ns = rd::encode(r);
+  CHECK(rd::decode(ns.data(), ns.size(), &got, nullptr) == wire::Errc::BadMessage);
+  r.session = 0;
+  r.capacity = 0;
+  ns = rd::encode(r);
+  CHECK(rd::decode(ns.data(), ns.size(), &got, nullptr) == wire::Errc::BadMessage);
+  a.session = 0;
+  ab = rd::encode(a);
+  CHECK(rd::decode(ab.data(), ab.size(), &got, &why) == wire::Errc::BadMessage);
+  CHECK(why == "attach without a session id");
+}
+
+TEST_CASE("random and mutated private data never crash the decoders") {
+  std::mt19937_64 rng(11);
+  rd::ConnectRequest r;
+  r.capacity = 1 << 30;
+  auto seed = rd::encode(r);
+  int ok = 0;
+  for (int i = 0; i < 200000; ++i) {
+    std::vector<std::uint8_t> m;
+    if (i % 2) {
+      m.assign(seed.begin(), seed.end());
+      for (int k = 0; k < 1 + static_cast<int>(rng() % 4); ++k) m[rng() % m.size()] ^= static_cast<std::uint8_t>(1u << (rng() % 8));
+    } else {
+      m.resize(rng() % 200);
+      for (auto& x : m) x = static_cast<std::uint8_t>(rng());
+    }
+    rd::ConnectRequest c;
+    if (rd::decode(m.data(), m.size(), &c, nullptr) == wire::Errc::Ok) {
+      ++ok;
+      CHECK(((c.kind == rd::ConnKind::NewSession && c.session == 0 && c.capacity > 0) ||
+             (c.kind == rd::ConnKind::Attach && c.session != 0)));
+    }
+    rd::Accept acc;
+    if (rd::decode(m.data(), m.size(), &acc, nullptr)) CHECK(acc.capacity % 4096 == 0);
+    rd::Reject rej;
+    if (rd::decode(m.data(), m.size(), &rej)) CHECK(rej.message.size() <= rd::kRejectMessageMax);
+  }
+  CHECK(ok > 0);  // flips in the token or capacity leave a valid request
+}
+
+TEST_CASE("accept private data: round trip and validation") {
+  rd::Accept a{42, 1ull << 30, 0x7f0000000000ull, 0xabcd};
+  auto b = rd::encode(a);
+  static_assert(sizeof(b) <= 196, "fits an IB/RoCE connect reply");
+  rd::Accept got;
+  std::string why;
+  REQUIRE(rd::decode(b.data(), b.size(), &got, &why));
+  CHECK(got.session == 42);
+  CHECK(got.capacity == a.capacity);
+  CHECK(got.remote_addr == a.remote_addr);
+  CHECK(got.rkey == a.rkey);
+  std::vector<std::uint8_t> padded(b.begin(), b.end());
+  padded.resize(196, 0);
+  CHECK(rd::decode(padded.data(), padded.size(), &got, nullptr));
+  CHECK_FALSE(rd::decode(b.data(), 39, &got, &why));
+  auto bad = b;
+  bad[1] ^= 0xff;
+  CHECK_FALSE(rd::decode(bad.data(), bad.size(), &got, &why));
+  CHECK(why.find("magic") != std::string::npos);
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{0, 4096, 1, 1}).data(), 40, &got, nullptr));        // no session
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 100, 1, 1}).data(), 40, &got, nullptr));         // capacity not pages
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 4096, 0, 1}).data(), 40, &got, nullptr));        // no address
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 8192, ~0ull - 4095, 1}).data(), 40, &got, nullptr));  // wraps
+}
+
+TEST_CASE("reject private data carries a code and one printable line") {
+  auto b = rd::encode(rd::Reject{wire::Errc::BadToken, "wrong or missing token"});
+  static_assert(sizeof(b) == 148, "an IB/RoCE reject's private data");
+  rd::Reject got;
+  REQUIRE(rd::decode(b.data(), b.size(), &got));
+  CHECK(got.code == wire::Errc::BadToken);
+  CHECK(got.message == "wrong or missing token");
+  auto longer = rd::encode(rd::Reject{wire::Errc::NoCapacity, std::string(500, 'x')});
+  REQUIRE(rd::decode(longer.data(), longer.size(), &got));
+  CHECK(got.message == std::string(rd::kRejectMessageMax, 'x'));
+  auto odd = rd::encode(rd::Reject{wire::Errc::BadMessage, "two\nlines\x01"});
+  REQUIRE(rd::decode(odd.data(), odd.size(), &got));
+  CHECK(got.message == "two?lines?");
+  std::vector<std::uint8_t> zeros(148, 0);  // a CM-level reject (e.g. nobody listening): not ours
+  CHECK_FALSE(rd::decode(zeros.data(), zeros.size(), &got));
+  CHECK_FALSE(rd::decode(b.data(), 7, &got));
+  CHECK_FALSE(rd::decode(nullptr, 0, &got));
+}
+
+TEST_CASE("selective signaling: every Nth and the last of a list are signaled") {
+  rd::SendAccounting acct(16, 4);
+  CHECK(acct.room() == 16);
+  std::vector<rd::SendAccounting::Planned> p;
+  for (int i = 0; i < 10; ++i) p.push_back(acct.plan(100 + i, i == 9));
+  for (int i = 0; i < 10; ++i) {
+    CHECK(p[i].wr_id == static_cast<std::uint64_t>(i + 1));
+    CHECK(p[i].signaled == (i == 3 || i == 7 || i == 9));
+  }
+  CHECK(acct.room() == 6);
+  CHECK(acct.outstanding() == 10);
+  std::deque<std::uint64_t> done;
+  CHECK(acct.retire_through(p[2].wr_id, done) == -1);  // unsignaled: no completion can carry it
+  CHECK(acct.retire_through(999, done) == -1);
+  CHECK(acct.retire_through(p[3].wr_id, done) == 4);  // retires 100..103
+  CHECK(done == std::deque<std::uint64_t>{100, 101, 102, 103});
+  CHECK(acct.room() == 10);
+  CHECK(acct.retire_through(p[3].wr_id, done) == -1);  // already retired
+  CHECK(acct.retire_through(p[9].wr_id, done) == 6);  // a later completion implies the earlier ones
+  CHECK(done.size() == 10);
+  CHECK(done.back() == 109);
+  CHECK(acct.outstanding() == 0);
+  CHECK(acct.room() == 16);
+  // The counter runs on across lists: the next signal comes 4 after the last one.
+  auto q = acct.plan(1, false);
+  CHECK_FALSE(q.signaled);
+  CHECK(q.wr_id == 11);
+}
+
+TEST_CASE("selective signaling: random lists complete every cookie once, in order, without a stuck queue") {
+  std::mt19937_64 rng(5);
+  for (unsigned every : {1u, 3u, 8u, 32u}) {
+    rd::SendAccounting acct(64, every);
+    std::deque<std::uint64_t> signaled;  // outstanding signaled wr_ids, in order: the "CQ to be"
+    std::deque<std::uint64_t> done;
+    std::uint64_t next_cookie = 0;
+    for (int round = 0; round < 5000; ++round) {
+      // Post a list that fits, like submit() does (the last one signaled).
+      unsigned n = std::min<unsigned>(acct.room(), 1 + static_cast<unsigned>(rng() % 40));
+      for (unsigned i = 0; i < n; ++i) {
+        auto pl = acct.plan(next_cookie++, i + 1 == n);
+        if (pl.signaled) signaled.push_back(pl.wr_id);
+      }
+      // A full queue must hold a signaled request, or nothing would ever free it.
+      if (acct.room() == 0) REQUIRE_FALSE(signaled.empty());
+      if (acct.outstanding()) REQUIRE_FALSE(signaled.empty());  // every list ends signaled
+      // The device completes some signaled requests, in posting order.
+      unsigned k = static_cast<unsigned>(rng() % (signaled.size() + 1));
+      for (unsigned i = 0; i < k; ++i) {
+        REQUIRE(acct.retire_through(signaled.front(), done) > 0);
+        signaled.pop_front();
+      }
+    }
+    while (!signaled.empty()) {
+      REQUIRE(acct.retire_through(signaled.front(), done) > 0);
+      signaled.pop_front();
+    }
+    CHECK(acct.outstanding() == 0);
+    REQUIRE(done.size() == next_cookie);
+    for (std::uint64_t i = 0; i < next_cookie; ++i) REQUIRE(done[i] == i);
+  }
+}
+
+#if FARMEM_HAVE_RDMA
+TEST_CASE("a submit's transfers become one chained ibv_send_wr list") {
+  rd::SendAccounting acct(64, 4);
+  std::vector<rd::Transfer> t;
+  for (int i = 0; i < 6; ++i)
+    t.push_back({i % 2 == 1, 0x10000u + 4096u * i, 4096, 77, 8192ull * i, 500u + i});
+  std::vector<ibv_send_wr> wrs(6);
+  std::vector<ibv_sge> sges(6);
+  ibv_send_wr* head = rd::build_send_list(t.data(), t.size(), acct, 0x7f0000000000ull, 0xbeef, wrs.data(), sges.data());
+  REQUIRE(head == &wrs[0]);
+  int n = 0;
+  std::set<std::uint64_t> ids;
+  for (ibv_send_wr* w = head; w; w = w->next, ++n) {
+    const rd::Transfer& x = t[n];
+    CHECK(w->opcode == (x.write ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ));
+    CHECK(w->num_sge == 1);
+    CHECK(w->sg_list == &sges[n]);
+    CHECK(w->sg_list->addr == x.local);
+    CHECK(w->sg_list->length == 4096);
+    CHECK(w->sg_list->lkey == 77);
+    CHECK(w->wr.rdma.remote_addr == 0x7f0000000000ull + x.remote_off);
+    CHECK(w->wr.rdma.rkey == 0xbeef);
+    CHECK(((w->send_flags & IBV_SEND_SIGNALED) != 0) == (n == 3 || n == 5));
+    ids.insert(w->wr_id);
+  }
+  CHECK(n == 6);
+  CHECK(ids.size() == 6);
+  CHECK(acct.outstanding() == 6);
+  // The last signaled one completing retires the whole list, cookies in order.
+  std::deque<std::uint64_t> done;
+  CHECK(acct.retire_through(wrs[5].wr_id, done) == 6);
+  CHECK(done == std::deque<std::uint64_t>{500, 501, 502, 503, 504, 505});
+}
+#endif
+
+TEST_CASE("rdma:// at start-up: without rdma-core or without a device, one line naming the fix") {
+  farmem::Config c;
+  c.local_mem_bytes = 16 << 20;
+  c.far_mem_bytes = 1 << 30;
+  c.backend = "rdma://192.0.2.1:7000";
+#if FARMEM_HAVE_RDMA
+  if (!rd::no_device_reason().empty()) {
+    CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("rdma://192.0.2.1:7000: no RDMA device found") &&
+                                           Catch::Contains("rdma link add rxe0 type rxe"));
+  } else {
+    WARN("an RDMA device exists: the no-device error path is not exercised here (test/cli/rdma_test.sh runs end to end)");
+  }
+#else
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("built without rdma-core") && Catch::Contains("-Drdma=enabled"));
+#endif
+  c.backend = "rdma://192.0.2.1";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not rdma://HOST:PORT"));
+  CHECK_FALSE(farmem::initialized());
+}
