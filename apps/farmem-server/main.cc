@@ -1,5 +1,5 @@
-// farmem-server: the memory node. Serves far memory to clients over tcp://
-// (--listen), or runs as the embedded shm server a runtime starts for itself
+// farmem-server: the memory node. Serves far memory to clients over tcp:// or
+// dpdk:// (--listen), or runs as the embedded shm server a runtime starts for itself
 // (--shm-fd, internal).
 #include <cstdio>
 #include <cstdlib>
@@ -10,14 +10,27 @@
 #include "net/wire.hpp"
 #include "server/shm_server.hpp"
 #include "server/tcp_server.hpp"
+#include "farmem_build_config.h"
+#if FARMEM_HAVE_DPDK
+#include "server/dpdk_server.hpp"
+#endif
 
 namespace {
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: farmem-server --listen tcp://HOST:PORT --capacity SIZE [--token-file FILE]\n"
+               "usage: farmem-server --listen URI --capacity SIZE [--token-file FILE]\n"
                "                     [--stats-interval SECONDS]\n"
                "  Serves SIZE bytes of far memory (e.g. 16G) to farmem clients; each client gets\n"
-               "  its own memory, reclaimed when it disconnects. PORT 0 picks a free port (printed).\n"
+               "  its own memory, reclaimed when it disconnects. URI is one of:\n"
+               "    tcp://HOST:PORT        TCP; PORT 0 picks a free port (printed).\n"
+               "    dpdk://memif/PATH[?clients=N&queues=Q]\n"
+               "                           DPDK net_memif on the control socket PATH: interface ids\n"
+               "                           0..N-1 (default 4), one client each (FARMEM_BACKEND=\n"
+               "                           dpdk://memif/PATH?id=I); Q queue pairs each (default 8).\n"
+               "    dpdk://port/N[?queues=Q]  DPDK ethdev port N (name the NIC in FARMEM_DPDK_EAL_ARGS,\n"
+               "                           e.g. \"-a 0000:3b:00.0\"); clients use ?peer=<printed MAC>.\n"
+               "  dpdk:// runs EAL with --no-huge --no-pci for memif; FARMEM_DPDK_EAL_ARGS adds arguments.\n"
+               "  dpdk clients that send nothing for 10 s (or whose memif link drops) are dropped.\n"
                "  With --token-file, clients must present the same token (FARMEM_TOKEN_FILE).\n"
                "  SIGUSR1 prints a usage line; SIGTERM stops it.\n"
                "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n");
@@ -55,12 +68,31 @@ int main(int argc, char** argv) {
     if (capacity == 0) die("--shm-fd needs --capacity");
     return farmem::server::run_shm(shm_fd, capacity);
   }
-  if (listen.empty()) die("--listen tcp://HOST:PORT is required; see --help");
+  if (listen.empty()) die("--listen tcp://HOST:PORT or dpdk://... is required; see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");
+  std::string token;
+  if (!token_file.empty()) {
+    if (!farmem::net::wire::read_token_file(token_file, &token))
+      die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
+    if (token.empty()) die("--token-file " + token_file + " is empty");
+  }
+  if (listen.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    farmem::server::DpdkServerOptions dopt;
+    dopt.uri = listen;
+    dopt.capacity = capacity;
+    dopt.token = token;
+    dopt.stats_interval_s = stats_interval;
+    return farmem::server::run_dpdk(dopt);
+#else
+    die("--listen " + listen + ": this farmem-server was built without DPDK (libdpdk-dev missing at configure "
+        "time); install it and rebuild with -Ddpdk=enabled");
+#endif
+  }
   farmem::server::TcpServerOptions opt;
-  if (listen.rfind("rdma://", 0) == 0 || listen.rfind("dpdk://", 0) == 0)
-    die("--listen " + listen + ": the rdma and dpdk listeners are not built yet; use tcp://HOST:PORT");
-  if (listen.rfind("tcp://", 0) != 0) die("--listen " + listen + " is not tcp://HOST:PORT");
+  if (listen.rfind("rdma://", 0) == 0)
+    die("--listen " + listen + ": the rdma listener is not built yet; use tcp://HOST:PORT");
+  if (listen.rfind("tcp://", 0) != 0) die("--listen " + listen + " is not tcp://HOST:PORT or dpdk://...");
   std::string rest = listen.substr(6);
   std::size_t colon = rest.rfind(':');
   if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");
@@ -73,10 +105,6 @@ int main(int argc, char** argv) {
   opt.port = static_cast<std::uint16_t>(port);
   opt.capacity = capacity;
   opt.stats_interval_s = stats_interval;
-  if (!token_file.empty()) {
-    if (!farmem::net::wire::read_token_file(token_file, &opt.token))
-      die("cannot read --token-file " + token_file + ": " + std::strerror(errno));
-    if (opt.token.empty()) die("--token-file " + token_file + " is empty");
-  }
+  opt.token = token;
   return farmem::server::run_tcp(opt);
 }

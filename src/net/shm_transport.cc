@@ -26,6 +26,7 @@
 #include "net/queue_pair.hpp"
 #include "net/shm_wire.hpp"
 #include "net/tcp_transport.hpp"
+#include "net/dpdk_transport.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -300,7 +301,15 @@ class ShmTransport final : public Transport {
 std::unique_ptr<Transport> connect(const Config& cfg) {
   if (cfg.backend == "shm") return std::make_unique<ShmTransport>(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
-  throw Error("unknown backend '" + cfg.backend + "'; use shm or tcp://HOST:PORT");
+  if (cfg.backend.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    return connect_dpdk(cfg);
+#else
+    throw Error("FARMEM_BACKEND=" + cfg.backend + ": this farmem was built without DPDK (libdpdk-dev missing at "
+                "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
+#endif
+  }
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT or dpdk://...");
 }
 
 }  // namespace farmem::net
