@@ -33,6 +33,7 @@ void eal_init_once(const Uri& u, const char* who) {
   std::lock_guard<std::mutex> g(g_eal_mu);
   if (g_eal_up) return;
   std::vector<std::string> args = {who, "-l", "0", "--no-telemetry", "--log-level=error",
+                                   "--log-level=pmd.net.memif:critical",  // we report its failures ourselves
                                    "--file-prefix", std::string("farmem-") + std::to_string(getpid())};
   if (u.memif) {
     for (const char* a : {"--no-huge", "--no-pci", "--no-shconf", "-m", "256"}) args.emplace_back(a);
@@ -112,6 +113,9 @@ Device open_device(const Uri& u, bool server, unsigned memif_id, rte_mempool* po
     if (rc != 0) throw Error("cannot set up queue " + std::to_string(q) + " of " + d.name + ": " + rte_strerror(-rc));
   }
   rc = rte_eth_dev_start(d.port);
+  if (rc != 0 && u.memif && !server)  // the memif client connects to the socket when it starts
+    throw Error("no farmem-server answered on memif socket " + u.socket +
+                "; start farmem-server --listen dpdk://memif" + u.socket + " or fix FARMEM_BACKEND");
   if (rc != 0) throw Error("cannot start the DPDK device " + d.name + ": " + rte_strerror(-rc));
   if (!u.memif) rte_eth_promiscuous_enable(d.port);
   rte_ether_addr mac{};

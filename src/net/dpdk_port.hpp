@@ -16,7 +16,8 @@ namespace farmem::net::dpdk {
 
 inline constexpr unsigned kRingSize = 256;     // descriptors per queue (memif rsize=8)
 inline constexpr unsigned kMemifBsize = 4352;  // memif buffer: one frame of 14 + 64 + 4096 bytes
-inline constexpr unsigned kWindow = 256;       // requests in flight per lane (seq window)
+inline constexpr unsigned kWindow = 128;       // requests in flight per lane (seq window), half a ring:
+                                               // replies to all of them fit the peer's rx ring
 
 // Starts the DPDK EAL for this process unless it already runs. `who` names the
 // program in messages. Adds FARMEM_DPDK_EAL_ARGS (split on spaces) after the
