@@ -17,6 +17,8 @@
 #include <rte_mbuf.h>
 
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -65,7 +67,7 @@ Shared& shared_for(const Uri& u) {
   eal_init_once(u, "farmem");
   auto* s = new Shared;
   s->uri = u;
-  s->pool = make_pool("farmem_client", 1024 + 64 * u.queues);
+  s->pool = make_pool("farmem_client", 1024 + kWindow * u.queues);  // every lane's window in flight, plus rx
   s->dev = open_device(u, false, u.id, s->pool);
   if (u.have_peer) std::memcpy(s->dst, u.peer, 6);
   s->lane_busy.assign(u.queues, false);
@@ -95,6 +97,12 @@ class Lane {
       : sh_(sh), q_(q), session_(session), table_(kWindow, first_seq) {}
   ~Lane() {
     for (rte_mbuf* m : txq_) rte_pktmbuf_free(m);
+    static const bool debug = std::getenv("FARMEM_DPDK_DEBUG") != nullptr;
+    if (debug && sent_)
+      std::fprintf(stderr, "farmem: dpdk lane %u: %llu sent, %llu retransmitted, %llu not taken by the tx ring, "
+                   "%llu without an mbuf\n", q_, static_cast<unsigned long long>(sent_),
+                   static_cast<unsigned long long>(retransmits_), static_cast<unsigned long long>(tx_full_),
+                   static_cast<unsigned long long>(no_mbuf_));
   }
 
   // Queues a request; while the window is full, makes progress (completions
@@ -119,6 +127,7 @@ class Lane {
       sent += rte_eth_tx_burst(sh_.dev.port, q_, txq_.data() + sent, static_cast<std::uint16_t>(txq_.size() - sent));
     // Whatever the ring did not take is dropped like a lost packet: retransmitted on timeout.
     for (std::size_t i = sent; i < txq_.size(); ++i) rte_pktmbuf_free(txq_[i]);
+    tx_full_ += txq_.size() - sent;
     txq_.clear();
   }
 
@@ -184,7 +193,9 @@ class Lane {
       payload = hello_token.data();
     }
     h.attempt = table_.sent(slot, now_ns(), kFirstRtoNs, kMaxRtoNs);
+    ++sent_;
     if (rte_mbuf* m = build_frame(sh_.pool, sh_.dst, sh_.dev.mac, h, payload)) txq_.push_back(m);
+    else ++no_mbuf_;
     // An empty pool is like a lost packet: the timeout sends it again.
   }
 
@@ -225,7 +236,7 @@ class Lane {
   std::string hello_token;
   std::uint64_t hello_nonce = 0;
   Header reply{};  // the last accepted reply (control calls read it)
-  std::uint64_t retransmits_ = 0;
+  std::uint64_t retransmits_ = 0, sent_ = 0, tx_full_ = 0, no_mbuf_ = 0;
 
  private:
   Shared& sh_;
@@ -342,7 +353,8 @@ class DpdkTransport final : public Transport {
     }
     session_ = hello.reply.session;
     capacity_ = hello.reply.offset;
-    ctl_ = std::make_unique<Lane>(sh_, 0, session_, 1);
+    // Numbering goes on after the hello's seq, so a late copy of its reply matches nothing.
+    ctl_ = std::make_unique<Lane>(sh_, 0, session_, hello.next_seq());
     beat_ = std::thread([this] { heartbeat(); });
   }
   ~DpdkTransport() override { shutdown(); }
@@ -387,9 +399,6 @@ class DpdkTransport final : public Transport {
     if (beat_.joinable()) beat_.join();
     std::lock_guard<std::mutex> g(mu_);
     call(Op::Bye, 0, 0, 1'000'000'000);  // best effort: the server also notices silence or link down
-    std::lock_guard<std::mutex> gs(sh_.mu);
-    sh_.lane_session[0] = session_;
-    sh_.lane_next_seq[0] = ctl_->next_seq();
     ctl_.reset();
   }
   std::string describe() const override {

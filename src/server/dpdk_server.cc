@@ -80,7 +80,7 @@ class Server {
   std::vector<PortState> ports_;
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
   std::uint64_t reserved_ = 0;
-  std::uint64_t malformed_ = 0, duplicates_ = 0, stale_ = 0, injected_drops_ = 0, expired_ = 0;
+  std::uint64_t malformed_ = 0, duplicates_ = 0, stale_ = 0, injected_drops_ = 0, expired_ = 0, tx_dropped_ = 0;
 };
 
 void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
@@ -99,12 +99,12 @@ void Server::print_usage(const char* why) {
   for (auto& p : ports_) up += p.up;
   std::printf("{\"farmem_server\":\"%s\",\"transport\":\"dpdk\",\"clients\":%zu,\"links_up\":%u,\"used_bytes\":%llu,"
               "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu,\"duplicates\":%llu,\"stale\":%llu,"
-              "\"malformed\":%llu,\"expired\":%llu,\"injected_drops\":%llu}\n",
+              "\"malformed\":%llu,\"expired\":%llu,\"injected_drops\":%llu,\"tx_dropped\":%llu}\n",
               why, sessions_.size(), up, static_cast<unsigned long long>(used),
               static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity),
               static_cast<unsigned long long>(duplicates_), static_cast<unsigned long long>(stale_),
               static_cast<unsigned long long>(malformed_), static_cast<unsigned long long>(expired_),
-              static_cast<unsigned long long>(injected_drops_));
+              static_cast<unsigned long long>(injected_drops_), static_cast<unsigned long long>(tx_dropped_));
   std::fflush(stdout);
 }
 
@@ -166,10 +166,12 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     std::string token(payload, h.length);
     if (!opt_.token.empty() && token != opt_.token)
       return fail(p, q, src, h, Errc::BadToken, "wrong or missing token");
-    if (h.size > uri_.queues)
+    // The queue count must match: memif maps a queue the peer never set up onto
+    // its ring 0, and DPDK's API cannot tell which rings a peer set up.
+    if (h.size != uri_.queues)
       return fail(p, q, src, h, Errc::BadQueues,
-                  "the server has " + std::to_string(uri_.queues) + " queues; use queues=" +
-                      std::to_string(uri_.queues) + " or fewer");
+                  "the server has " + std::to_string(uri_.queues) + " queue pairs and this client " +
+                      std::to_string(h.size) + "; use queues=" + std::to_string(uri_.queues) + " in FARMEM_BACKEND");
     Session* s = nullptr;
     for (auto& [id, cand] : sessions_)
       if (cand->nonce == h.floor && cand->port == p) s = cand.get();  // a repeated hello
@@ -277,13 +279,17 @@ std::size_t Server::poll_port(unsigned p, unsigned q) {
   }
   auto& out = ps.out[q];
   if (out.empty()) return n;
-  std::size_t sent = 0;
-  for (int tries = 0; sent < out.size() && tries < 8; ++tries)
-    sent += rte_eth_tx_burst(ps.dev.port, static_cast<std::uint16_t>(q), out.data() + sent,
-                             static_cast<std::uint16_t>(out.size() - sent));
-  for (std::size_t i = sent; i < out.size(); ++i) rte_pktmbuf_free(out[i]);  // the client retransmits
-  out.clear();
-  return n;
+  std::size_t sent = rte_eth_tx_burst(ps.dev.port, static_cast<std::uint16_t>(q), out.data(),
+                                      static_cast<std::uint16_t>(out.size()));
+  out.erase(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(sent));
+  // A full ring (the client is not polling right now) keeps replies for the next
+  // round; beyond two windows they are dropped and the client retransmits.
+  while (out.size() > 2 * kWindow) {
+    rte_pktmbuf_free(out.front());
+    out.erase(out.begin());
+    ++tx_dropped_;
+  }
+  return n + (out.empty() ? 0 : 1);
 }
 
 void Server::housekeeping(std::uint64_t now) {
@@ -296,6 +302,10 @@ void Server::housekeeping(std::uint64_t now) {
         it = next;
       }
       ports_[p].active = 1;
+      for (auto& out : ports_[p].out) {
+        for (rte_mbuf* m : out) rte_pktmbuf_free(m);
+        out.clear();
+      }
     }
     ports_[p].up = up;
   }

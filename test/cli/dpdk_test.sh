@@ -10,6 +10,7 @@
 set -uo pipefail
 BENCH=$1
 SERVER=$2
+RAW=${3:-}  # dpdk_raw_client (frame-level checks and fuzz), built with DPDK
 fails=0
 tmp=$(mktemp -d)
 pids=()
@@ -76,7 +77,17 @@ if [[ $r1 -eq 0 && $r2 -eq 0 ]] && grep -q '"verified":true' "$tmp/c1" && grep -
   ok "two clients at once (2 sessions while running), both verified"
 else bad "two clients: $during $(cat "$tmp/c1" "$tmp/c2")"; fi
 
-# 3. Token errors: one line, non-zero, within seconds.
+# 3. Frame-level checks on memif ids 2 and 3 with a raw client: tokens, isolation,
+#    a late duplicate write, range checks, 5 s of fuzzed frames; the server stays up.
+if [[ -n $RAW ]]; then
+  if timeout 120 "$RAW" "$URI" "$tmp/token" 2 3 5 >"$tmp/raw.out" 2>&1; then
+    ok "raw protocol checks and fuzz: $(grep -c '^ok' "$tmp/raw.out") passed ($(grep 'fuzz frames' "$tmp/raw.out"))"
+  else bad "raw protocol checks: $(cat "$tmp/raw.out")"; fi
+  kill -0 "$MAIN" 2>/dev/null && ok "server alive after malformed frames: $(usage_line "$MAIN" "$tmp/main.out")" ||
+    bad "server died on malformed frames"
+fi
+
+# 4. Token errors: one line, non-zero, within seconds.
 for case in wrong missing; do
   if [[ $case == wrong ]]; then envs=(FARMEM_TOKEN_FILE=$tmp/wrong); else envs=(-u FARMEM_TOKEN_FILE); fi
   start=$(date +%s)
@@ -89,7 +100,7 @@ for case in wrong missing; do
   else bad "$case token: rc=$rc took=${took}s $(cat "$tmp/t.err")"; fi
 done
 
-# 4. Asking for more than the server has; no server on the socket; a bad URI.
+# 5. Asking for more than the server has; no server on the socket; a bad URI.
 FARMEM_BACKEND="$URI?id=3" FARMEM_FAR_MEM=64G timeout 30 "$BENCH" --working-set 64M --ops 1000 >/dev/null 2>"$tmp/cap.err"
 rc=$?
 if [[ $rc -ne 0 ]] && grep -q "MiB free.*FARMEM_FAR_MEM" "$tmp/cap.err"; then ok "capacity: $(cat "$tmp/cap.err")"
@@ -104,7 +115,7 @@ rc=$?
 if [[ $rc -ne 0 ]] && grep -q "queues=1 must be 2-64" "$tmp/uri.err"; then ok "bad URI: $(cat "$tmp/uri.err")"
 else bad "bad URI: rc=$rc $(cat "$tmp/uri.err")"; fi
 
-# 5. Injected packet loss (2% of received packets dropped on both sides): still exact.
+# 6. Injected packet loss (2% of received packets dropped on both sides): still exact.
 export FARMEM_DPDK_DROP_PPM=20000  # read by the server and the client
 start_server lossy "dpdk://memif$SOCK-lossy.sock?clients=1" --capacity 2G
 LOSSY=$SPID
@@ -118,7 +129,7 @@ if grep -q '"verified":true' <<<"$out" && grep -q '"injected_drops":[1-9]' <<<"$
 else bad "loss: $out $(cat "$tmp/loss.err") server: $lossline"; fi
 kill "$LOSSY"; wait "$LOSSY" 2>/dev/null
 
-# 6. A client killed mid-run leaves the server healthy and its memory reclaimed.
+# 7. A client killed mid-run leaves the server healthy and its memory reclaimed.
 FARMEM_BACKEND="$URI?id=0" FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% --ops 100000000 --no-verify >/dev/null 2>&1 &
 victim=$!
 sleep 4
@@ -133,7 +144,7 @@ else bad "killed client: during=$during after=$after"; fi
 out=$(FARMEM_BACKEND="$URI?id=0" FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 256M --ops 50000 --json 2>&1)
 grep -q '"verified":true' <<<"$out" && ok "server still serves on that memif id after the client died" || bad "after client death: $out"
 
-# 7. The server killed mid-run: the client ends non-zero with a message within 15 s.
+# 8. The server killed mid-run: the client ends non-zero with a message within 15 s.
 start_server doomed "dpdk://memif$SOCK-doomed.sock?clients=1" --capacity 2G
 FARMEM_BACKEND="dpdk://memif$SOCK-doomed.sock" FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
   --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
@@ -148,7 +159,7 @@ if [[ $rc -ne 0 && $took -le 15 ]] && grep -q "memory server dpdk://memif$SOCK-d
   ok "server killed: client exit $rc after ${took}s: $(head -1 "$tmp/k.err")"
 else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$client" 2>/dev/null; fi
 
-# 8. SIGTERM ends the server cleanly.
+# 9. SIGTERM ends the server cleanly.
 kill -TERM "$MAIN"
 wait "$MAIN"; rc=$?
 if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"
