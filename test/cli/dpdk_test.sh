@@ -43,8 +43,15 @@ start_server() {
   echo "server did not start:"; cat "$tmp/$name.err"; exit 1
 }
 
-usage_line() {  # asks the server for a usage line, prints the newest
-  kill -USR1 "$1"; sleep 0.5; grep '"farmem_server":"usage"' "$2" | tail -1
+usage_line() {  # asks the server for a usage line (waits up to 5 s for it), prints it
+  local before
+  before=$(grep -c '"farmem_server":"usage"' "$2")
+  kill -USR1 "$1"
+  for _ in $(seq 50); do
+    [[ $(grep -c '"farmem_server":"usage"' "$2") -gt $before ]] && break
+    sleep 0.1
+  done
+  grep '"farmem_server":"usage"' "$2" | tail -1
 }
 
 echo "s3cret-token" >"$tmp/token"
