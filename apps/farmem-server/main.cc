@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
     if (capacity == 0) die("--shm-fd needs --capacity");
     return farmem::server::run_shm(shm_fd, capacity);
   }
-  if (listen.empty()) die("--listen tcp://HOST:PORT or dpdk://... is required; see --help");
+  if (listen.empty()) die("--listen tcp://HOST:PORT is required (or dpdk://...); see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");
   std::string token;
   if (!token_file.empty()) {

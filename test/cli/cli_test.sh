@@ -41,7 +41,7 @@ expect_error "bad FARMEM_STATS" "FARMEM_STATS='maybe'" -- env FARMEM_STATS=maybe
 expect_error "bad delay" "FARMEM_SHM_DELAY_NS" -- env FARMEM_SHM_DELAY_NS=soon "$BENCH" "${small[@]}"
 expect_error "server without arguments" "listen tcp://HOST:PORT is required" -- "$SERVER"
 expect_error "server bad capacity" "capacity.*not a size" -- "$SERVER" --listen tcp://127.0.0.1:0 --capacity lots
-expect_error "server rdma listener" "rdma and dpdk listeners are not built yet" -- "$SERVER" --listen rdma://0.0.0.0:1 --capacity 1G
+expect_error "server rdma listener" "rdma listener is not built yet" -- "$SERVER" --listen rdma://0.0.0.0:1 --capacity 1G
 
 # FARMEM_STATS=1: one JSON line with the counters on stderr at exit.
 if FARMEM_STATS=1 "$BENCH" "${small[@]}" --json >"$tmp/out" 2>"$tmp/err" &&
