@@ -161,7 +161,12 @@ class Lane {
   }
 
   void check_silence() {
-    if (!table_.empty() && now_ns() - heard_ns_ > kSilenceNs)
+    const std::uint64_t now = now_ns();
+    // A gap of a second between checks means we did not run (stopped, or starved
+    // of CPU): the server had no chance to answer, so the silence starts now.
+    if (now - checked_ns_ > 1'000'000'000) heard_ns_ = now;
+    checked_ns_ = now;
+    if (!table_.empty() && now - heard_ns_ > kSilenceNs)
       detail::fatal("the memory server %s has not answered for %llu s (%s); far memory is gone: restart the "
                     "application when the server is back",
                     sh_.uri.text.c_str(), static_cast<unsigned long long>(kSilenceNs / 1'000'000'000ull),
@@ -245,7 +250,7 @@ class Lane {
   std::uint64_t session_;
   RequestTable table_;
   std::vector<rte_mbuf*> txq_;
-  std::uint64_t heard_ns_ = 0, next_check_ns_ = 0;
+  std::uint64_t heard_ns_ = 0, next_check_ns_ = 0, checked_ns_ = 0;
 };
 
 class DpdkQueuePair final : public QueuePair {

@@ -5,7 +5,8 @@
 # ids, the same far offsets, both exact: their memories are apart), tokens,
 # injected packet loss on both sides (retransmission keeps every page exact),
 # a client killed mid-run (server healthy, memory reclaimed), the server killed
-# mid-run (client ends within 15 s), clean SIGTERM. Skips (77) without DPDK or
+# mid-run (client ends within 15 s), a silent (stopped) client expired after
+# 10 s, clean SIGTERM. Skips (77) without DPDK or
 # when EAL cannot start here.
 set -uo pipefail
 BENCH=$1
@@ -151,7 +152,24 @@ else bad "killed client: during=$during after=$after"; fi
 out=$(FARMEM_BACKEND="$URI?id=0" FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 256M --ops 50000 --json 2>&1)
 grep -q '"verified":true' <<<"$out" && ok "server still serves on that memif id after the client died" || bad "after client death: $out"
 
-# 8. The server killed mid-run: the client ends non-zero with a message within 15 s.
+# 8. A client that stops answering (SIGSTOP: its memif link stays up) is forgotten
+#    after 10 s of silence; woken up, it ends with a clear message.
+FARMEM_BACKEND="$URI?id=0" FARMEM_FAR_MEM=1G "$BENCH" --working-set 256M --local-mem 25% --ops 100000000 \
+  --no-verify >/dev/null 2>"$tmp/stop.err" &
+sleeper=$!
+sleep 3
+kill -STOP "$sleeper"
+sleep 13
+stopped=$(usage_line "$MAIN" "$tmp/main.out")
+kill -CONT "$sleeper"
+timeout 20 tail --pid="$sleeper" -f /dev/null
+wait "$sleeper"; rc=$?
+if [[ $rc -ne 0 ]] && grep -q '"clients":0,.*"reserved_bytes":0,.*"expired":[1-9]' <<<"$stopped" &&
+   grep -q "no such session" "$tmp/stop.err"; then
+  ok "silent client expired ($stopped); woken: $(head -1 "$tmp/stop.err")"
+else bad "silent client: rc=$rc $stopped $(cat "$tmp/stop.err")"; kill -9 "$sleeper" 2>/dev/null; fi
+
+# 9. The server killed mid-run: the client ends non-zero with a message within 15 s.
 start_server doomed "dpdk://memif$SOCK-doomed.sock?clients=1" --capacity 2G
 FARMEM_BACKEND="dpdk://memif$SOCK-doomed.sock" FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
   --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
@@ -166,7 +184,7 @@ if [[ $rc -ne 0 && $took -le 15 ]] && grep -q "memory server dpdk://memif$SOCK-d
   ok "server killed: client exit $rc after ${took}s: $(head -1 "$tmp/k.err")"
 else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$client" 2>/dev/null; fi
 
-# 9. SIGTERM ends the server cleanly.
+# 10. SIGTERM ends the server cleanly.
 kill -TERM "$MAIN"
 wait "$MAIN"; rc=$?
 if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"
