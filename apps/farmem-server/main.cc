@@ -1,6 +1,6 @@
 // farmem-server: the memory node. Serves far memory to clients over tcp:// or
-// rdma:// (--listen), or runs as the embedded shm server a runtime starts for
-// itself (--shm-fd, internal).
+// rdma:// or dpdk:// (--listen), or runs as the embedded shm server a runtime
+// starts for itself (--shm-fd, internal).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,8 +12,12 @@
 #include "net/wire.hpp"
 #include "server/shm_server.hpp"
 #include "server/tcp_server.hpp"
+#include "farmem_build_config.h"
 #if FARMEM_HAVE_RDMA
 #include "server/rdma_server.hpp"
+#endif
+#if FARMEM_HAVE_DPDK
+#include "server/dpdk_server.hpp"
 #endif
 
 namespace {
@@ -29,6 +33,14 @@ void usage(FILE* out) {
                "                      memory (FARMEM_BACKEND=rdma://...). HOST is an address on an RDMA\n"
                "                      interface or 0.0.0.0; needs an RDMA device (or Soft-RoCE:\n"
                "                      rdma link add rxe0 type rxe netdev eth0). See docs/rdma.md.%s\n"
+               "    dpdk://memif/PATH[?clients=N&queues=Q]\n"
+               "                      DPDK net_memif on the control socket PATH: interface ids\n"
+               "                      0..N-1 (default 4), one client each (FARMEM_BACKEND=\n"
+               "                      dpdk://memif/PATH?id=I); Q queue pairs each (default 8).\n"
+               "    dpdk://port/N[?queues=Q]  DPDK ethdev port N (name the NIC in FARMEM_DPDK_EAL_ARGS,\n"
+               "                      e.g. \"-a 0000:3b:00.0\"); clients use ?peer=<printed MAC>.\n"
+               "  dpdk:// runs EAL with --no-huge --no-pci for memif; FARMEM_DPDK_EAL_ARGS adds arguments.\n"
+               "  dpdk clients that send nothing for 10 s (or whose memif link drops) are dropped.\n"
                "  With --token-file, clients must present the same token (FARMEM_TOKEN_FILE).\n"
                "  SIGUSR1 prints a usage line; SIGTERM stops it.\n"
                "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n",
@@ -70,7 +82,7 @@ int main(int argc, char** argv) {
     if (capacity == 0) die("--shm-fd needs --capacity");
     return farmem::server::run_shm(shm_fd, capacity);
   }
-  if (listen.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT); see --help");
+  if (listen.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT or dpdk://...); see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");
   std::string token;
   if (!token_file.empty()) {
@@ -99,10 +111,22 @@ int main(int argc, char** argv) {
         "librdmacm-dev and rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
 #endif
   }
+  if (listen.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    farmem::server::DpdkServerOptions dopt;
+    dopt.uri = listen;
+    dopt.capacity = capacity;
+    dopt.token = token;
+    dopt.stats_interval_s = stats_interval;
+    return farmem::server::run_dpdk(dopt);
+#else
+    die("--listen " + listen + ": this farmem-server was built without DPDK (libdpdk-dev missing at configure "
+        "time); install it and rebuild with -Ddpdk=enabled");
+#endif
+  }
   farmem::server::TcpServerOptions opt;
-  if (listen.rfind("dpdk://", 0) == 0)
-    die("--listen " + listen + ": the dpdk listener is not built yet; use tcp://HOST:PORT");
-  if (listen.rfind("tcp://", 0) != 0) die("--listen " + listen + " is not tcp://HOST:PORT or rdma://HOST:PORT");
+  if (listen.rfind("tcp://", 0) != 0)
+    die("--listen " + listen + " is not tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
   std::string rest = listen.substr(6);
   std::size_t colon = rest.rfind(':');
   if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");

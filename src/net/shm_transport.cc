@@ -28,6 +28,7 @@
 #include "net/rdma_transport.hpp"
 #include "net/shm_wire.hpp"
 #include "net/tcp_transport.hpp"
+#include "net/dpdk_transport.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -360,7 +361,15 @@ std::unique_ptr<Transport> connect(const Config& cfg) {
                 "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT or rdma://HOST:PORT");
+  if (cfg.backend.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    return connect_dpdk(cfg);
+#else
+    throw Error("FARMEM_BACKEND=" + cfg.backend + ": this farmem was built without DPDK (libdpdk-dev missing at "
+                "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
+#endif
+  }
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
 }
 
 }  // namespace farmem::net

@@ -35,13 +35,11 @@ expect_error "unknown workload" "workload 'zigzag'" -- "$BENCH" --workload zigza
 expect_error "unknown option" "unknown option --frobnicate" -- "$BENCH" --frobnicate
 expect_error "server binary missing" "FARMEM_SERVER.*not an executable" -- env FARMEM_SERVER=/nonexistent/farmem-server "$BENCH" "${small[@]}"
 expect_error "server fails to start" "failed to start \(exited with status 1\)" -- env FARMEM_SERVER=/bin/false "$BENCH" "${small[@]}"
-expect_error "dpdk backend not built" "dpdk transport is not built yet" -- env FARMEM_BACKEND=dpdk://net_memif "$BENCH" "${small[@]}"
 expect_error "unknown backend" "is not a backend" -- env FARMEM_BACKEND=pigeon "$BENCH" "${small[@]}"
 expect_error "bad FARMEM_STATS" "FARMEM_STATS='maybe'" -- env FARMEM_STATS=maybe "$BENCH" "${small[@]}"
 expect_error "bad delay" "FARMEM_SHM_DELAY_NS" -- env FARMEM_SHM_DELAY_NS=soon "$BENCH" "${small[@]}"
 expect_error "server without arguments" "listen tcp://HOST:PORT is required" -- "$SERVER"
 expect_error "server bad capacity" "capacity.*not a size" -- "$SERVER" --listen tcp://127.0.0.1:0 --capacity lots
-expect_error "server dpdk listener" "dpdk listener is not built yet" -- "$SERVER" --listen dpdk://net_memif --capacity 1G
 
 # FARMEM_STATS=1: one JSON line with the counters on stderr at exit.
 if FARMEM_STATS=1 "$BENCH" "${small[@]}" --json >"$tmp/out" 2>"$tmp/err" &&

@@ -90,8 +90,6 @@ TEST_CASE("init rejects budgets the machine cannot honour") {
     CHECK(std::string(e.what()).find("below the minimum") != std::string::npos);
   }
   c.local_mem_bytes = 16 << 20;
-  c.backend = "dpdk://net_memif";
-  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("not built yet"));
   c.backend = "carrier-pigeon";
   CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not a backend"));
   c.backend = "shm";

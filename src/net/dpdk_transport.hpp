@@ -1,0 +1,10 @@
+#pragma once
+#include <memory>
+
+#include "net/queue_pair.hpp"
+
+namespace farmem::net {
+// A transport to farmem-server over DPDK (cfg.backend = dpdk://...); throws farmem::Error.
+// Only in builds with DPDK (FARMEM_HAVE_DPDK).
+std::unique_ptr<Transport> connect_dpdk(const Config& cfg);
+}  // namespace farmem::net

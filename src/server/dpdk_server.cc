@@ -1,0 +1,404 @@
+// The DPDK memory server (dpdk://): one polling thread serving every port and
+// lane. memif: one server interface per id (one client each); port/N: one NIC
+// port shared by sessions. A session is a far region of its own, created by a
+// Hello with the right token and freed on Bye, when its memif link goes down,
+// or after 10 s without a packet (clients send a heartbeat every second).
+// Writes and discards execute once per (session, lane, seq) and are
+// re-acknowledged when repeated; reads answer with the current bytes.
+// Malformed packets are counted and dropped. SIGTERM/SIGINT end it cleanly;
+// SIGUSR1 prints a usage line. Idle, it yields and then sleeps.
+#include "server/dpdk_server.hpp"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "farmem/runtime.hpp"
+#include "net/dpdk_port.hpp"
+#include "net/dpdk_proto.hpp"
+#include "runtime/os.hpp"
+
+namespace farmem::server {
+namespace {
+
+using namespace net::dpdk;
+using farmem::detail::now_ns;
+
+constexpr std::uint64_t kSessionIdleNs = 10'000'000'000;
+
+struct Session {
+  std::uint64_t id = 0, nonce = 0;
+  unsigned port = 0;  // index into ports_
+  std::uint8_t mac[6] = {};
+  char* base = nullptr;
+  std::uint64_t capacity = 0;
+  std::vector<std::uint64_t> written;  // one bit per page: holds data
+  std::uint64_t used_pages = 0;
+  unsigned queues = 0;
+  std::vector<DedupWindow> lanes;
+  std::uint64_t heard_ns = 0;
+};
+
+struct PortState {
+  Device dev;
+  bool up = false;
+  unsigned active = 1;  // memif: lanes the connected client set up (queue 0 until its hello)
+  std::vector<std::vector<rte_mbuf*>> out;  // replies per lane
+};
+
+class Server {
+ public:
+  explicit Server(const DpdkServerOptions& o) : opt_(o) {}
+  int run();
+
+ private:
+  std::size_t poll_port(unsigned p, unsigned q);
+  void handle(unsigned p, unsigned q, rte_mbuf* m);
+  void send(unsigned p, unsigned q, const std::uint8_t dst[6], Header h, const void* payload);
+  void fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Errc e, const std::string& msg);
+  void free_session(std::uint64_t id, const char* why);
+  void housekeeping(std::uint64_t now);
+  void print_usage(const char* why);
+  void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
+
+  DpdkServerOptions opt_;
+  Uri uri_;
+  rte_mempool* pool_ = nullptr;
+  std::vector<PortState> ports_;
+  std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
+  std::uint64_t reserved_ = 0;
+  std::uint64_t malformed_ = 0, duplicates_ = 0, stale_ = 0, injected_drops_ = 0, expired_ = 0, tx_dropped_ = 0;
+};
+
+void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
+  for (std::uint64_t p = off / kPage; p < (off + len) / kPage; ++p) {
+    std::uint64_t& w = s.written[p / 64];
+    std::uint64_t bit = std::uint64_t{1} << (p % 64);
+    if (written && !(w & bit)) { w |= bit; ++s.used_pages; }
+    if (!written && (w & bit)) { w &= ~bit; --s.used_pages; }
+  }
+}
+
+void Server::print_usage(const char* why) {
+  std::uint64_t used = 0;
+  unsigned up = 0;
+  for (auto& [id, s] : sessions_) used += s->used_pages * kPage;
+  for (auto& p : ports_) up += p.up;
+  std::printf("{\"farmem_server\":\"%s\",\"transport\":\"dpdk\",\"clients\":%zu,\"links_up\":%u,\"used_bytes\":%llu,"
+              "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu,\"duplicates\":%llu,\"stale\":%llu,"
+              "\"malformed\":%llu,\"expired\":%llu,\"injected_drops\":%llu,\"tx_dropped\":%llu}\n",
+              why, sessions_.size(), up, static_cast<unsigned long long>(used),
+              static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity),
+              static_cast<unsigned long long>(duplicates_), static_cast<unsigned long long>(stale_),
+              static_cast<unsigned long long>(malformed_), static_cast<unsigned long long>(expired_),
+              static_cast<unsigned long long>(injected_drops_), static_cast<unsigned long long>(tx_dropped_));
+  std::fflush(stdout);
+}
+
+void Server::send(unsigned p, unsigned q, const std::uint8_t dst[6], Header h, const void* payload) {
+  if (rte_mbuf* m = build_frame(pool_, dst, ports_[p].dev.mac, h, payload)) ports_[p].out[q].push_back(m);
+  // An empty pool drops the reply; the client retransmits.
+}
+
+void Server::fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Errc e,
+                  const std::string& msg) {
+  Header h = make(Op::Error, req.session, req.seq, req.offset, 0, static_cast<std::uint32_t>(msg.size()));
+  h.status = static_cast<std::uint32_t>(e);
+  h.slot = req.slot;
+  h.lane = req.lane;
+  h.attempt = req.attempt;
+  h.floor = req.floor;
+  send(p, q, dst, h, msg.data());
+}
+
+void Server::free_session(std::uint64_t id, const char* why) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  Session& s = *it->second;
+  munmap(s.base, s.capacity);
+  reserved_ -= s.capacity;
+  std::printf("farmem-server: session %016llx ended (%s), %llu MiB reclaimed\n", static_cast<unsigned long long>(id),
+              why, static_cast<unsigned long long>(s.capacity >> 20));
+  std::fflush(stdout);
+  sessions_.erase(it);
+}
+
+void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
+  if (drop_received()) {
+    ++injected_drops_;
+    return;
+  }
+  alignas(64) char scratch[kFrameMax];
+  std::size_t len;
+  const void* f = frame_bytes(m, scratch, &len);
+  Header h;
+  const char* payload = nullptr;
+  std::uint8_t src[6] = {};
+  frame_source(m, src);
+  if (!f) {
+    ++malformed_;
+    return;
+  }
+  Errc e = decode(f, len, false, &h, &payload, nullptr);
+  if (e != Errc::Ok) {
+    ++malformed_;
+    return;  // garbage gets no answer: we cannot trust its fields to address one
+  }
+  if (h.lane != q) {
+    ++malformed_;
+    return;
+  }
+  const auto op = static_cast<Op>(h.op);
+  if (op == Op::Hello) {
+    std::string token(payload, h.length);
+    if (!opt_.token.empty() && token != opt_.token)
+      return fail(p, q, src, h, Errc::BadToken, "wrong or missing token");
+    // The queue count must match: memif maps a queue the peer never set up onto
+    // its ring 0, and DPDK's API cannot tell which rings a peer set up.
+    if (h.size != uri_.queues)
+      return fail(p, q, src, h, Errc::BadQueues,
+                  "the server has " + std::to_string(uri_.queues) + " queue pairs and this client " +
+                      std::to_string(h.size) + "; use queues=" + std::to_string(uri_.queues) + " in FARMEM_BACKEND");
+    Session* s = nullptr;
+    for (auto& [id, cand] : sessions_)
+      if (cand->nonce == h.floor && cand->port == p) s = cand.get();  // a repeated hello
+    if (!s) {
+      std::uint64_t want = (h.offset + kPage - 1) / kPage * kPage;
+      if (want == 0 || want > opt_.capacity - reserved_)
+        return fail(p, q, src, h, Errc::NoCapacity,
+                    "the server has " + std::to_string((opt_.capacity - reserved_) >> 20) + " MiB free of " +
+                        std::to_string(opt_.capacity >> 20) + " MiB; ask for less (FARMEM_FAR_MEM)");
+      if (uri_.memif)  // one client per memif interface: a new hello replaces a stale session
+        for (auto it = sessions_.begin(); it != sessions_.end();) {
+          auto next = std::next(it);
+          if (it->second->port == p) free_session(it->first, "replaced by a new client on its memif id");
+          it = next;
+        }
+      void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (base == MAP_FAILED) return fail(p, q, src, h, Errc::NoCapacity, "the server cannot map that much memory");
+      auto ns = std::make_unique<Session>();
+      do getrandom(&ns->id, sizeof ns->id, 0); while (ns->id == 0 || sessions_.count(ns->id));
+      ns->nonce = h.floor;
+      ns->port = p;
+      std::memcpy(ns->mac, src, 6);
+      ns->base = static_cast<char*>(base);
+      ns->capacity = want;
+      ns->written.assign((want / kPage + 63) / 64, 0);
+      ns->queues = h.size;
+      ns->lanes.assign(h.size, DedupWindow(kWindow));
+      reserved_ += want;
+      s = ns.get();
+      sessions_[ns->id] = std::move(ns);
+      if (uri_.memif) ports_[p].active = s->queues;
+    }
+    s->heard_ns = now_ns();
+    Header r = make(Op::Reply, s->id, h.seq, s->capacity, 0, 0);
+    r.slot = h.slot;
+    r.lane = h.lane;
+    r.attempt = h.attempt;
+    r.floor = h.floor;
+    return send(p, q, src, r, nullptr);
+  }
+  auto it = sessions_.find(h.session);
+  if (it == sessions_.end() || it->second->port != p)
+    return fail(p, q, src, h, Errc::NoSession,
+                "no such session (the server forgets a client after 10 s of silence)");
+  Session& s = *it->second;
+  if (h.lane >= s.queues) return fail(p, q, src, h, Errc::BadMessage, "lane beyond the session's queues");
+  s.heard_ns = now_ns();
+  if ((op == Op::Read || op == Op::Write || op == Op::Discard) &&
+      (h.offset > s.capacity || h.size > s.capacity - h.offset))
+    return fail(p, q, src, h, Errc::OutOfRange, "range outside the session's far memory");
+  DedupWindow::Verdict v = s.lanes[h.lane].check(h.seq, h.floor);
+  if (v == DedupWindow::Verdict::Stale) {
+    ++stale_;
+    return;  // the client already has the answer
+  }
+  if (v == DedupWindow::Verdict::Invalid)
+    return fail(p, q, src, h, Errc::BadMessage, "seq outside the window of requests in flight");
+  const bool first = v == DedupWindow::Verdict::Execute;
+  if (!first) ++duplicates_;
+  Header r = make(Op::Reply, s.id, h.seq, h.offset, h.size, 0);
+  r.slot = h.slot;
+  r.lane = h.lane;
+  r.attempt = h.attempt;
+  r.floor = h.floor;
+  const void* data = nullptr;
+  switch (op) {
+    case Op::Read:
+      r.length = kPage;
+      data = s.base + h.offset;
+      break;
+    case Op::Write:
+      if (first) {
+        std::memcpy(s.base + h.offset, payload, kPage);
+        mark(s, h.offset, kPage, true);
+      }
+      break;
+    case Op::Discard:
+      if (first) {
+        madvise(s.base + h.offset, h.size, MADV_DONTNEED);
+        mark(s, h.offset, h.size, false);
+      }
+      break;
+    case Op::Usage:
+      r.offset = s.used_pages * kPage;
+      break;
+    case Op::Ping:
+      break;
+    case Op::Bye:
+      send(p, q, src, r, nullptr);
+      free_session(s.id, "said goodbye");
+      return;
+    default:
+      return fail(p, q, src, h, Errc::BadMessage, "unexpected op");
+  }
+  send(p, q, src, r, data);
+}
+
+std::size_t Server::poll_port(unsigned p, unsigned q) {
+  PortState& ps = ports_[p];
+  rte_mbuf* bufs[32];
+  std::uint16_t n = rte_eth_rx_burst(ps.dev.port, static_cast<std::uint16_t>(q), bufs, 32);
+  for (std::uint16_t i = 0; i < n; ++i) {
+    handle(p, q, bufs[i]);
+    rte_pktmbuf_free(bufs[i]);
+  }
+  auto& out = ps.out[q];
+  if (out.empty()) return n;
+  std::size_t sent = rte_eth_tx_burst(ps.dev.port, static_cast<std::uint16_t>(q), out.data(),
+                                      static_cast<std::uint16_t>(out.size()));
+  out.erase(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(sent));
+  // A full ring (the client is not polling right now) keeps replies for the next
+  // round; beyond two windows they are dropped and the client retransmits.
+  while (out.size() > 2 * kWindow) {
+    rte_pktmbuf_free(out.front());
+    out.erase(out.begin());
+    ++tx_dropped_;
+  }
+  return n + (out.empty() ? 0 : 1);
+}
+
+void Server::housekeeping(std::uint64_t now) {
+  for (unsigned p = 0; p < ports_.size(); ++p) {
+    bool up = link_up(ports_[p].dev.port);
+    if (ports_[p].up && !up && uri_.memif) {  // the client behind this memif id is gone
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        auto next = std::next(it);
+        if (it->second->port == p) free_session(it->first, "memif link down");
+        it = next;
+      }
+      ports_[p].active = 1;
+      for (auto& out : ports_[p].out) {
+        for (rte_mbuf* m : out) rte_pktmbuf_free(m);
+        out.clear();
+      }
+    }
+    ports_[p].up = up;
+  }
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    auto next = std::next(it);
+    if (now - it->second->heard_ns > kSessionIdleNs) {
+      ++expired_;
+      free_session(it->first, "silent for 10 s");
+    }
+    it = next;
+  }
+}
+
+int Server::run() {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGPIPE);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);  // before EAL starts its threads, so they inherit it
+  int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  try {
+    uri_ = parse_uri(opt_.uri, true);
+    eal_init_once(uri_, "farmem-server");
+    const unsigned nports = uri_.memif ? uri_.clients : 1;
+    pool_ = make_pool("farmem_server", 2048 + 64 * uri_.queues * nports);
+    ports_.resize(nports);
+    for (unsigned p = 0; p < nports; ++p) {
+      ports_[p].dev = open_device(uri_, true, p, pool_);
+      ports_[p].out.resize(uri_.queues);
+      if (!uri_.memif) ports_[p].active = uri_.queues;
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "farmem-server: %s\n", e.what());
+    return 1;
+  }
+  const auto& mac = ports_[0].dev.mac;
+  std::printf("farmem-server: listening on %s (%s, %u queues, MAC %02x:%02x:%02x:%02x:%02x:%02x), capacity %llu MiB, "
+              "token %s\n",
+              opt_.uri.c_str(),
+              uri_.memif ? ("memif ids 0-" + std::to_string(uri_.clients - 1)).c_str() : ports_[0].dev.name.c_str(),
+              uri_.queues, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+              static_cast<unsigned long long>(opt_.capacity >> 20), opt_.token.empty() ? "not required" : "required");
+  std::fflush(stdout);
+  std::uint64_t last_house = 0, last_stats = now_ns(), last_packet = now_ns();
+  for (unsigned round = 0;; ++round) {
+    bool busy = false;
+    for (unsigned p = 0; p < ports_.size(); ++p) {
+      if (!ports_[p].up) continue;
+      // Only lanes the client set up: memif maps a queue it never announced onto ring 0.
+      for (unsigned q = 0; q < ports_[p].active; ++q) busy |= poll_port(p, q) > 0;
+    }
+    const std::uint64_t now = now_ns();
+    if (busy) last_packet = now;
+    if ((round & 255) == 0 || !busy) {
+      if (now - last_house > 100'000'000) {
+        last_house = now;
+        housekeeping(now);
+        signalfd_siginfo si;
+        while (read(sfd, &si, sizeof si) == sizeof si) {
+          if (si.ssi_signo == SIGUSR1) {
+            print_usage("usage");
+          } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            while (!sessions_.empty()) free_session(sessions_.begin()->first, "server shutting down");
+            print_usage("exit");
+            for (auto& p : ports_) rte_eth_dev_stop(p.dev.port);
+            return 0;
+          }
+        }
+        if (opt_.stats_interval_s && now - last_stats >= opt_.stats_interval_s * 1'000'000'000ull) {
+          last_stats = now;
+          print_usage("usage");
+        }
+      }
+    }
+    if (!busy) {  // idle: give the CPU away, more so the longer nothing comes
+      const std::uint64_t quiet = now - last_packet;
+      if (quiet < 2'000'000) {
+        sched_yield();
+      } else {
+        timespec ts{0, quiet < 100'000'000 ? 20'000 : 1'000'000};
+        nanosleep(&ts, nullptr);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int run_dpdk(const DpdkServerOptions& opt) {
+  Server s(opt);
+  return s.run();
+}
+
+}  // namespace farmem::server
