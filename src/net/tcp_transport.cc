@@ -305,12 +305,14 @@ class TcpTransport final : public Transport {
   ~TcpTransport() override { shutdown(); }
 
   std::unique_ptr<QueuePair> create_qp() override {
-    int fd = dial(ep_);
+    // Runs on any thread that starts using far memory: never throw from here.
+    int fd = -1;
     try {
+      fd = dial(ep_);
       hello(fd, ep_, token_, capacity_, session_);
     } catch (const Error& e) {
-      close(fd);
-      detail::fatal("%s", e.what());
+      if (fd >= 0) close(fd);
+      detail::fatal("lost the memory server %s (a new core could not attach: %s)", ep_.uri.c_str(), e.what());
     }
     return std::make_unique<TcpQueuePair>(fd, ep_.uri);
   }
