@@ -4,6 +4,7 @@
 #include <string>
 
 #include "evict/evictor.hpp"
+#include "hw/region.hpp"
 #include "runtime/runtime.hpp"
 
 namespace farmem {
@@ -88,7 +89,14 @@ std::string stats_json() {
                 (unsigned long long)s.resident_bytes, (unsigned long long)s.far_bytes,
                 (unsigned long long)s.fault_p50_ns, (unsigned long long)s.fault_p99_ns,
                 (unsigned long long)s.fault_max_ns);
-  return buf;
+  std::string line = buf;
+  // Which transparent-fault path this kernel gave us (issue: say which is used).
+  detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {
+    line.pop_back();
+    line += ",\"transparent_faults\":\"handler thread; " + r->how() + "; UFFDIO_MOVE\"}";
+  }
+  return line;
 }
 
 }  // namespace farmem
