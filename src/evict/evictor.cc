@@ -120,17 +120,27 @@ void Evictor::release_frame(std::uint32_t f) {
   free_.push_back(f);
 }
 
+// The oldest batch is acknowledged: finish it and forget it.
+void Evictor::finish_front() {
+  finalize(pending_.front());
+  pending_pages_ -= pending_.front().victims.size();
+  pending_.pop_front();
+}
+
+// Waits for every batch in flight and finishes it.
+void Evictor::drain_pending() {
+  while (!pending_.empty()) {
+    wait_acked(pending_.front().gen);
+    finish_front();
+  }
+}
+
 void Evictor::loop() {
   detail::g_internal_alloc = 1;  // never allocate from the transparent region
   unsigned idle = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
     if (pause_req_.load(std::memory_order_acquire)) {
-      while (!pending_.empty()) {
-        wait_acked(pending_.front().gen);
-        finalize(pending_.front());
-        pending_pages_ -= pending_.front().victims.size();
-        pending_.pop_front();
-      }
+      drain_pending();
       paused_.store(1, std::memory_order_release);
       detail::futex_wake(&paused_);
       while (pause_req_.load(std::memory_order_acquire)) detail::futex_wait(&pause_req_, 1);
@@ -143,9 +153,7 @@ void Evictor::loop() {
     if (free_.size() + pending_pages_ < high_wm_ && pending_.size() < kMaxPendingBatches)
       progress |= select_batch();
     while (!pending_.empty() && acked(pending_.front().gen)) {
-      finalize(pending_.front());
-      pending_pages_ -= pending_.front().victims.size();
-      pending_.pop_front();
+      finish_front();
       progress = true;
     }
     if (progress) {
@@ -385,13 +393,7 @@ bool Evictor::process_frees() {
     frees_pending_.store(false, std::memory_order_relaxed);
   }
   if (work.empty()) return false;
-  // Settle in-flight batches first so no freed page is mid-eviction.
-  while (!pending_.empty()) {
-    wait_acked(pending_.front().gen);
-    finalize(pending_.front());
-    pending_pages_ -= pending_.front().victims.size();
-    pending_.pop_front();
-  }
+  drain_pending();  // so no freed page is mid-eviction
   for (const FreeReq& req : work) {
     const std::uint64_t first = req.first, pages = req.pages;
     for (unsigned round = 0;; ++round) {

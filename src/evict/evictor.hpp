@@ -57,6 +57,8 @@ class Evictor {
   bool acked(std::uint64_t gen) const;
   void wait_acked(std::uint64_t gen) const;
   void finalize(Batch& b);
+  void finish_front();
+  void drain_pending();
   bool process_frees();
   void idle_wait(unsigned idle_rounds);
   std::vector<std::uint64_t> collect_hazards() const;

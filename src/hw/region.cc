@@ -100,11 +100,12 @@ void* Region::alloc(std::uint64_t bytes, std::uint64_t align) {
 }
 
 bool Region::free(void* p) {
+  if (!contains(p) || (reinterpret_cast<std::uintptr_t>(p) & 4095)) return false;
   std::uint64_t pages;
   {
     std::lock_guard<std::mutex> g(mu_);
-    auto it = blocks_.find(static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1);
-    if (!contains(p) || it == blocks_.end() || page_addr(first_vpn_ + it->first - 1) != p) return false;
+    auto it = blocks_.find(index_of(p));
+    if (it == blocks_.end()) return false;
     pages = it->second;
   }
   return unmap(p, pages * 4096);
@@ -113,14 +114,14 @@ bool Region::free(void* p) {
 std::uint64_t Region::usable_size(void* p) {
   if (!contains(p)) return 0;
   std::lock_guard<std::mutex> g(mu_);
-  auto it = blocks_.find(static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1);
+  auto it = blocks_.find(index_of(p));
   return it == blocks_.end() ? 0 : it->second * 4096;
 }
 
 bool Region::unmap(void* p, std::uint64_t len) {
   detail::InternalAlloc internal;
   if (!contains(p) || len == 0) return false;
-  const std::uint64_t a = static_cast<std::uint64_t>(static_cast<char*>(p) - base_) / 4096 + 1;
+  const std::uint64_t a = index_of(p);
   const std::uint64_t b = std::min(a + (len + 4095) / 4096, bytes_ / 4096 + 1);
   std::vector<std::pair<std::uint64_t, std::uint64_t>> gone;  // (first index, pages)
   {
@@ -157,7 +158,7 @@ void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int
   detail::InternalAlloc internal;
   old_len = (old_len + 4095) & ~std::uint64_t{4095};
   new_len = (new_len + 4095) & ~std::uint64_t{4095};
-  const std::uint64_t a = static_cast<std::uint64_t>(static_cast<char*>(old) - base_) / 4096 + 1;
+  const std::uint64_t a = index_of(old);
   const std::uint64_t old_pages = old_len / 4096, new_pages = new_len / 4096;
   bool at_end = false;
   {

@@ -56,6 +56,8 @@ class Region {
   std::uint64_t vpn_of(const void* p) const {
     return first_vpn_ + static_cast<std::uint64_t>(static_cast<const char*>(p) - base_) / 4096;
   }
+  // Index of p's page in the block bookkeeping (pages_, blocks_): 1-based.
+  std::uint64_t index_of(const void* p) const { return vpn_of(p) - first_vpn_ + 1; }
   void release_range(std::uint64_t first_vpn, std::uint64_t pages);  // from the evictor
   const std::string& how() const { return uffd_.how; }
 
