@@ -1,18 +1,22 @@
-// farmem-server: the memory node. Serves far memory to clients over tcp:// or
-// rdma:// or dpdk:// (--listen), or runs as the embedded shm server a runtime
+// farmem-server: the memory node. Serves far memory to clients over tcp://,
+// rdma:// and dpdk:// (one or more --listen, each on a thread of its own, one
+// --capacity shared by all), or runs as the embedded shm server a runtime
 // starts for itself (--shm-fd, internal).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
+#include "net/dpdk_proto.hpp"
 #include "net/rdma_logic.hpp"
 #include "net/wire.hpp"
+#include "server/capacity.hpp"
+#include "server/listener.hpp"
 #include "server/shm_server.hpp"
 #include "server/tcp_server.hpp"
-#include "farmem_build_config.h"
 #if FARMEM_HAVE_RDMA
 #include "server/rdma_server.hpp"
 #endif
@@ -23,10 +27,12 @@
 namespace {
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: farmem-server --listen URI --capacity SIZE [--token-file FILE]\n"
+               "usage: farmem-server --listen URI [--listen URI ...] --capacity SIZE [--token-file FILE]\n"
                "                     [--stats-interval SECONDS]\n"
                "  Serves SIZE bytes of far memory (e.g. 16G) to farmem clients; each client gets\n"
                "  its own memory, reclaimed when it disconnects. PORT 0 picks a free port (printed).\n"
+               "  Several --listen (different URIs, at most one dpdk://) serve from one process, each\n"
+               "  on a thread of its own, all from the one SIZE; if any cannot start, none serves.\n"
                "  URI is one of:\n"
                "    tcp://HOST:PORT   plain TCP, works anywhere (FARMEM_BACKEND=tcp://...)\n"
                "    rdma://HOST:PORT  RDMA with rdma-core: clients READ and WRITE the server's registered\n"
@@ -42,7 +48,9 @@ void usage(FILE* out) {
                "  dpdk:// runs EAL with --no-huge --no-pci for memif; FARMEM_DPDK_EAL_ARGS adds arguments.\n"
                "  dpdk clients that send nothing for 10 s (or whose memif link drops) are dropped.\n"
                "  With --token-file, clients must present the same token (FARMEM_TOKEN_FILE).\n"
-               "  SIGUSR1 prints a usage line; SIGTERM stops it.\n"
+               "  SIGUSR1 (and every --stats-interval seconds) prints a JSON usage line per listener\n"
+               "  (with several, each names its \"listener\" and one more line sums up the server:\n"
+               "  \"listeners\", \"clients\", \"reserved_bytes\", \"capacity_bytes\"); SIGTERM stops it.\n"
                "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n",
                FARMEM_HAVE_RDMA ? "" : "\n                      (not in this build: it was built without rdma-core)");
 }
@@ -50,12 +58,70 @@ void usage(FILE* out) {
   std::fprintf(stderr, "farmem-server: %s\n", msg.c_str());
   std::exit(2);
 }
+
+namespace server = farmem::server;
+
+// Checks one --listen URI (dies with one line naming it, exit 2) and returns
+// the listener that serves it. Starts nothing.
+server::Listener make_listener(const std::string& listen, bool* have_dpdk) {
+  if (listen.rfind("rdma://", 0) == 0) {
+    farmem::net::rdma::Endpoint ep;
+    try {
+      ep = farmem::net::rdma::parse_uri(listen, true, "--listen");
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+#if FARMEM_HAVE_RDMA
+    server::RdmaServerOptions ro;
+    ro.host = ep.host;
+    ro.port = ep.port;
+    return {listen, [ro](server::ListenerContext& ctx) { return server::run_rdma(ro, ctx); }};
+#else
+    die("--listen " + listen + ": this farmem-server was built without rdma-core; install libibverbs-dev and "
+        "librdmacm-dev and rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
+#endif
+  }
+  if (listen.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    try {
+      farmem::net::dpdk::parse_uri(listen, true);
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+    // One EAL per process, started with one URI's arguments; a memif listener serves clients=N ids.
+    if (*have_dpdk) die("--listen " + listen + ": one dpdk:// listener per farmem-server (memif: raise clients=N)");
+    *have_dpdk = true;
+    server::DpdkServerOptions dopt;
+    dopt.uri = listen;
+    return {listen, [dopt](server::ListenerContext& ctx) { return server::run_dpdk(dopt, ctx); }};
+#else
+    (void)have_dpdk;
+    die("--listen " + listen + ": this farmem-server was built without DPDK (libdpdk-dev missing at configure "
+        "time); install it and rebuild with -Ddpdk=enabled");
+#endif
+  }
+  if (listen.rfind("tcp://", 0) != 0)
+    die("--listen " + listen + " is not tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+  server::TcpServerOptions opt;
+  std::string rest = listen.substr(6);
+  std::size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");
+  opt.host = rest.substr(0, colon);
+  if (opt.host.size() > 1 && opt.host.front() == '[') opt.host = opt.host.substr(1, opt.host.size() - 2);
+  char* end = nullptr;
+  long port = std::strtol(rest.c_str() + colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535 || colon + 1 == rest.size())
+    die("--listen " + listen + ": port must be 0-65535");
+  opt.port = static_cast<std::uint16_t>(port);
+  return {listen, [opt](server::ListenerContext& ctx) { return server::run_tcp(opt, ctx); }};
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   int shm_fd = -1;
   std::uint64_t capacity = 0;
-  std::string listen, token_file;
+  std::vector<std::string> listens;
+  std::string token_file;
   unsigned stats_interval = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -65,10 +131,7 @@ int main(int argc, char** argv) {
     try {
       if (a == "--shm-fd") shm_fd = std::stoi(v);
       else if (a == "--capacity") capacity = farmem::parse_size(v, "--capacity");
-      else if (a == "--listen") {
-        if (!listen.empty()) die("--listen given twice; run one farmem-server per transport");
-        listen = v;
-      }
+      else if (a == "--listen") listens.push_back(v);
       else if (a == "--token-file") token_file = v;
       else if (a == "--stats-interval") stats_interval = static_cast<unsigned>(std::stoul(v));
       else die("unknown option " + a + "; see --help");
@@ -80,9 +143,9 @@ int main(int argc, char** argv) {
   }
   if (shm_fd >= 0) {
     if (capacity == 0) die("--shm-fd needs --capacity");
-    return farmem::server::run_shm(shm_fd, capacity);
+    return server::run_shm(shm_fd, capacity);
   }
-  if (listen.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT or dpdk://...); see --help");
+  if (listens.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT or dpdk://...); see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");
   std::string token;
   if (!token_file.empty()) {
@@ -91,54 +154,13 @@ int main(int argc, char** argv) {
     if (token.empty()) die("--token-file " + token_file + " is empty");
     if (token.size() > farmem::net::wire::kMaxToken) die("--token-file " + token_file + " holds more than 4096 bytes");
   }
-  if (listen.rfind("rdma://", 0) == 0) {
-    farmem::net::rdma::Endpoint ep;
-    try {
-      ep = farmem::net::rdma::parse_uri(listen, true, "--listen");
-    } catch (const farmem::Error& e) {
-      die(e.what());
-    }
-#if FARMEM_HAVE_RDMA
-    farmem::server::RdmaServerOptions ro;
-    ro.host = ep.host;
-    ro.port = ep.port;
-    ro.capacity = capacity;
-    ro.token = token;
-    ro.stats_interval_s = stats_interval;
-    return farmem::server::run_rdma(ro);
-#else
-    die("--listen " + listen + ": this farmem-server was built without rdma-core; install libibverbs-dev and "
-        "librdmacm-dev and rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
-#endif
-  }
-  if (listen.rfind("dpdk://", 0) == 0) {
-#if FARMEM_HAVE_DPDK
-    farmem::server::DpdkServerOptions dopt;
-    dopt.uri = listen;
-    dopt.capacity = capacity;
-    dopt.token = token;
-    dopt.stats_interval_s = stats_interval;
-    return farmem::server::run_dpdk(dopt);
-#else
-    die("--listen " + listen + ": this farmem-server was built without DPDK (libdpdk-dev missing at configure "
-        "time); install it and rebuild with -Ddpdk=enabled");
-#endif
-  }
-  farmem::server::TcpServerOptions opt;
-  if (listen.rfind("tcp://", 0) != 0)
-    die("--listen " + listen + " is not tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
-  std::string rest = listen.substr(6);
-  std::size_t colon = rest.rfind(':');
-  if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");
-  opt.host = rest.substr(0, colon);
-  if (opt.host.size() > 1 && opt.host.front() == '[') opt.host = opt.host.substr(1, opt.host.size() - 2);
-  char* end = nullptr;
-  long port = std::strtol(rest.c_str() + colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535 || colon + 1 == rest.size())
-    die("--listen " + listen + ": port must be 0-65535");
-  opt.port = static_cast<std::uint16_t>(port);
-  opt.capacity = capacity;
-  opt.stats_interval_s = stats_interval;
-  opt.token = token;
-  return farmem::server::run_tcp(opt);
+  // Every --listen is checked before any starts.
+  for (std::size_t i = 0; i < listens.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (listens[i] == listens[j]) die("--listen " + listens[i] + " given twice");
+  std::vector<server::Listener> listeners;
+  bool have_dpdk = false;
+  for (const std::string& l : listens) listeners.push_back(make_listener(l, &have_dpdk));
+  server::CapacityAccount account(capacity);
+  return server::run_listeners(listeners, account, token, stats_interval);
 }

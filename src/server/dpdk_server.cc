@@ -5,17 +5,15 @@
 // or after 10 s without a packet (clients send a heartbeat every second).
 // Writes and discards execute once per (session, lane, seq) and are
 // re-acknowledged when repeated; reads answer with the current bytes.
-// Malformed packets are counted and dropped. SIGTERM/SIGINT end it cleanly;
-// SIGUSR1 prints a usage line. Idle, it yields and then sleeps.
+// Malformed packets are counted and dropped. Every 100 ms it takes the main
+// thread's requests (listener.cc: print a usage line, stop). Idle, it yields
+// and then sleeps.
 #include "server/dpdk_server.hpp"
 
 #include <sched.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/signalfd.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
@@ -61,7 +59,7 @@ struct PortState {
 
 class Server {
  public:
-  explicit Server(const DpdkServerOptions& o) : opt_(o) {}
+  Server(const DpdkServerOptions& o, ListenerContext& ctx) : opt_(o), ctx_(ctx) {}
   int run();
 
  private:
@@ -74,12 +72,15 @@ class Server {
   void print_usage(const char* why);
   void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
 
+  bool start();
+  void stop_ports();
+
   DpdkServerOptions opt_;
+  ListenerContext& ctx_;
   Uri uri_;
   rte_mempool* pool_ = nullptr;
   std::vector<PortState> ports_;
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
-  std::uint64_t reserved_ = 0;
   std::uint64_t malformed_ = 0, duplicates_ = 0, stale_ = 0, injected_drops_ = 0, expired_ = 0, tx_dropped_ = 0;
 };
 
@@ -93,15 +94,19 @@ void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0;
+  std::uint64_t used = 0, reserved = 0;
   unsigned up = 0;
-  for (auto& [id, s] : sessions_) used += s->used_pages * kPage;
+  for (auto& [id, s] : sessions_) {
+    used += s->used_pages * kPage;
+    reserved += s->capacity;
+  }
   for (auto& p : ports_) up += p.up;
-  std::printf("{\"farmem_server\":\"%s\",\"transport\":\"dpdk\",\"clients\":%zu,\"links_up\":%u,\"used_bytes\":%llu,"
+  std::printf("%s,\"clients\":%zu,\"links_up\":%u,\"used_bytes\":%llu,"
               "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu,\"duplicates\":%llu,\"stale\":%llu,"
               "\"malformed\":%llu,\"expired\":%llu,\"injected_drops\":%llu,\"tx_dropped\":%llu}\n",
-              why, sessions_.size(), up, static_cast<unsigned long long>(used),
-              static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity),
+              usage_head(why, "dpdk", ctx_, opt_.uri).c_str(), sessions_.size(), up,
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(ctx_.account.capacity()),
               static_cast<unsigned long long>(duplicates_), static_cast<unsigned long long>(stale_),
               static_cast<unsigned long long>(malformed_), static_cast<unsigned long long>(expired_),
               static_cast<unsigned long long>(injected_drops_), static_cast<unsigned long long>(tx_dropped_));
@@ -129,7 +134,7 @@ void Server::free_session(std::uint64_t id, const char* why) {
   if (it == sessions_.end()) return;
   Session& s = *it->second;
   munmap(s.base, s.capacity);
-  reserved_ -= s.capacity;
+  ctx_.account.release(s.capacity);
   std::printf("farmem-server: session %016llx ended (%s), %llu MiB reclaimed\n", static_cast<unsigned long long>(id),
               why, static_cast<unsigned long long>(s.capacity >> 20));
   std::fflush(stdout);
@@ -164,7 +169,7 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
   const auto op = static_cast<Op>(h.op);
   if (op == Op::Hello) {
     std::string token(payload, h.length);
-    if (!opt_.token.empty() && token != opt_.token)
+    if (!ctx_.token.empty() && token != ctx_.token)
       return fail(p, q, src, h, Errc::BadToken, "wrong or missing token");
     // The queue count must match: memif maps a queue the peer never set up onto
     // its ring 0, and DPDK's API cannot tell which rings a peer set up.
@@ -177,10 +182,8 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
       if (cand->nonce == h.floor && cand->port == p) s = cand.get();  // a repeated hello
     if (!s) {
       std::uint64_t want = (h.offset + kPage - 1) / kPage * kPage;
-      if (want == 0 || want > opt_.capacity - reserved_)
-        return fail(p, q, src, h, Errc::NoCapacity,
-                    "the server has " + std::to_string((opt_.capacity - reserved_) >> 20) + " MiB free of " +
-                        std::to_string(opt_.capacity >> 20) + " MiB; ask for less (FARMEM_FAR_MEM)");
+      std::string refusal;
+      if (!ctx_.account.reserve(want, &refusal)) return fail(p, q, src, h, Errc::NoCapacity, refusal);
       if (uri_.memif)  // one client per memif interface: a new hello replaces a stale session
         for (auto it = sessions_.begin(); it != sessions_.end();) {
           auto next = std::next(it);
@@ -188,7 +191,10 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
           it = next;
         }
       void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (base == MAP_FAILED) return fail(p, q, src, h, Errc::NoCapacity, "the server cannot map that much memory");
+      if (base == MAP_FAILED) {
+        ctx_.account.release(want);
+        return fail(p, q, src, h, Errc::NoCapacity, "the server cannot map that much memory");
+      }
       auto ns = std::make_unique<Session>();
       do getrandom(&ns->id, sizeof ns->id, 0); while (ns->id == 0 || sessions_.count(ns->id));
       ns->nonce = h.floor;
@@ -199,7 +205,6 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
       ns->written.assign((want / kPage + 63) / 64, 0);
       ns->queues = h.size;
       ns->lanes.assign(h.size, DedupWindow(kWindow));
-      reserved_ += want;
       s = ns.get();
       sessions_[ns->id] = std::move(ns);
       if (uri_.memif) ports_[p].active = s->queues;
@@ -319,15 +324,7 @@ void Server::housekeeping(std::uint64_t now) {
   }
 }
 
-int Server::run() {
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGUSR1);
-  sigaddset(&mask, SIGPIPE);
-  sigprocmask(SIG_BLOCK, &mask, nullptr);  // before EAL starts its threads, so they inherit it
-  int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+bool Server::start() {
   try {
     uri_ = parse_uri(opt_.uri, true);
     eal_init_once(uri_, "farmem-server");
@@ -340,8 +337,10 @@ int Server::run() {
       if (!uri_.memif) ports_[p].active = uri_.queues;
     }
   } catch (const Error& e) {
-    std::fprintf(stderr, "farmem-server: %s\n", e.what());
-    return 1;
+    std::string why = e.what();
+    if (why.rfind("farmem-server: ", 0) == 0) why.erase(0, 15);
+    std::fprintf(stderr, "farmem-server: --listen %s: %s\n", opt_.uri.c_str(), why.c_str());
+    return false;
   }
   const auto& mac = ports_[0].dev.mac;
   std::printf("farmem-server: listening on %s (%s, %u queues, MAC %02x:%02x:%02x:%02x:%02x:%02x), capacity %llu MiB, "
@@ -349,9 +348,23 @@ int Server::run() {
               opt_.uri.c_str(),
               uri_.memif ? ("memif ids 0-" + std::to_string(uri_.clients - 1)).c_str() : ports_[0].dev.name.c_str(),
               uri_.queues, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
-              static_cast<unsigned long long>(opt_.capacity >> 20), opt_.token.empty() ? "not required" : "required");
+              static_cast<unsigned long long>(ctx_.account.capacity() >> 20),
+              ctx_.token.empty() ? "not required" : "required");
   std::fflush(stdout);
-  std::uint64_t last_house = 0, last_stats = now_ns(), last_packet = now_ns();
+  return true;
+}
+
+void Server::stop_ports() {
+  for (auto& p : ports_) rte_eth_dev_stop(p.dev.port);
+}
+
+int Server::run() {
+  const bool listening = start();
+  if (!ctx_.control.started(listening)) {
+    if (listening) stop_ports();
+    return listening ? 0 : 1;
+  }
+  std::uint64_t last_house = 0, last_packet = now_ns();
   for (unsigned round = 0;; ++round) {
     bool busy = false;
     for (unsigned p = 0; p < ports_.size(); ++p) {
@@ -365,20 +378,13 @@ int Server::run() {
       if (now - last_house > 100'000'000) {
         last_house = now;
         housekeeping(now);
-        signalfd_siginfo si;
-        while (read(sfd, &si, sizeof si) == sizeof si) {
-          if (si.ssi_signo == SIGUSR1) {
-            print_usage("usage");
-          } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            while (!sessions_.empty()) free_session(sessions_.begin()->first, "server shutting down");
-            print_usage("exit");
-            for (auto& p : ports_) rte_eth_dev_stop(p.dev.port);
-            return 0;
-          }
-        }
-        if (opt_.stats_interval_s && now - last_stats >= opt_.stats_interval_s * 1'000'000'000ull) {
-          last_stats = now;
-          print_usage("usage");
+        Control::Requests r = ctx_.control.take();
+        if (r.usage) print_usage("usage");
+        if (r.stop) {
+          while (!sessions_.empty()) free_session(sessions_.begin()->first, "server shutting down");
+          print_usage("exit");
+          stop_ports();
+          return 0;
         }
       }
     }
@@ -396,8 +402,8 @@ int Server::run() {
 
 }  // namespace
 
-int run_dpdk(const DpdkServerOptions& opt) {
-  Server s(opt);
+int run_dpdk(const DpdkServerOptions& opt, ListenerContext& ctx) {
+  Server s(opt, ctx);
   return s.run();
 }
 

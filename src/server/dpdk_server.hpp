@@ -1,18 +1,17 @@
 #pragma once
-#include <cstdint>
 #include <string>
+
+#include "server/listener.hpp"
 
 namespace farmem::server {
 
 struct DpdkServerOptions {
-  std::string uri;                // dpdk://memif/PATH?clients=N&queues=Q or dpdk://port/N?queues=Q
-  std::uint64_t capacity = 0;     // bytes of far memory for all clients together
-  std::string token;              // empty: no token required
-  unsigned stats_interval_s = 0;  // 0: usage line only on SIGUSR1 and at exit
+  std::string uri;  // dpdk://memif/PATH?clients=N&queues=Q or dpdk://port/N?queues=Q (already validated)
 };
 
-// Serves far memory over DPDK until SIGTERM/SIGINT. Returns the exit status.
-// Only in builds with DPDK (FARMEM_HAVE_DPDK).
-int run_dpdk(const DpdkServerOptions& opt);
+// Serves far memory over DPDK until ctx.control asks it to stop. Returns the
+// exit status: 1 (after one line on stderr) when EAL or the device cannot
+// start. Only in builds with DPDK (FARMEM_HAVE_DPDK).
+int run_dpdk(const DpdkServerOptions& opt, ListenerContext& ctx);
 
 }  // namespace farmem::server

@@ -1,5 +1,6 @@
 // The networked memory server over RDMA (rdma://): one event loop on the
-// rdma_cm event channel, the completion channels and a signalfd. A client's
+// rdma_cm event channel, the completion channels and its Control (listener.cc:
+// the main thread's usage and stop requests). A client's
 // control connection creates its session: a region of its own, registered as
 // its own memory region (own rkey) in a protection domain of its own, so no
 // other client's queue pair can name it. Its per-core connections attach to
@@ -13,12 +14,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/signalfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,8 +70,8 @@ struct Conn {
 
 class Server {
  public:
-  explicit Server(const RdmaServerOptions& o)
-      : opt_(o), token_(o.token.empty() ? rd::Digest{} : rd::token_digest(o.token)) {}
+  Server(const RdmaServerOptions& o, ListenerContext& ctx)
+      : opt_(o), ctx_(ctx), token_(ctx.token.empty() ? rd::Digest{} : rd::token_digest(ctx.token)) {}
   int run();
 
  private:
@@ -91,16 +89,18 @@ class Server {
   void post_recv(Conn& c, int slot);
   std::uint64_t resident_bytes(const Session& s) const;
   void print_usage(const char* why);
+  void stop_listening();
 
   RdmaServerOptions opt_;
+  ListenerContext& ctx_;
   rd::Digest token_;
-  int ep_ = -1, sfd_ = -1;
+  std::string uri_;  // rdma://HOST:PORT with the port actually bound
+  int ep_ = -1;
   rdma_event_channel* ch_ = nullptr;
   rdma_cm_id* listen_ = nullptr;
   std::vector<std::unique_ptr<Device>> devices_;
   std::map<rdma_cm_id*, std::unique_ptr<Conn>> conns_;
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
-  std::uint64_t reserved_ = 0;
 };
 
 void add_fd(int ep, int fd, std::uint64_t tag) {
@@ -110,8 +110,8 @@ void add_fd(int ep, int fd, std::uint64_t tag) {
   epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
-// epoll tags: the cm channel, the signalfd, or a device (index + 2).
-constexpr std::uint64_t kTagCm = 0, kTagSignal = 1;
+// epoll tags: the cm channel, the Control, or a device (index + 2).
+constexpr std::uint64_t kTagCm = 0, kTagControl = 1;
 
 bool Server::start_listening() {
   const std::string uri = "rdma://" + opt_.host + ":" + std::to_string(opt_.port);
@@ -135,7 +135,8 @@ bool Server::start_listening() {
   std::string port = std::to_string(opt_.port);
   int rc = getaddrinfo(opt_.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    std::fprintf(stderr, "farmem-server: cannot resolve %s: %s\n", opt_.host.c_str(), gai_strerror(rc));
+    std::fprintf(stderr, "farmem-server: cannot listen on %s: cannot resolve %s: %s\n", uri.c_str(),
+                 opt_.host.c_str(), gai_strerror(rc));
     return false;
   }
   bool ok = rdma_create_id(ch_, &listen_, nullptr, RDMA_PS_TCP) == 0 &&
@@ -149,8 +150,10 @@ bool Server::start_listening() {
     return false;
   }
   unsigned actual = ntohs(rdma_get_src_port(listen_));
+  uri_ = host_port_uri("rdma", opt_.host, actual);
   std::printf("farmem-server: listening on rdma://%s:%u, capacity %llu MiB, token %s\n", opt_.host.c_str(), actual,
-              static_cast<unsigned long long>(opt_.capacity >> 20), opt_.token.empty() ? "not required" : "required");
+              static_cast<unsigned long long>(ctx_.account.capacity() >> 20),
+              ctx_.token.empty() ? "not required" : "required");
   std::fflush(stdout);
   return true;
 }
@@ -202,7 +205,6 @@ Session* Server::new_session(Device& dev, std::uint64_t want, std::string* why) 
     return nullptr;
   }
   do getrandom(&s->id, sizeof s->id, 0); while (s->id == 0 || sessions_.count(s->id));
-  reserved_ += want;
   Session* raw = s.get();
   sessions_[s->id] = std::move(s);
   return raw;
@@ -212,7 +214,7 @@ void Server::drop_session(Session* s) {
   ibv_dereg_mr(s->mr);
   ibv_dealloc_pd(s->pd);
   munmap(s->base, s->capacity);
-  reserved_ -= s->capacity;
+  ctx_.account.release(s->capacity);
   sessions_.erase(s->id);
 }
 
@@ -230,19 +232,19 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
   std::string why;
   if (wire::Errc e = rd::decode(pdata.data(), pdata.size(), &req, &why); e != wire::Errc::Ok)
     return reject(id, e, "malformed connect request: " + why);
-  if (!opt_.token.empty() && !rd::digest_equal(req.token, token_))
+  if (!ctx_.token.empty() && !rd::digest_equal(req.token, token_))
     return reject(id, wire::Errc::BadToken, "wrong or missing token");
   Device* dev = device(id->verbs);
   if (!dev) return reject(id, wire::Errc::NoCapacity, "the server cannot create a completion channel");
   Session* s = nullptr;
   if (req.kind == rd::ConnKind::NewSession) {
     std::uint64_t want = (req.capacity + 4095) / 4096 * 4096;
-    if (want == 0 || want > opt_.capacity - reserved_)
-      return reject(id, wire::Errc::NoCapacity,
-                    "the server has " + std::to_string((opt_.capacity - reserved_) >> 20) + " MiB free of " +
-                        std::to_string(opt_.capacity >> 20) + " MiB; ask for less (FARMEM_FAR_MEM)");
+    if (!ctx_.account.reserve(want, &why)) return reject(id, wire::Errc::NoCapacity, why);
     s = new_session(*dev, want, &why);
-    if (!s) return reject(id, wire::Errc::NoCapacity, why);
+    if (!s) {
+      ctx_.account.release(want);
+      return reject(id, wire::Errc::NoCapacity, why);
+    }
   } else {
     auto it = sessions_.find(req.session);
     if (it == sessions_.end()) return reject(id, wire::Errc::NoSession, "no such session");
@@ -341,7 +343,7 @@ void Server::on_cm_event() {
 
 std::uint64_t Server::resident_bytes(const Session& s) const {
   constexpr std::uint64_t kChunk = 1ull << 30;  // 1 GiB (256 Ki pages) per mincore call
-  static std::vector<unsigned char> vec(kChunk / 4096);
+  thread_local std::vector<unsigned char> vec(kChunk / 4096);  // one per listener thread
   std::uint64_t pages = 0;
   for (std::uint64_t off = 0; off < s.capacity; off += kChunk) {
     std::uint64_t n = std::min(kChunk, s.capacity - off);
@@ -405,64 +407,62 @@ void Server::on_completions(Device& dev) {
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0;
-  for (auto& [id, s] : sessions_) used += resident_bytes(*s);
-  std::printf("{\"farmem_server\":\"%s\",\"transport\":\"rdma\",\"clients\":%zu,\"connections\":%zu,"
-              "\"used_bytes\":%llu,\"reserved_bytes\":%llu,\"capacity_bytes\":%llu}\n",
-              why, sessions_.size(), conns_.size(), static_cast<unsigned long long>(used),
-              static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity));
+  std::uint64_t used = 0, reserved = 0;
+  for (auto& [id, s] : sessions_) {
+    used += resident_bytes(*s);
+    reserved += s->capacity;
+  }
+  std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,\"reserved_bytes\":%llu,"
+              "\"capacity_bytes\":%llu}\n",
+              usage_head(why, "rdma", ctx_, uri_).c_str(), sessions_.size(), conns_.size(),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(ctx_.account.capacity()));
   std::fflush(stdout);
 }
 
+void Server::stop_listening() {
+  if (listen_) rdma_destroy_id(listen_);
+  if (ch_) rdma_destroy_event_channel(ch_);
+  listen_ = nullptr;
+  ch_ = nullptr;
+}
+
 int Server::run() {
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGUSR1);
-  sigaddset(&mask, SIGPIPE);
-  sigprocmask(SIG_BLOCK, &mask, nullptr);
-  sfd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   ep_ = epoll_create1(EPOLL_CLOEXEC);
-  if (!start_listening()) return 1;
+  const bool listening = start_listening();
+  if (!ctx_.control.started(listening)) {
+    stop_listening();
+    return listening ? 0 : 1;
+  }
   add_fd(ep_, ch_->fd, kTagCm);
-  add_fd(ep_, sfd_, kTagSignal);
-  time_t last_stats = time(nullptr);
+  add_fd(ep_, ctx_.control.fd(), kTagControl);
   epoll_event evs[16];
   for (;;) {
-    int n = epoll_wait(ep_, evs, 16, 1000);
+    int n = epoll_wait(ep_, evs, 16, -1);
     for (int i = 0; i < n; ++i) {
       std::uint64_t tag = evs[i].data.u64;
       if (tag == kTagCm) {
         on_cm_event();
-      } else if (tag == kTagSignal) {
-        signalfd_siginfo si;
-        while (read(sfd_, &si, sizeof si) == sizeof si) {
-          if (si.ssi_signo == SIGUSR1) {
-            print_usage("usage");
-          } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            print_usage("exit");
-            while (!conns_.empty()) close_conn(conns_.begin()->first);
-            rdma_destroy_id(listen_);
-            rdma_destroy_event_channel(ch_);
-            return 0;
-          }
+      } else if (tag == kTagControl) {
+        Control::Requests r = ctx_.control.take();
+        if (r.usage) print_usage("usage");
+        if (r.stop) {
+          print_usage("exit");
+          while (!conns_.empty()) close_conn(conns_.begin()->first);
+          stop_listening();
+          return 0;
         }
       } else if (tag - 2 < devices_.size()) {
         on_completions(*devices_[tag - 2]);
       }
-    }
-    if (opt_.stats_interval_s && time(nullptr) - last_stats >= opt_.stats_interval_s) {
-      last_stats = time(nullptr);
-      print_usage("usage");
     }
   }
 }
 
 }  // namespace
 
-int run_rdma(const RdmaServerOptions& opt) {
-  Server s(opt);
+int run_rdma(const RdmaServerOptions& opt, ListenerContext& ctx) {
+  Server s(opt, ctx);
   return s.run();
 }
 

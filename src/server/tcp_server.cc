@@ -2,21 +2,19 @@
 // A client session is a far region of its own (mapped on HELLO, unmapped when
 // its last connection closes); a runtime opens one connection per core and
 // attaches them all to its session. Every message is validated before use; a
-// malformed one gets an Error reply and the connection is closed. SIGTERM and
-// SIGINT end the server cleanly; SIGUSR1 prints a usage line.
+// malformed one gets an Error reply and the connection is closed. The main
+// thread (listener.cc) asks it through its Control to print a usage line or to
+// stop; its sessions' capacity comes from the server-wide CapacityAccount.
 #include "server/tcp_server.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -56,7 +54,7 @@ struct Conn {
 
 class Server {
  public:
-  explicit Server(const TcpServerOptions& o) : opt_(o) {}
+  Server(const TcpServerOptions& o, ListenerContext& ctx) : opt_(o), ctx_(ctx) {}
   int run();
 
  private:
@@ -72,10 +70,11 @@ class Server {
   void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
 
   TcpServerOptions opt_;
-  int lfd_ = -1, ep_ = -1, sfd_ = -1;
+  ListenerContext& ctx_;
+  std::string uri_;  // tcp://HOST:PORT with the port actually bound
+  int lfd_ = -1, ep_ = -1;
   std::map<int, std::unique_ptr<Conn>> conns_;
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
-  std::uint64_t reserved_ = 0;  // capacity granted to live sessions
 };
 
 bool Server::start_listening() {
@@ -86,7 +85,8 @@ bool Server::start_listening() {
   std::string port = std::to_string(opt_.port);
   int rc = getaddrinfo(opt_.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    std::fprintf(stderr, "farmem-server: cannot resolve %s: %s\n", opt_.host.c_str(), gai_strerror(rc));
+    std::fprintf(stderr, "farmem-server: cannot listen on tcp://%s:%u: cannot resolve %s: %s\n", opt_.host.c_str(),
+                 opt_.port, opt_.host.c_str(), gai_strerror(rc));
     return false;
   }
   lfd_ = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -104,20 +104,25 @@ bool Server::start_listening() {
   getsockname(lfd_, reinterpret_cast<sockaddr*>(&ss), &sl);
   unsigned actual = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                                     : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  uri_ = host_port_uri("tcp", opt_.host, actual);
   std::printf("farmem-server: listening on tcp://%s:%u, capacity %llu MiB, token %s\n", opt_.host.c_str(),
-              actual, static_cast<unsigned long long>(opt_.capacity >> 20),
-              opt_.token.empty() ? "not required" : "required");
+              actual, static_cast<unsigned long long>(ctx_.account.capacity() >> 20),
+              ctx_.token.empty() ? "not required" : "required");
   std::fflush(stdout);
   return true;
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0;
-  for (auto& [id, s] : sessions_) used += s->used_pages * 4096;
-  std::printf("{\"farmem_server\":\"%s\",\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,"
+  std::uint64_t used = 0, reserved = 0;
+  for (auto& [id, s] : sessions_) {
+    used += s->used_pages * 4096;
+    reserved += s->capacity;
+  }
+  std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,"
               "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu}\n",
-              why, sessions_.size(), conns_.size(), static_cast<unsigned long long>(used),
-              static_cast<unsigned long long>(reserved_), static_cast<unsigned long long>(opt_.capacity));
+              usage_head(why, nullptr, ctx_, uri_).c_str(), sessions_.size(), conns_.size(),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(ctx_.account.capacity()));
   std::fflush(stdout);
 }
 
@@ -167,7 +172,7 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
   const auto op = static_cast<wire::Op>(h.op);
   if (op == wire::Op::Hello) {
     std::string token(payload, h.length);
-    if (!opt_.token.empty() && token != opt_.token) {
+    if (!ctx_.token.empty() && token != ctx_.token) {
       fail(c, h.id, wire::Errc::BadToken, "wrong or missing token");
       return false;
     }
@@ -184,14 +189,14 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       c.session = it->second.get();
     } else {
       std::uint64_t want = (h.offset + 4095) / 4096 * 4096;
-      if (want == 0 || want > opt_.capacity - reserved_) {
-        fail(c, h.id, wire::Errc::NoCapacity,
-             "the server has " + std::to_string((opt_.capacity - reserved_) >> 20) + " MiB free of " +
-                 std::to_string(opt_.capacity >> 20) + " MiB; ask for less (FARMEM_FAR_MEM)");
+      std::string refusal;
+      if (!ctx_.account.reserve(want, &refusal)) {
+        fail(c, h.id, wire::Errc::NoCapacity, refusal);
         return false;
       }
       void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (base == MAP_FAILED) {
+        ctx_.account.release(want);
         fail(c, h.id, wire::Errc::NoCapacity, "the server cannot map that much memory");
         return false;
       }
@@ -200,7 +205,6 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       s->base = static_cast<char*>(base);
       s->capacity = want;
       s->written.assign((want / 4096 + 63) / 64, 0);
-      reserved_ += want;
       c.session = s.get();
       sessions_[s->id] = std::move(s);
     }
@@ -307,47 +311,40 @@ void Server::close_conn(int fd) {
   conns_.erase(it);
   if (s && --s->conns == 0) {  // last connection of a client: reclaim its memory
     munmap(s->base, s->capacity);
-    reserved_ -= s->capacity;
+    ctx_.account.release(s->capacity);
     sessions_.erase(s->id);
   }
 }
 
 int Server::run() {
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGUSR1);
-  sigaddset(&mask, SIGPIPE);
-  sigprocmask(SIG_BLOCK, &mask, nullptr);
-  sfd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (!start_listening()) return 1;
+  const bool listening = start_listening();
+  if (!ctx_.control.started(listening)) {
+    if (lfd_ >= 0) close(lfd_);
+    return listening ? 0 : 1;
+  }
   ep_ = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.fd = lfd_;
   epoll_ctl(ep_, EPOLL_CTL_ADD, lfd_, &ev);
-  ev.data.fd = sfd_;
-  epoll_ctl(ep_, EPOLL_CTL_ADD, sfd_, &ev);
-  time_t last_stats = time(nullptr);
+  ev.data.fd = ctx_.control.fd();
+  epoll_ctl(ep_, EPOLL_CTL_ADD, ctx_.control.fd(), &ev);
   epoll_event evs[64];
   for (;;) {
-    int n = epoll_wait(ep_, evs, 64, 1000);
+    int n = epoll_wait(ep_, evs, 64, -1);
     for (int i = 0; i < n; ++i) {
       int fd = evs[i].data.fd;
       if (fd == lfd_) {
         accept_all();
-      } else if (fd == sfd_) {
-        signalfd_siginfo si;
-        while (read(sfd_, &si, sizeof si) == sizeof si) {
-          if (si.ssi_signo == SIGUSR1) {
-            print_usage("usage");
-          } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            print_usage("exit");
-            while (!conns_.empty()) close_conn(conns_.begin()->first);
-            close(lfd_);
-            return 0;
-          }
+      } else if (fd == ctx_.control.fd()) {
+        Control::Requests r = ctx_.control.take();
+        if (r.usage) print_usage("usage");
+        if (r.stop) {
+          print_usage("exit");
+          while (!conns_.empty()) close_conn(conns_.begin()->first);
+          close(lfd_);
+          close(ep_);
+          return 0;
         }
       } else {
         auto it = conns_.find(fd);
@@ -358,17 +355,13 @@ int Server::run() {
           on_readable(c);
       }
     }
-    if (opt_.stats_interval_s && time(nullptr) - last_stats >= opt_.stats_interval_s) {
-      last_stats = time(nullptr);
-      print_usage("usage");
-    }
   }
 }
 
 }  // namespace
 
-int run_tcp(const TcpServerOptions& opt) {
-  Server s(opt);
+int run_tcp(const TcpServerOptions& opt, ListenerContext& ctx) {
+  Server s(opt, ctx);
   return s.run();
 }
 

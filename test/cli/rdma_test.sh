@@ -50,8 +50,8 @@ if [[ $MODE == errors ]]; then
     env FARMEM_BACKEND=rdma://nohost "$BENCH" "${small[@]}"
   expect_error "server bad rdma port" "listen rdma://0.0.0.0:70000: port must be 0-65535" -- \
     "$SERVER" --listen rdma://0.0.0.0:70000 --capacity 1G
-  expect_error "server two listeners" "listen given twice" -- \
-    "$SERVER" --listen rdma://0.0.0.0:0 --listen tcp://127.0.0.1:0 --capacity 1G
+  expect_error "server, the same listener twice" "listen rdma://0.0.0.0:0 given twice" -- \
+    "$SERVER" --listen rdma://0.0.0.0:0 --listen tcp://127.0.0.1:0 --listen rdma://0.0.0.0:0 --capacity 1G
   if [[ $HAVE_RDMA != 1 ]]; then
     expect_error "client, built without rdma-core" "built without rdma-core.*-Drdma=enabled.*tcp://HOST:PORT" -- \
       env FARMEM_BACKEND=rdma://127.0.0.1:7000 "$BENCH" "${small[@]}"
