@@ -245,7 +245,10 @@ int main(int argc, char** argv) {
       farmem::Config cfg = farmem::Config::from_env();
       cfg.local_mem_bytes = local_mem;
       if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 4 * pages * 4096);
-      if (o.mode == "hw") cfg.hw_mem_bytes = std::max(cfg.hw_mem_bytes, pages * 4096);
+      if (o.mode == "hw") {
+        cfg.hw_mem_bytes = std::max(cfg.hw_mem_bytes, pages * 4096);
+        cfg.populate_pool = false;  // transparent pages never use the pool slots: keep them empty
+      }
       farmem::init(cfg);
     } catch (const farmem::Error& e) {
       die(e.what());

@@ -26,6 +26,7 @@ THREADS=1
 WORKLOAD=uniform
 REPEAT=3
 OUT=""
+HW=0                   # --hw: also the transparent region (--mode hw), faults in-thread and on the handler thread
 SLACK_ARG=16M          # extra cgroup headroom for the binary itself (text, libs, stack, page tables)
 SWAP_PRIO=32767
 
@@ -33,11 +34,13 @@ usage() {
     cat <<EOF
 usage: $PROG [--bench PATH] [--working-set 2G] [--local-pct 25] [--ops N]
              [--workload uniform|seq|zipf] [--repeat 3] [--threads 1]
-             [--slack 16M] [--out FILE]
+             [--slack 16M] [--out FILE] [--hw]
 
 Compares Linux swap to zram (farmem-bench --mode local in a memory cgroup
 limited to local-pct% of the working set + slack) against farmem
 (--mode sw --local-mem <pct>%) and against all-local memory.
+With --hw, also farmem's transparent region (--mode hw: plain pointers under
+userfaultfd) with FARMEM_HW_FAULTS=signal (farmem-hw-sig) and =thread (farmem-hw-thr).
 Default bench: build/bench/farmem-bench (relative to the repo root).
 Must run as root. Defaults: working-set=$WS_ARG local-pct=$LOCAL_PCT ops=$OPS
 workload=$WORKLOAD repeat=$REPEAT threads=$THREADS slack=$SLACK_ARG.
@@ -61,6 +64,7 @@ while [[ $# -gt 0 ]]; do
         --threads)     need_arg "$@"; THREADS=$2; shift 2 ;;
         --slack)       need_arg "$@"; SLACK_ARG=$2; shift 2 ;;
         --out)         need_arg "$@"; OUT=$2; shift 2 ;;
+        --hw)          HW=1; shift ;;
         -h|--help)     usage; exit 0 ;;
         *) echo "$PROG: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -301,7 +305,7 @@ run_one() {
         # subshell joins the cgroup, then becomes the bench (charges start from exec)
         ( echo "$BASHPID" >"$CG_DIR/cgroup.procs" && exec "$BENCH" "$@" ) >"$out" &
     else
-        "$BENCH" "$@" >"$out" &
+        env ${RUN_ENV:-} "$BENCH" "$@" >"$out" &
     fi
     CHILD=$!
     wait "$CHILD" || rc=$?
@@ -353,6 +357,10 @@ log "running $REPEAT x {local-swap, farmem-sw, local-ideal}: workload=$WORKLOAD 
 for ((r = 1; r <= REPEAT; r++)); do
     run_one local-swap  "$r" 1 -- --mode local "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
     run_one farmem-sw   "$r" 0 -- --mode sw    "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
+    if (( HW )); then
+        RUN_ENV=FARMEM_HW_FAULTS=signal run_one farmem-hw-sig "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
+        RUN_ENV=FARMEM_HW_FAULTS=thread run_one farmem-hw-thr "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
+    fi
     run_one local-ideal "$r" 0 -- --mode local "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
 done
 
@@ -379,7 +387,7 @@ out.append(f"   Linux swap: zram /dev/{zdev} ({zalg}), cgroup v{cgver} limit {li
            f"= {pct}% of working set + {slack/2**20:.0f} MiB slack for the binary")
 out.append(f"   {'config':<12}{'median ns/op':>14}{'min':>11}{'max':>11}{'median ops/s':>15}{'swapout/run':>14}")
 names = {"local-swap": "local-swap", "farmem-sw": "farmem-sw", "local-ideal": "local-ideal"}
-for k in ("local-swap", "farmem-sw", "local-ideal"):
+for k in ("local-swap", "farmem-sw", "farmem-hw-sig", "farmem-hw-thr", "local-ideal"):
     v = rows.get(k, [])
     if not v: continue
     out.append(f"   {k:<12}{med[k]:>14.1f}{min(v):>11.1f}{max(v):>11.1f}{1e9/med[k]:>15.0f}"
@@ -393,6 +401,11 @@ summary = {"workload": workload, "working_set_bytes": ws, "local_pct": pct,
            "local_ns_per_op": round(med["local-ideal"], 2),
            "sw_speedup_vs_swap": round(sp, 4), "sw_slowdown_vs_local": round(sl, 4),
            "runs": int(rep)}
+for k, name in (("farmem-hw-sig", "hw_signal"), ("farmem-hw-thr", "hw_thread")):
+    if k in med:
+        out.append(f"   farmem {name} speedup vs Linux swap (zram): {med['local-swap'] / med[k]:.2f}x")
+        summary[name + "_ns_per_op"] = round(med[k], 2)
+        summary[name + "_speedup_vs_swap"] = round(med["local-swap"] / med[k], 4)
 print("\n".join(out))
 print(json.dumps(summary, separators=(",", ":")))
 PY

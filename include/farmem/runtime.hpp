@@ -19,6 +19,11 @@ struct Config {
   std::uint64_t local_mem_bytes = 0;   // local frame pool; 0 = 25% of physical memory
   std::uint64_t far_mem_bytes = 0;     // far address space; 0 = 64 GiB
   std::uint64_t hw_mem_bytes = 16ull << 30;  // transparent region (farmem_malloc), part of far memory
+  // Who serves a fault on the transparent region: "thread" (a handler thread;
+  // system calls may touch far pages) or "signal" (the faulting thread itself,
+  // in a SIGBUS handler: faster, but a system call that touches a page that is
+  // not local fails with EFAULT instead of waiting).
+  std::string hw_faults = "thread";
   std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT
   std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)

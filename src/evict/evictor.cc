@@ -358,16 +358,19 @@ void Evictor::finalize(Batch& b) {
     if (n == 0) qp_->wait(200);
     got += n;
   }
+  std::vector<std::uint32_t> emptied;  // transparent pages' frames: their slots go empty together
   for (const Victim& v : dirty) {
     std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
     std::uint64_t s = word.load(std::memory_order_acquire);
+    bool mapped = false;
     for (;;) {
       if (s & ps::kWanted) {  // a core faulted on it meanwhile: keep it, now clean
         const bool hw = rt_.is_hw_page(v.vpn);
         std::uint64_t keep = ps::make(Kind::Resident, v.frame,
                                       ps::kHasRemote | ps::kAccessed | (hw ? ps::kDirty : 0)) |
                              (s & ps::kPinMask);
-        if (hw) region->map_back(v.vpn, v.frame);  // wakes the faulting threads
+        if (hw && !mapped) region->map_back(v.vpn, v.frame);  // once; wakes the faulting threads
+        mapped = true;
         if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
           rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
@@ -375,6 +378,7 @@ void Evictor::finalize(Batch& b) {
         }
       } else if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
                                             std::memory_order_acq_rel)) {
+        if (rt_.is_hw_page(v.vpn)) emptied.push_back(v.frame);
         release_frame(v.frame);
         rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
         rt_.evictions.fetch_add(1, std::memory_order_relaxed);
@@ -383,6 +387,7 @@ void Evictor::finalize(Batch& b) {
       }
     }
   }
+  if (!emptied.empty()) region->empty_slots(emptied);
 }
 
 bool Evictor::process_frees() {

@@ -105,13 +105,14 @@ void fetch_to(Core& c, std::uint64_t vpn, void* dst) {
   c.stats.bump(c.stats.fetches);
 }
 
-void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) { fetch_to(c, vpn, rt.frame_addr(f)); }
+void fetch_batch(Core& c, const std::uint64_t* vpns, char* const* dsts, unsigned n) {
+  auto* qp = static_cast<net::QueuePair*>(c.qp);
+  for (unsigned i = 0; i < n; ++i) qp->post_read(vpns[i] * kPageSize, dsts[i], kPageSize, vpns[i]);
+  qp->submit();
+  await_completions(c, qp, n);
+  c.stats.bump(c.stats.fetches);
+}
 
-namespace {
-
-constexpr unsigned kPrefetchPages = 8;
-
-// A frame only if one is free right now (prefetch never waits for the evictor).
 std::uint32_t try_take_frame(Core& c) {
   FreeRing& r = c.ring;
   std::uint32_t h = r.head.load(std::memory_order_relaxed);
@@ -122,6 +123,24 @@ std::uint32_t try_take_frame(Core& c) {
   return f;
 }
 
+// A frame's pool slot is filled on first use. Touch it from user mode, so the
+// region's fault path (handler thread or SIGBUS) gives it a page: a transport
+// writing into an empty slot from the kernel would get EFAULT in SIGBUS mode.
+static void ensure_slot(Runtime& rt, std::uint32_t f) {
+  if (rt.slot_full[f].load(std::memory_order_relaxed)) return;
+  *static_cast<volatile char*>(rt.frame_addr(f)) = 0;
+  rt.mark_slot_full(f);
+}
+
+void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
+  ensure_slot(rt, f);
+  fetch_to(c, vpn, rt.frame_addr(f));
+}
+
+namespace {
+
+constexpr unsigned kPrefetchPages = 8;
+
 // Fetches remote page vpn into frame f, and, when this core's recent fetches
 // were sequential, the next remote pages too: one batch, one system call.
 void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f) {
@@ -131,8 +150,8 @@ void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t 
     fetch_page(rt, c, vpn, f);
     return;
   }
-  std::uint64_t ahead[kPrefetchPages];
-  std::uint32_t frames[kPrefetchPages];
+  std::uint64_t ahead[kPrefetchPages + 1] = {vpn};
+  std::uint32_t frames[kPrefetchPages + 1] = {f};
   unsigned n = 0;
   for (std::uint64_t p = vpn + 1; p < vpn + 1 + kPrefetchPages && p < rt.far_pages; ++p) {
     if (rt.is_hw_page(p)) break;
@@ -146,22 +165,21 @@ void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t 
       rt.pt[p].store(s, std::memory_order_release);  // give the claim back
       break;
     }
+    ++n;
     ahead[n] = p;
     frames[n] = g;
-    ++n;
   }
-  auto* qp = static_cast<net::QueuePair*>(c.qp);
-  qp->post_read(vpn * kPageSize, rt.frame_addr(f), kPageSize, vpn);
-  for (unsigned i = 0; i < n; ++i) qp->post_read(ahead[i] * kPageSize, rt.frame_addr(frames[i]), kPageSize, ahead[i]);
-  qp->submit();
-  await_completions(c, qp, n + 1);
-  for (unsigned i = 0; i < n; ++i) {  // installed cold: CLOCK takes them back if unused
+  char* dsts[kPrefetchPages + 1];
+  for (unsigned i = 0; i <= n; ++i) {
+    ensure_slot(rt, frames[i]);
+    dsts[i] = rt.frame_addr(frames[i]);
+  }
+  fetch_batch(c, ahead, dsts, n + 1);
+  for (unsigned i = 1; i <= n; ++i) {  // installed cold: CLOCK takes them back if unused
     rt.owner[frames[i]].store(ahead[i], std::memory_order_relaxed);
-    rt.mark_slot_full(frames[i]);
     rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], ps::kHasRemote), std::memory_order_release);
   }
   c.last_fetch_vpn = vpn + n;
-  c.stats.bump(c.stats.fetches);
   c.stats.bump(c.stats.prefetches, n);
 }
 
@@ -247,7 +265,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
         }
         std::uint64_t flags = touch;
         if (ps::kind(s) == Kind::Untouched) {
-          std::memset(rt.frame_addr(f), 0, kPageSize);
+          std::memset(rt.frame_addr(f), 0, kPageSize);  // fills an empty slot from user mode
           c.stats.bump(c.stats.zero_fills);
         } else {
           fetch_with_prefetch(rt, c, vpn, f);

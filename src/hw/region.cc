@@ -4,10 +4,15 @@
 #include "hw/region.hpp"
 
 #include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -17,6 +22,7 @@
 #include "net/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
+#include "sched/sched.hpp"
 
 namespace farmem::hw {
 
@@ -26,6 +32,31 @@ namespace ps = mem::ps;
 namespace {
 constexpr std::uint64_t kAlign = 64ull << 20;  // mimalloc arenas want 32 MiB alignment
 alignas(4096) const char kZeroPage[4096] = {};
+constexpr unsigned kAhead = 15;            // pages fetched after sequential faults, with the faulting one
+constexpr std::uint64_t kSpinNs = 30000;   // the handler thread polls this long after a fault before sleeping
+
+// SIGBUS mode: the region whose faults this process's SIGBUS handler serves,
+// and the handler that was there before (called for every other SIGBUS).
+std::atomic<Region*> g_signal_region{nullptr};
+struct sigaction g_prev_sigbus;
+
+void on_sigbus(int sig, siginfo_t* si, void* uc) {
+  Region* r = g_signal_region.load(std::memory_order_acquire);
+  const auto addr = reinterpret_cast<std::uint64_t>(si->si_addr);
+  if (r != nullptr && r->in_thread() && si->si_code == BUS_ADRERR && r->serves(addr)) {
+    const int saved = errno;
+    r->fault_in_thread(addr);
+    errno = saved;
+    return;
+  }
+  if (g_prev_sigbus.sa_flags & SA_SIGINFO) {
+    g_prev_sigbus.sa_sigaction(sig, si, uc);
+  } else if (g_prev_sigbus.sa_handler != SIG_DFL && g_prev_sigbus.sa_handler != SIG_IGN) {
+    g_prev_sigbus.sa_handler(sig);
+  } else {  // the default action: returning re-runs the access, which now kills
+    signal(SIGBUS, SIG_DFL);
+  }
+}
 }  // namespace
 
 Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
@@ -36,7 +67,8 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
                 rt.transport->describe() + " transport pinned the frame pool (its RDMA device has no "
                 "on-demand paging); use far pointers, a device with ODP, or tcp://HOST:PORT");
   const std::uint64_t pages = bytes_ / 4096;
-  uffd_ = open_uffd();  // throws with the fix when userfaultfd is not usable
+  in_thread_ = rt.cfg.hw_faults == "signal";
+  uffd_ = open_uffd(in_thread_);  // throws with the fix when userfaultfd is not usable
   first_vpn_ = rt.far.alloc(pages);
   if (first_vpn_ == 0) {
     close(uffd_.fd);
@@ -57,13 +89,33 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   madvise(base_, bytes_, MADV_NOHUGEPAGE);  // pages come and go one at a time
   register_range(uffd_.fd, base_, bytes_);
   // Frames move into the region and back: the pool must be a MOVE destination too.
-  register_range(uffd_.fd, rt.pool, std::uint64_t{rt.nframes} * 4096);
+  pool_ = rt.pool;
+  pool_bytes_ = std::uint64_t{rt.nframes} * 4096;
+  register_range(uffd_.fd, pool_, pool_bytes_);
   pages_.reset(1, pages + 1);
-  staging_ = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  staging_ = static_cast<char*>(
+      mmap(nullptr, (1 + kAhead) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   rt.hw_first.store(first_vpn_, std::memory_order_relaxed);
   rt.hw_pages.store(pages, std::memory_order_release);
-  start_handler(&Region::handler_loop);
+  if (in_thread_) {
+    // No SA_ONSTACK: a uthread's fault runs on its own stack. SA_NODEFER: a
+    // uthread may park inside the handler, and the next one on this kernel
+    // thread may fault too.
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    g_signal_region.store(this, std::memory_order_release);
+    sigaction(SIGBUS, &sa, &g_prev_sigbus);
+  } else {
+    start_handler(&Region::handler_loop);
+  }
+}
+
+std::string Region::fault_path() const {
+  return std::string(in_thread_ ? "in the faulting thread (SIGBUS)" : "handler thread") + "; " + uffd_.how +
+         "; UFFDIO_MOVE";
 }
 
 Region::~Region() {
@@ -250,6 +302,31 @@ bool Region::move_out(std::uint64_t vpn, std::uint32_t f) {
 
 void Region::map_back(std::uint64_t vpn, std::uint32_t f) { fill_from_frame(vpn, f); }
 
+// The evictor wrote these frames' pages back: drop the pages from their pool
+// slots in one process_madvise (one TLB shootdown for the batch, not one a page),
+// so the next transparent fault can UFFDIO_COPY into an empty slot's budget.
+void Region::empty_slots(const std::vector<std::uint32_t>& frames) {
+  if (frames.empty()) return;
+  std::vector<iovec> iov;
+  iov.reserve(frames.size());
+  std::vector<std::uint32_t> sorted(frames);
+  std::sort(sorted.begin(), sorted.end());
+  for (std::uint32_t f : sorted) {
+    char* a = rt_.frame_addr(f);
+    if (!iov.empty() && static_cast<char*>(iov.back().iov_base) + iov.back().iov_len == a) iov.back().iov_len += 4096;
+    else iov.push_back({a, 4096});
+    rt_.slot_full[f].store(0, std::memory_order_relaxed);
+  }
+  if (self_pidfd_ < 0) self_pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+  for (std::size_t k = 0; k < iov.size();) {
+    const std::size_t n = std::min<std::size_t>(iov.size() - k, 1024);  // IOV_MAX
+    if (self_pidfd_ < 0 || syscall(SYS_process_madvise, self_pidfd_, iov.data() + k, n, MADV_DONTNEED, 0) < 0) {
+      for (std::size_t i = k; i < k + n; ++i) madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
+    }
+    k += n;
+  }
+}
+
 void Region::drop_page(std::uint64_t vpn, std::uint32_t f) {
   if (move_page(uffd_.fd, rt_.frame_addr(f), page_addr(vpn)) == 0) rt_.mark_slot_full(f);
   else madvise(page_addr(vpn), 4096, MADV_DONTNEED);  // the slot stays empty; that is fine
@@ -257,8 +334,34 @@ void Region::drop_page(std::uint64_t vpn, std::uint32_t f) {
 
 void Region::wake_page(std::uint64_t vpn) { wake(uffd_.fd, page_addr(vpn), 4096); }
 
-// One fault: give page `addr` its bytes, or say it must wait (being written back).
-bool Region::resolve(std::uint64_t addr) {
+// After sequential faults: claims the pages that follow vpn (remote or never
+// touched, each with a free frame whose pool slot is empty), to go in with the
+// same UFFDIO_COPY. Stops at the first page that cannot be claimed.
+unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* ahead, std::uint32_t* frames,
+                             std::uint64_t* flags, unsigned max) {
+  unsigned n = 0;
+  const std::uint64_t end = first_vpn_ + bytes_ / 4096;
+  for (std::uint64_t p = vpn + 1; n < max && p < end && c.spare_frame == 0; ++p) {
+    std::uint64_t s = rt_.pt[p].load(std::memory_order_acquire);
+    if (ps::kind(s) != Kind::Remote && ps::kind(s) != Kind::Untouched) break;
+    if (!rt_.pt[p].compare_exchange_strong(s, ps::make(Kind::Fetching, 0, 0), std::memory_order_acq_rel)) break;
+    const std::uint32_t g = detail::try_take_frame(c);
+    if (g == 0 || rt_.slot_full[g].load(std::memory_order_relaxed)) {
+      rt_.pt[p].store(s, std::memory_order_release);  // give the claim back
+      c.spare_frame = g;
+      break;
+    }
+    ahead[n] = p;
+    frames[n] = g;
+    flags[n] = ps::kDirty | (ps::kind(s) == Kind::Remote ? ps::kHasRemote : 0);  // no dirty tracking yet
+    ++n;
+  }
+  return n;
+}
+
+// One fault: give page `addr` its bytes, or say it must wait (being written
+// back, or being brought in by another thread).
+bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) {
   detail::Core& c = detail::this_core();
   const std::uint64_t vpn = vpn_of(reinterpret_cast<void*>(addr));
   char* page = page_addr(vpn);
@@ -286,32 +389,111 @@ bool Region::resolve(std::uint64_t addr) {
           c.spare_frame = f;
           continue;
         }
+        const bool remote = ps::kind(s) == Kind::Remote;
         // Pages of the region are always written back when evicted (no dirty
         // tracking yet), so they are marked dirty.
-        std::uint64_t flags = ps::kAccessed | ps::kDirty;
-        // A frame whose slot is empty is never touched here (it would fault on
-        // this very thread): the bytes go in with UFFDIO_COPY instead of a move.
-        const bool slot = rt_.slot_full[f].load(std::memory_order_relaxed) != 0;
-        if (ps::kind(s) == Kind::Untouched) {
-          c.stats.bump(c.stats.zero_fills);
-          if (slot) std::memset(rt_.frame_addr(f), 0, 4096);
-        } else {
-          detail::fetch_to(c, vpn, slot ? rt_.frame_addr(f) : staging_);
-          flags |= ps::kHasRemote;
-        }
-        rt_.owner[f].store(vpn, std::memory_order_relaxed);
-        if (slot) {
+        const std::uint64_t flags = ps::kAccessed | ps::kDirty | (remote ? ps::kHasRemote : 0);
+        c.seq_run = vpn == c.last_fetch_vpn + 1 ? c.seq_run + 1 : 0;
+        c.last_fetch_vpn = vpn;
+        if (rt_.slot_full[f].load(std::memory_order_relaxed)) {
+          // The frame's pool slot holds a page (a populated pool, or a frame that
+          // far pointers used): fill it and move it in, which empties the slot.
+          rt_.owner[f].store(vpn, std::memory_order_relaxed);
+          if (remote) {
+            detail::fetch_to(c, vpn, rt_.frame_addr(f));
+          } else {
+            std::memset(rt_.frame_addr(f), 0, 4096);
+            c.stats.bump(c.stats.zero_fills);
+          }
           fill_from_frame(vpn, f);
-        } else if (int e = copy_page(uffd_.fd, page, ps::kind(s) == Kind::Untouched ? kZeroPage : staging_);
-                   e != 0) {
-          detail::fatal("cannot fill a page of the transparent region at %p (UFFDIO_COPY: %s)",
-                        static_cast<void*>(page), std::strerror(e));
+          word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
+        } else {
+          // The usual case: the bytes go in with UFFDIO_COPY from a staging
+          // buffer (no TLB shootdown, unlike a move), with the pages that follow
+          // when the faults are sequential. The frame only stands for the budget.
+          std::uint64_t vpns[1 + kAhead] = {vpn}, pflags[1 + kAhead] = {flags};
+          std::uint32_t frames[1 + kAhead] = {f};
+          unsigned n = 1;
+          if (c.seq_run >= 2 && staging_pages > 1 && uthread::detail::current() == nullptr)
+            n += claim_ahead(c, vpn, vpns + 1, frames + 1, pflags + 1, std::min(staging_pages, 1 + kAhead) - 1);
+          fill_by_copy(c, vpns, frames, pflags, n, staging);
+          c.last_fetch_vpn = vpn + n - 1;
+          if (n > 1) c.stats.bump(c.stats.prefetches, n - 1);
         }
-        word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
         c.stats.bump(c.stats.faults);
         detail::record_fault(c, t0);
         return true;
       }
+    }
+  }
+}
+
+// Brings n consecutive claimed pages in through `staging` with one transfer and
+// one UFFDIO_COPY, and marks them resident (the first one accessed).
+void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std::uint32_t* frames,
+                          const std::uint64_t* flags, unsigned n, char* staging) {
+  std::uint64_t fetch[1 + kAhead];
+  char* dst[1 + kAhead];
+  unsigned nfetch = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    rt_.owner[frames[i]].store(vpns[i], std::memory_order_relaxed);
+    if (flags[i] & ps::kHasRemote) {
+      fetch[nfetch] = vpns[i];
+      dst[nfetch++] = staging + i * 4096;
+    } else {
+      std::memset(staging + i * 4096, 0, 4096);
+      c.stats.bump(c.stats.zero_fills);
+    }
+  }
+  if (nfetch == 1 && uthread::detail::current() != nullptr) detail::fetch_to(c, fetch[0], dst[0]);
+  else if (nfetch > 0) detail::fetch_batch(c, fetch, dst, nfetch);
+  for (unsigned i = 0; i < n;) {
+    std::uint64_t done = 0;
+    const int e = copy_pages(uffd_.fd, page_addr(vpns[i]), staging + i * 4096, n - i, &done);
+    i += static_cast<unsigned>(done);
+    if (e == EEXIST) {
+      ++i;  // mapped already (the application mapped over it): keep what is there
+    } else if (e != 0) {
+      detail::fatal("cannot fill a page of the transparent region at %p (UFFDIO_COPY: %s)",
+                    static_cast<void*>(page_addr(vpns[i])), std::strerror(e));
+    }
+  }
+  for (unsigned i = 0; i < n; ++i)  // the ones after the first go in cold: evicted first if unused
+    rt_.pt[vpns[i]].store(ps::make(Kind::Resident, frames[i], flags[i]), std::memory_order_release);
+}
+
+// SIGBUS mode: this thread touched a page that is not there. Serve it here;
+// when it must wait (another thread brings it in, or it is being written back)
+// a uthread lets others run and a plain thread spins, then yields the CPU.
+void Region::fault_in_thread(std::uint64_t addr) {
+  detail::InternalAlloc internal;
+  const std::uint64_t a = addr & ~std::uint64_t{4095};
+  const auto pool = reinterpret_cast<std::uint64_t>(rt_.pool);
+  if (a >= pool && a < pool + std::uint64_t{rt_.nframes} * 4096) {
+    serve_pool_fault(a);
+    return;
+  }
+  detail::Core& c = detail::this_core();
+  const bool in_uthread = uthread::detail::current() != nullptr;
+  alignas(4096) char one[4096];  // a uthread's page: several may be in flight on one core
+  char* staging = one;
+  unsigned pages = 1;
+  if (!in_uthread) {
+    if (c.hw_staging == nullptr) {
+      void* p = mmap(nullptr, (1 + kAhead) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) detail::fatal("cannot map a staging buffer for a transparent fault: %s", std::strerror(errno));
+      c.hw_staging = static_cast<char*>(p);
+    }
+    staging = c.hw_staging;
+    pages = 1 + kAhead;
+  }
+  for (unsigned spins = 0; !resolve(a, staging, pages); ++spins) {
+    if (in_uthread) {
+      uthread::yield();
+    } else {
+      detail::ack_point(c);
+      if (spins < 64) detail::cpu_relax();
+      else sched_yield();
     }
   }
 }
@@ -340,33 +522,44 @@ void Region::handler_loop() {
   retry.reserve(64);
   again.reserve(64);
   uffd_msg msgs[64];
-  const auto pool = reinterpret_cast<std::uint64_t>(rt_.pool);
-  const std::uint64_t pool_end = pool + std::uint64_t{rt_.nframes} * 4096;
+  const auto pool = reinterpret_cast<std::uint64_t>(pool_);
+  std::uint64_t last_fault = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
     park_if_asked();
-    pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int n = poll(p, 2, retry.empty() ? 100 : 0);
-    if (n < 0 && errno != EINTR) break;
-    if (n > 0 && (p[1].revents & POLLIN)) {
-      std::uint64_t v;
-      if (read(wake_fd_, &v, sizeof v) < 0) {
-      }
-    }
     again.clear();
     for (std::uint64_t a : retry)
-      if (!resolve(a)) again.push_back(a);
+      if (!resolve(a, staging_, 1 + kAhead)) again.push_back(a);
     retry.swap(again);
-    if (n <= 0 || !(p[0].revents & POLLIN)) {
-      if (!retry.empty()) detail::ack_point(detail::this_core());
+    // The descriptor is non-blocking: read first. While faults keep coming (or
+    // some wait for a write-back) poll it; sleep in poll() only after kSpinNs
+    // without one, because waking a sleeping thread costs tens of µs here.
+    ssize_t got = read(uffd_.fd, msgs, sizeof msgs);
+    if (got <= 0) {
+      if (!retry.empty()) {
+        detail::ack_point(detail::this_core());
+        detail::cpu_relax();
+        continue;
+      }
+      if (detail::now_ns() - last_fault < kSpinNs) {
+        detail::cpu_relax();
+        continue;
+      }
+      pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      int n = poll(p, 2, 100);
+      if (n < 0 && errno != EINTR) break;
+      if (n > 0 && (p[1].revents & POLLIN)) {
+        std::uint64_t v;
+        if (read(wake_fd_, &v, sizeof v) < 0) {
+        }
+      }
       continue;
     }
-    ssize_t got = read(uffd_.fd, msgs, sizeof msgs);
-    if (got <= 0) continue;
+    last_fault = detail::now_ns();
     for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       std::uint64_t a = msgs[i].arg.pagefault.address & ~std::uint64_t{4095};
-      if (a >= pool && a < pool_end) serve_pool_fault(a);
-      else if (!resolve(a)) retry.push_back(a);
+      if (a >= pool && a < pool + pool_bytes_) serve_pool_fault(a);
+      else if (!resolve(a, staging_, 1 + kAhead)) retry.push_back(a);
     }
   }
 }
@@ -375,7 +568,7 @@ void Region::handler_loop() {
 
 void Region::fork_prepare() {
   pause_req_.store(1, std::memory_order_seq_cst);
-  for (;;) {
+  while (handler_ != nullptr) {  // SIGBUS mode has no handler thread
     std::uint64_t one = 1;
     if (write(wake_fd_, &one, sizeof one) < 0) {
     }
@@ -400,6 +593,7 @@ void Region::fork_child() {
   // parent's memory): close them and serve this process's copy of the region.
   close(uffd_.fd);
   close(wake_fd_);
+  in_thread_ = false;  // the child's faults go to its own handler thread
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   pause_req_.store(0);
   paused_.store(0);

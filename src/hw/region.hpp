@@ -1,10 +1,15 @@
 // The transparent far-memory region: ordinary pointers into a reserved range
 // under userfaultfd. Its pages are far pages like any other (same page table,
-// same budget, same evictor, same transport). A missing page is brought in by
-// the fault-handler thread: the bytes go into a free frame of the pool, then
-// UFFDIO_MOVE moves that physical page into the region (no copy, and the
-// application's resident memory stays at the budget). Eviction moves it back
-// out (one kernel TLB shootdown), writes it back, and frees the frame.
+// same budget, same evictor, same transport). A missing page is brought in
+// either by the faulting thread itself, in a SIGBUS handler
+// (FARMEM_HW_FAULTS=signal, UFFD_FEATURE_SIGBUS), or by the fault-handler
+// thread (the default): the bytes go into a free frame, then UFFDIO_MOVE moves
+// that physical page into the region (or UFFDIO_COPY copies them from a staging
+// buffer when the frame's pool slot is empty), so the application's resident
+// memory stays at the budget. After sequential faults the pages that follow are
+// fetched and copied in with the faulting one (one transfer, one UFFDIO_COPY).
+// Eviction moves a page back out (one kernel TLB shootdown), writes it back,
+// and frees the frame.
 //
 // It hands out page-granular blocks: farmem_malloc's, the preload shim's
 // anonymous mmaps (with munmap, mremap and MADV_DONTNEED on any part of them),
@@ -24,6 +29,7 @@
 
 namespace farmem::detail {
 struct Runtime;
+struct Core;
 }
 namespace farmem::net {
 class QueuePair;
@@ -49,6 +55,11 @@ class Region {
   // the new address, or nullptr with errno set.
   void* remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int flags);
 
+  // A fault at addr is this region's to serve (the region, or the frame pool it moves pages with).
+  bool serves(std::uint64_t addr) const {
+    const auto pool = reinterpret_cast<std::uint64_t>(pool_);
+    return contains(reinterpret_cast<const void*>(addr)) || (addr >= pool && addr < pool + pool_bytes_);
+  }
   bool contains(const void* p) const {
     return static_cast<const char*>(p) >= base_ && static_cast<const char*>(p) < base_ + bytes_;
   }
@@ -59,13 +70,18 @@ class Region {
   // Index of p's page in the block bookkeeping (pages_, blocks_): 1-based.
   std::uint64_t index_of(const void* p) const { return vpn_of(p) - first_vpn_ + 1; }
   void release_range(std::uint64_t first_vpn, std::uint64_t pages);  // from the evictor
-  const std::string& how() const { return uffd_.how; }
+  // Which fault path serves the region, for statistics and start-up lines.
+  std::string fault_path() const;
+  bool in_thread() const { return in_thread_; }
+  // SIGBUS mode: serve a fault of this thread on page `addr` (region or frame pool).
+  void fault_in_thread(std::uint64_t addr);
 
   // Evictor side (single thread).
   bool move_out(std::uint64_t vpn, std::uint32_t frame);  // region -> frame; false: not now
   void map_back(std::uint64_t vpn, std::uint32_t frame);  // frame -> region; wakes waiters
   void drop_page(std::uint64_t vpn, std::uint32_t frame); // a freed page leaves the region
   void wake_page(std::uint64_t vpn);
+  void empty_slots(const std::vector<std::uint32_t>& frames);  // their pages were written back
 
   // fork(): the handler thread parks and block bookkeeping is locked while the
   // process is copied. In the child, a new userfaultfd and handler serve the
@@ -78,7 +94,12 @@ class Region {
   void handler_loop();
   void park_if_asked();
   void child_loop();
-  bool resolve(std::uint64_t addr);        // false: retry later
+  // staging: 1 + kAhead pages (or 1: no fault-around) for frames whose slot is empty.
+  bool resolve(std::uint64_t addr, char* staging, unsigned staging_pages);  // false: retry later
+  void fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std::uint32_t* frames,
+                    const std::uint64_t* flags, unsigned n, char* staging);
+  unsigned claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* ahead, std::uint32_t* frames,
+                       std::uint64_t* flags, unsigned max);
   void resolve_in_child(std::uint64_t addr);
   void serve_pool_fault(std::uint64_t addr);
   void fill_from_frame(std::uint64_t vpn, std::uint32_t frame);  // move, or copy + empty slot
@@ -89,6 +110,8 @@ class Region {
   Uffd uffd_;
   char* base_ = nullptr;
   std::uint64_t bytes_ = 0, first_vpn_ = 0;
+  char* pool_ = nullptr;  // the runtime's frame pool (also registered: pages move to and from it)
+  std::uint64_t pool_bytes_ = 0;
   mem::FarAllocator pages_;  // page index + 1 within the region
   std::mutex mu_;
   std::map<std::uint64_t, std::uint64_t> blocks_;  // first page index -> pages (live blocks)
@@ -96,7 +119,9 @@ class Region {
   std::atomic<bool> stop_{false};
   std::atomic<std::uint32_t> pause_req_{0}, paused_{0};
   int wake_fd_ = -1;   // eventfd: stop or pause the handler
-  char* staging_ = nullptr;  // the handler's page buffer for frames whose slot is empty
+  int self_pidfd_ = -1;  // process_madvise on ourselves (evictor only)
+  char* staging_ = nullptr;  // the handler's page buffers for frames whose slot is empty
+  bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
   std::unique_ptr<net::QueuePair> child_qp_;
 };
 

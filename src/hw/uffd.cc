@@ -17,7 +17,7 @@
 
 namespace farmem::hw {
 
-Uffd open_uffd() {
+Uffd open_uffd(bool sigbus) {
   Uffd u;
   u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   u.how = "userfaultfd(2)";
@@ -37,9 +37,16 @@ Uffd open_uffd() {
     throw Error(std::string("userfaultfd is not available (") + std::strerror(errno) +
                 "); run as root, set sysctl vm.unprivileged_userfaultfd=1, or grant access to "
                 "/dev/userfaultfd");
-  uffdio_api api{UFFD_API, UFFD_FEATURE_MOVE, 0};
+  const std::uint64_t want = UFFD_FEATURE_MOVE | (sigbus ? UFFD_FEATURE_SIGBUS : 0);
+  uffdio_api api{UFFD_API, want, 0};
   if (ioctl(u.fd, UFFDIO_API, &api) != 0 || !(api.features & UFFD_FEATURE_MOVE)) {
     close(u.fd);
+    if (sigbus) {  // the kernel may lack SIGBUS only: say which
+      Uffd probe = open_uffd(false);
+      close(probe.fd);
+      throw Error("this kernel's userfaultfd lacks UFFD_FEATURE_SIGBUS (Linux 4.14 or newer); use "
+                  "FARMEM_HW_FAULTS=thread");
+    }
     throw Error("this kernel's userfaultfd lacks UFFDIO_MOVE (Linux 6.8 or newer); the transparent "
                 "region needs it: use far pointers (FarArray) instead");
   }
@@ -71,6 +78,31 @@ int copy_page(int fd, void* dst, const void* src) {
     if (ioctl(fd, UFFDIO_COPY, &c) == 0) return 0;
     if (errno == EAGAIN && c.copy == 0) continue;
     return errno;
+  }
+}
+
+int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done) {
+  uffdio_copy c{reinterpret_cast<std::uint64_t>(dst), reinterpret_cast<std::uint64_t>(src), pages * 4096, 0, 0};
+  *done = 0;
+  for (;;) {
+    if (ioctl(fd, UFFDIO_COPY, &c) == 0) {
+      *done += pages;
+      return 0;
+    }
+    const int e = errno;
+    if (c.copy > 0) {  // part went in: go on with the rest
+      const std::uint64_t n = static_cast<std::uint64_t>(c.copy) / 4096;
+      *done += n;
+      pages -= n;
+      c.dst += n * 4096;
+      c.src += n * 4096;
+      c.len = pages * 4096;
+      c.copy = 0;
+      if (pages == 0) return 0;
+      continue;
+    }
+    if (e == EAGAIN) continue;
+    return e;
   }
 }
 

@@ -33,9 +33,11 @@ struct Uffd {
   std::string how;  // which way it was opened (for the start-up line)
 };
 
-// Opens a userfaultfd with UFFD_FEATURE_MOVE; throws farmem::Error naming the
-// fix when the kernel or the privileges do not allow it.
-Uffd open_uffd();
+// Opens a userfaultfd with UFFD_FEATURE_MOVE (and, with sigbus, UFFD_FEATURE_SIGBUS:
+// a missing page raises SIGBUS in the faulting thread instead of queueing a
+// message); throws farmem::Error naming the fix when the kernel or the
+// privileges do not allow it.
+Uffd open_uffd(bool sigbus = false);
 void register_range(int fd, void* addr, std::uint64_t len);
 // Moves one page from src to dst (dst must be missing); returns 0 or errno.
 // EBUSY: the page is shared with a forked child; EINVAL: the two mappings differ
@@ -44,6 +46,9 @@ int move_page(int fd, void* dst, void* src);
 // Copies one page of bytes from src into missing page dst and wakes its waiters
 // (UFFDIO_COPY); returns 0 or errno (EEXIST: dst is already there).
 int copy_page(int fd, void* dst, const void* src);
+// The same for `pages` consecutive pages in one call; returns 0 or errno, and
+// *done says how many pages went in (from dst on) when it fails part way.
+int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done);
 void wake(int fd, void* addr, std::uint64_t len);
 
 }  // namespace farmem::hw

@@ -89,6 +89,11 @@ Config Config::from_env() {
     if (c.hw_mem_bytes < (1ull << 20))
       throw Error(std::string("FARMEM_HW_MEM=") + v + " is below 1M; raise it");
   }
+  if (const char* v = env("FARMEM_HW_FAULTS")) {
+    c.hw_faults = lower(trim(v));
+    if (c.hw_faults != "thread" && c.hw_faults != "signal")
+      throw Error(std::string("FARMEM_HW_FAULTS='") + v + "' is not thread or signal");
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;

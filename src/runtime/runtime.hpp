@@ -94,6 +94,10 @@ inline void cpu_relax() { __builtin_ia32_pause(); }
 std::uint32_t take_frame(Runtime& rt, Core& c);            // waits for the evictor if needed
 void fetch_page(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t f);
 void fetch_to(Core& c, std::uint64_t vpn, void* dst);
+// Fetches n far pages into dsts as one batch and waits (plain threads only).
+void fetch_batch(Core& c, const std::uint64_t* vpns, char* const* dsts, unsigned n);
+// A free frame only if the core's ring holds more than half (prefetch never waits).
+std::uint32_t try_take_frame(Core& c);
 void record_fault(Core& c, std::uint64_t t0);
 
 // A point where a core that is blocked inside a scope acknowledges shootdowns:

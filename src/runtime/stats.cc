@@ -94,7 +94,7 @@ std::string stats_json() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
   if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {
     line.pop_back();
-    line += ",\"transparent_faults\":\"handler thread; " + r->how() + "; UFFDIO_MOVE\"}";
+    line += ",\"transparent_faults\":\"" + r->fault_path() + "\"}";
   }
   return line;
 }

@@ -11,6 +11,7 @@
 
 #include "far/test_support.hpp"
 #include "farmem/far.hpp"
+#include "farmem/uthread.hpp"
 #include "farmem/farmem.h"
 
 using namespace farmem;
@@ -96,6 +97,61 @@ TEST_CASE("far pointers and plain pointers share one budget") {
   std::uint64_t bad = 0;
   for (std::uint64_t p = 0; p < (64ull << 20) / 4096; ++p) bad += a.load(p * 512) != p || w[p * 512] != ~p;
   CHECK(bad == 0);
+  CHECK(stats().resident_bytes <= (16ull << 20));
+  farmem_free(w);
+}
+
+TEST_CASE("sequential faults bring the following pages in with them") {
+  start();
+  const std::uint64_t bytes = 64ull << 20;  // 4x the budget
+  auto* p = static_cast<std::uint64_t*>(farmem_malloc(bytes));
+  REQUIRE(p != nullptr);
+  for (std::uint64_t i = 0; i < bytes / 8; i += 512) p[i] = i * 3 + 1;
+  const std::uint64_t before = stats().prefetches;
+  std::uint64_t wrong = 0;
+  for (int pass = 0; pass < 2; ++pass)  // every page was written back: the scans fetch them
+    for (std::uint64_t i = 0; i < bytes / 8; i += 512) wrong += p[i] != i * 3 + 1;
+  CHECK(wrong == 0);
+  INFO(stats_json());
+  CHECK(stats().prefetches - before > bytes / 4096 / 2);
+  CHECK(stats().resident_bytes <= (16ull << 20));
+  farmem_free(p);
+}
+
+// With FARMEM_HW_FAULTS=signal a uthread that faults parks inside the SIGBUS
+// handler and the others run; with the handler thread it blocks its scheduler.
+// Either way no byte may be lost while the evictor races the faults.
+TEST_CASE("uthreads fault on transparent pages while the evictor runs") {
+  start();
+  const std::uint64_t bytes = test::test_bytes(128ull << 20, 48ull << 20);
+  const std::uint64_t words = bytes / 8, pages = bytes / 4096;
+  auto* w = static_cast<std::uint64_t*>(farmem_calloc(1, bytes));
+  REQUIRE(w != nullptr);
+  constexpr unsigned kUthreads = 32;
+  std::vector<std::uint64_t> shadow(words, 0);
+  std::atomic<std::uint64_t> bad{0};
+  uthread::start(1);
+  std::vector<uthread::Handle> hs;
+  for (unsigned t = 0; t < kUthreads; ++t)
+    hs.push_back(uthread::spawn([&, t] {
+      test::Rng rng(t + 11);
+      const int ops = test::kSanitized ? 2'000 : 20'000;
+      for (int op = 0; op < ops; ++op) {
+        std::uint64_t r = rng.next();
+        std::uint64_t i = (r % pages) * 512 + (((r >> 32) % 16) * kUthreads) + t;  // word t of 32: uthread t's
+        if (w[i] != shadow[i]) ++bad;
+        std::uint64_t v = test::mix(i, op + 1);
+        w[i] = v;
+        shadow[i] = v;
+        if (op % 64 == 0) uthread::yield();
+      }
+    }));
+  for (auto& h : hs) h.join();
+  uthread::stop();
+  CHECK(bad.load() == 0);
+  std::uint64_t mismatched = 0;
+  for (std::uint64_t i = 0; i < words; ++i) mismatched += w[i] != shadow[i];
+  CHECK(mismatched == 0);
   CHECK(stats().resident_bytes <= (16ull << 20));
   farmem_free(w);
 }

@@ -68,6 +68,11 @@ TEST_CASE("the environment is read and validated") {
   setenv("FARMEM_EVICT_BATCH", "0", 1);
   CHECK_THROWS_AS(Config::from_env(), Error);
   unsetenv("FARMEM_EVICT_BATCH");
+  setenv("FARMEM_HW_FAULTS", "sigbus", 1);
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not thread or signal"));
+  setenv("FARMEM_HW_FAULTS", " Signal ", 1);
+  CHECK(Config::from_env().hw_faults == "signal");
+  unsetenv("FARMEM_HW_FAULTS");
   unsetenv("FARMEM_LOCAL_MEM");
   unsetenv("FARMEM_SHM_DELAY_NS");
   unsetenv("FARMEM_STATS");

@@ -53,6 +53,7 @@ struct alignas(64) Core {
   std::uint32_t spare_frame = 0;       // a frame taken but not used (lost a race); 0 = none
   std::uint64_t last_fetch_vpn = 0;    // sequential-fetch detection (prefetch)
   std::uint32_t seq_run = 0;
+  char* hw_staging = nullptr;          // transparent faults served by this thread (SIGBUS mode)
   unsigned index = 0;
   void* qp = nullptr;                  // the core's queue pair (net::QueuePair)
   std::uint32_t npins = 0;             // overflow pins held in this scope
