@@ -233,6 +233,25 @@ bool Evictor::refill_rings() {
   return any;
 }
 
+// A transparent victim takes the other resident pages of its 2 MiB block with
+// it: they are write-protected and unmapped as one range (a kernel TLB
+// shootdown a block, not a page). The region has no accessed bits to consult
+// (the application's loads and stores never reach the runtime), so this costs
+// it nothing in accuracy.
+void Evictor::take_hw_block(Batch& b, std::uint64_t vpn) {
+  const std::uint64_t first = rt_.hw_first.load(std::memory_order_relaxed);
+  const std::uint64_t end = first + rt_.hw_pages.load(std::memory_order_relaxed);
+  const std::uint64_t lo = first + ((vpn - first) & ~(kHwBlockPages - 1));
+  for (std::uint64_t p = lo; p < std::min(lo + kHwBlockPages, end); ++p) {
+    if (p == vpn) continue;
+    std::atomic<std::uint64_t>& word = rt_.pt[p];
+    std::uint64_t s = word.load(std::memory_order_acquire);
+    if (ps::kind(s) != Kind::Resident || ps::pins(s) != 0) continue;
+    if (word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel))
+      b.victims.push_back({p, static_cast<std::uint32_t>(ps::frame(s))});
+  }
+}
+
 bool Evictor::select_batch() {
   Batch b;
   b.victims.reserve(rt_.cfg.evict_batch);
@@ -249,8 +268,9 @@ bool Evictor::select_batch() {
       word.compare_exchange_strong(s, s & ~ps::kAccessed, std::memory_order_acq_rel);
       continue;
     }
-    if (word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel))
-      b.victims.push_back({vpn, f});
+    if (!word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel)) continue;
+    b.victims.push_back({vpn, f});
+    if (rt_.is_hw_page(vpn)) take_hw_block(b, vpn);
   }
   if (b.victims.empty()) return false;
   // The shootdown: cores flush their TLBs when they see the new generation.
@@ -328,29 +348,19 @@ void Evictor::finalize(Batch& b) {
     }
   }
   if (dirty.empty()) return;
+  // Transparent pages are written back straight from the region, write-protected
+  // meanwhile, then unmapped together (hw::Region::Leaving): a few kernel TLB
+  // shootdowns a batch instead of one a page. Far-pointer pages go from their frames.
   hw::Region* region = rt_.hw.load(std::memory_order_acquire);
-  for (std::size_t i = 0; i < dirty.size();) {
-    // A transparent page leaves the application's address space first (one
-    // kernel TLB shootdown); from then on an access faults and waits for us.
-    const Victim v = dirty[i];
-    if (!rt_.is_hw_page(v.vpn) || region->move_out(v.vpn, v.frame)) {
-      ++i;
-      continue;
-    }
-    // It cannot leave now (shared with a forked child, or mprotect()ed): keep it.
-    std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
-    std::uint64_t s = word.load(std::memory_order_acquire), keep;
-    do {
-      keep = ps::with_kind(s & ~(ps::kWriting | ps::kWanted), Kind::Resident);
-    } while (!word.compare_exchange_weak(s, keep, std::memory_order_acq_rel));
-    if (s & ps::kWanted) region->wake_page(v.vpn);
-    rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
-    dirty[i] = dirty.back();
-    dirty.pop_back();
+  hw::Region::Leaving leaving;
+  for (const Victim& v : dirty)
+    if (rt_.is_hw_page(v.vpn)) leaving.vpns.push_back(v.vpn);
+  if (!leaving.vpns.empty()) region->protect(leaving);
+  for (std::size_t i = 0; i < dirty.size(); ++i) {
+    const Victim& v = dirty[i];
+    char* src = rt_.is_hw_page(v.vpn) ? region->page_addr(v.vpn) : rt_.frame_addr(v.frame);
+    qp_->post_write(v.vpn * kPageSize, src, kPageSize, i);
   }
-  if (dirty.empty()) return;
-  for (std::size_t i = 0; i < dirty.size(); ++i)
-    qp_->post_write(dirty[i].vpn * kPageSize, rt_.frame_addr(dirty[i].frame), kPageSize, i);
   qp_->submit();
   net::Completion done[64];
   for (std::size_t got = 0; got < dirty.size();) {
@@ -358,19 +368,15 @@ void Evictor::finalize(Batch& b) {
     if (n == 0) qp_->wait(200);
     got += n;
   }
-  std::vector<std::uint32_t> emptied;  // transparent pages' frames: their slots go empty together
+  if (!leaving.vpns.empty()) region->unmap_written(leaving);  // wakes writers that waited
   for (const Victim& v : dirty) {
     std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
     std::uint64_t s = word.load(std::memory_order_acquire);
-    bool mapped = false;
+    const bool hw = rt_.is_hw_page(v.vpn);
     for (;;) {
-      if (s & ps::kWanted) {  // a core faulted on it meanwhile: keep it, now clean
-        const bool hw = rt_.is_hw_page(v.vpn);
-        std::uint64_t keep = ps::make(Kind::Resident, v.frame,
-                                      ps::kHasRemote | ps::kAccessed | (hw ? ps::kDirty : 0)) |
-                             (s & ps::kPinMask);
-        if (hw && !mapped) region->map_back(v.vpn, v.frame);  // once; wakes the faulting threads
-        mapped = true;
+      if ((s & ps::kWanted) && !hw) {  // a core faulted on it meanwhile: keep it, now clean
+        const std::uint64_t keep =
+            ps::make(Kind::Resident, v.frame, ps::kHasRemote | ps::kAccessed) | (s & ps::kPinMask);
         if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
           rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
@@ -378,7 +384,8 @@ void Evictor::finalize(Batch& b) {
         }
       } else if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
                                             std::memory_order_acq_rel)) {
-        if (rt_.is_hw_page(v.vpn)) emptied.push_back(v.frame);
+        // A transparent page is gone from the region already: a fault waiting
+        // for it (kWanted) fetches it again.
         release_frame(v.frame);
         rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
         rt_.evictions.fetch_add(1, std::memory_order_relaxed);
@@ -387,7 +394,6 @@ void Evictor::finalize(Batch& b) {
       }
     }
   }
-  if (!emptied.empty()) region->empty_slots(emptied);
 }
 
 bool Evictor::process_frees() {
@@ -422,7 +428,7 @@ bool Evictor::process_frees() {
               w = ps::with_kind(w, Kind::Evicting);
               if (!word.compare_exchange_strong(s, w, std::memory_order_acq_rel)) { busy = true; break; }
               std::uint32_t f = static_cast<std::uint32_t>(ps::frame(s));
-              rt_.hw.load()->drop_page(vpn, f);
+              rt_.hw.load()->drop_page(vpn);
               word.store(0, std::memory_order_release);
               release_frame(f);
               break;

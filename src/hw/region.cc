@@ -86,9 +86,9 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   base_ = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(raw) + kAlign - 1) & ~(kAlign - 1));
   if (base_ > raw) munmap(raw, static_cast<std::size_t>(base_ - raw));
   munmap(base_ + bytes_, static_cast<std::size_t>(raw + kAlign - base_));
-  madvise(base_, bytes_, MADV_NOHUGEPAGE);  // pages come and go one at a time
-  register_range(uffd_.fd, base_, bytes_);
-  // Frames move into the region and back: the pool must be a MOVE destination too.
+  detail::kernel_madvise(base_, bytes_, MADV_NOHUGEPAGE);  // pages come and go one at a time
+  register_range(uffd_.fd, base_, bytes_, true);
+  // A frame's page may move into the region: the pool must be registered too.
   pool_ = rt.pool;
   pool_bytes_ = std::uint64_t{rt.nframes} * 4096;
   register_range(uffd_.fd, pool_, pool_bytes_);
@@ -256,7 +256,7 @@ void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int
 
 void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release) {
   if (rt_.forked_child) {  // no evictor: this process's pages are local
-    madvise(page_addr(first_vpn), pages * 4096, MADV_DONTNEED);
+    detail::kernel_madvise(page_addr(first_vpn), pages * 4096, MADV_DONTNEED);
     for (std::uint64_t v = first_vpn; v < first_vpn + pages; ++v) rt_.pt[v].store(0, std::memory_order_release);
     if (release) release_range(first_vpn, pages);
     return;
@@ -278,7 +278,7 @@ void Region::fill_from_frame(std::uint64_t vpn, std::uint32_t f) {
     // The frame's page is shared with a forked child (or the mapping was
     // mprotect()ed): copy the bytes instead, then empty the slot as a move would.
     e = copy_page(uffd_.fd, page, rt_.frame_addr(f));
-    if (e == 0) madvise(rt_.frame_addr(f), 4096, MADV_DONTNEED);
+    if (e == 0) detail::kernel_madvise(rt_.frame_addr(f), 4096, MADV_DONTNEED);
   }
   if (e != 0)
     detail::fatal("cannot map a page into the transparent region at %p: %s", static_cast<void*>(page),
@@ -286,53 +286,46 @@ void Region::fill_from_frame(std::uint64_t vpn, std::uint32_t f) {
   rt_.slot_full[f].store(0, std::memory_order_relaxed);
 }
 
-bool Region::move_out(std::uint64_t vpn, std::uint32_t f) {
-  int e = move_page(uffd_.fd, rt_.frame_addr(f), page_addr(vpn));
-  if (e == ENOENT) {
-    // The application dropped the page itself (madvise outside the shim): it reads as zeros.
-    e = copy_page(uffd_.fd, rt_.frame_addr(f), kZeroPage);
+void Region::protect(Leaving& l) {
+  std::sort(l.vpns.begin(), l.vpns.end());
+  l.ranges.clear();
+  for (std::uint64_t v : l.vpns) {
+    if (!l.ranges.empty() && (v - first_vpn_) / kBlockPages == (l.ranges.back().first - first_vpn_) / kBlockPages)
+      l.ranges.back().second = v + 1 - l.ranges.back().first;
+    else
+      l.ranges.emplace_back(v, 1);
   }
-  if (e == EBUSY || e == EINVAL) return false;
-  if (e != 0)
-    detail::fatal("cannot unmap a page of the transparent region at %p: %s",
-                  static_cast<void*>(page_addr(vpn)), std::strerror(e));
-  rt_.mark_slot_full(f);
-  return true;
+  for (auto [first, pages] : l.ranges)
+    if (int e = write_protect(uffd_.fd, page_addr(first), pages * 4096, true); e != 0)
+      detail::fatal("cannot write-protect pages of the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
+                    static_cast<void*>(page_addr(first)), std::strerror(e));
 }
 
-void Region::map_back(std::uint64_t vpn, std::uint32_t f) { fill_from_frame(vpn, f); }
-
-// The evictor wrote these frames' pages back: drop the pages from their pool
-// slots in one process_madvise (one TLB shootdown for the batch, not one a page),
-// so the next transparent fault can UFFDIO_COPY into an empty slot's budget.
-void Region::empty_slots(const std::vector<std::uint32_t>& frames) {
-  if (frames.empty()) return;
+void Region::unmap_written(const Leaving& l) {
   std::vector<iovec> iov;
-  iov.reserve(frames.size());
-  std::vector<std::uint32_t> sorted(frames);
-  std::sort(sorted.begin(), sorted.end());
-  for (std::uint32_t f : sorted) {
-    char* a = rt_.frame_addr(f);
+  iov.reserve(l.vpns.size());
+  for (std::uint64_t v : l.vpns) {
+    char* a = page_addr(v);
     if (!iov.empty() && static_cast<char*>(iov.back().iov_base) + iov.back().iov_len == a) iov.back().iov_len += 4096;
     else iov.push_back({a, 4096});
-    rt_.slot_full[f].store(0, std::memory_order_relaxed);
   }
   if (self_pidfd_ < 0) self_pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
   for (std::size_t k = 0; k < iov.size();) {
     const std::size_t n = std::min<std::size_t>(iov.size() - k, 1024);  // IOV_MAX
-    if (self_pidfd_ < 0 || syscall(SYS_process_madvise, self_pidfd_, iov.data() + k, n, MADV_DONTNEED, 0) < 0) {
-      for (std::size_t i = k; i < k + n; ++i) madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
-    }
+    long done = self_pidfd_ < 0 ? -1 : syscall(SYS_process_madvise, self_pidfd_, iov.data() + k, n, MADV_DONTNEED, 0);
+    if (done < 0)  // no process_madvise (before Linux 5.10) or no pidfd: one range a call
+      for (std::size_t i = k; i < k + n; ++i) detail::kernel_madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
     k += n;
   }
+  // Lifting the protection wakes the writers that blocked on it (and unprotects
+  // pages of the range that were not leaving).
+  for (auto [first, pages] : l.ranges)
+    if (int e = write_protect(uffd_.fd, page_addr(first), pages * 4096, false); e != 0)
+      detail::fatal("cannot lift write-protection in the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
+                    static_cast<void*>(page_addr(first)), std::strerror(e));
 }
 
-void Region::drop_page(std::uint64_t vpn, std::uint32_t f) {
-  if (move_page(uffd_.fd, rt_.frame_addr(f), page_addr(vpn)) == 0) rt_.mark_slot_full(f);
-  else madvise(page_addr(vpn), 4096, MADV_DONTNEED);  // the slot stays empty; that is fine
-}
-
-void Region::wake_page(std::uint64_t vpn) { wake(uffd_.fd, page_addr(vpn), 4096); }
+void Region::drop_page(std::uint64_t vpn) { detail::kernel_madvise(page_addr(vpn), 4096, MADV_DONTNEED); }
 
 // After sequential faults: claims the pages that follow vpn (remote or never
 // touched, each with a free frame whose pool slot is empty), to go in with the
@@ -557,6 +550,10 @@ void Region::handler_loop() {
     last_fault = detail::now_ns();
     for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      // A write to a page being written back: the evictor lifts the protection
+      // when the page is gone, which wakes the writer; it then faults on the
+      // missing page like any other.
+      if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) continue;
       std::uint64_t a = msgs[i].arg.pagefault.address & ~std::uint64_t{4095};
       if (a >= pool && a < pool + pool_bytes_) serve_pool_fault(a);
       else if (!resolve(a, staging_, 1 + kAhead)) retry.push_back(a);

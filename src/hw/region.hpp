@@ -8,8 +8,9 @@
 // buffer when the frame's pool slot is empty), so the application's resident
 // memory stays at the budget. After sequential faults the pages that follow are
 // fetched and copied in with the faulting one (one transfer, one UFFDIO_COPY).
-// Eviction moves a page back out (one kernel TLB shootdown), writes it back,
-// and frees the frame.
+// The evictor takes transparent pages a 2 MiB block at a time, write-protects
+// them, writes them back straight from the region, and unmaps them together
+// (process_madvise): a few kernel TLB shootdowns a batch, not one a page.
 //
 // It hands out page-granular blocks: farmem_malloc's, the preload shim's
 // anonymous mmaps (with munmap, mremap and MADV_DONTNEED on any part of them),
@@ -76,12 +77,19 @@ class Region {
   // SIGBUS mode: serve a fault of this thread on page `addr` (region or frame pool).
   void fault_in_thread(std::uint64_t addr);
 
-  // Evictor side (single thread).
-  bool move_out(std::uint64_t vpn, std::uint32_t frame);  // region -> frame; false: not now
-  void map_back(std::uint64_t vpn, std::uint32_t frame);  // frame -> region; wakes waiters
-  void drop_page(std::uint64_t vpn, std::uint32_t frame); // a freed page leaves the region
-  void wake_page(std::uint64_t vpn);
-  void empty_slots(const std::vector<std::uint32_t>& frames);  // their pages were written back
+  // Evictor side (single thread). Pages leaving the region are written back
+  // straight from it: protect() write-protects them (one range per 2 MiB block
+  // they are in: one kernel TLB shootdown each), so a write racing the
+  // write-back waits; unmap_written() then drops them all with one
+  // process_madvise and lifts the protection, which wakes those writers: they
+  // fault again on the missing page and fetch it.
+  struct Leaving {
+    std::vector<std::uint64_t> vpns;                              // sorted by protect()
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  // (first vpn, pages) protected
+  };
+  void protect(Leaving& l);
+  void unmap_written(const Leaving& l);
+  void drop_page(std::uint64_t vpn);  // a freed page leaves the region
 
   // fork(): the handler thread parks and block bookkeeping is locked while the
   // process is copied. In the child, a new userfaultfd and handler serve the
@@ -103,6 +111,7 @@ class Region {
   void resolve_in_child(std::uint64_t addr);
   void serve_pool_fault(std::uint64_t addr);
   void fill_from_frame(std::uint64_t vpn, std::uint32_t frame);  // move, or copy + empty slot
+  static constexpr std::uint64_t kBlockPages = 512;  // write-protect ranges stay within one 2 MiB block
   void drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release);
   void start_handler(void (Region::*loop)());
 

@@ -54,13 +54,25 @@ Uffd open_uffd(bool sigbus) {
   return u;
 }
 
-void register_range(int fd, void* addr, std::uint64_t len) {
+void register_range(int fd, void* addr, std::uint64_t len, bool wp) {
   uffdio_register r{};
   r.range.start = reinterpret_cast<std::uint64_t>(addr);
   r.range.len = len;
-  r.mode = UFFDIO_REGISTER_MODE_MISSING;
-  if (ioctl(fd, UFFDIO_REGISTER, &r) != 0)
+  r.mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0);
+  if (ioctl(fd, UFFDIO_REGISTER, &r) != 0) {
+    if (wp && errno == EINVAL)
+      throw Error("this kernel's userfaultfd cannot write-protect anonymous memory (Linux 5.7 or newer, "
+                  "CONFIG_HAVE_ARCH_USERFAULTFD_WP); the transparent region needs it: use far pointers "
+                  "(FarArray) instead");
     throw Error(std::string("cannot register the transparent region with userfaultfd: ") + std::strerror(errno));
+  }
+}
+
+int write_protect(int fd, void* addr, std::uint64_t len, bool on) {
+  uffdio_writeprotect w{{reinterpret_cast<std::uint64_t>(addr), len}, on ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+  while (ioctl(fd, UFFDIO_WRITEPROTECT, &w) != 0)
+    if (errno != EAGAIN) return errno;
+  return 0;
 }
 
 int move_page(int fd, void* dst, void* src) {

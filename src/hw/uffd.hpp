@@ -38,7 +38,12 @@ struct Uffd {
 // message); throws farmem::Error naming the fix when the kernel or the
 // privileges do not allow it.
 Uffd open_uffd(bool sigbus = false);
-void register_range(int fd, void* addr, std::uint64_t len);
+// Registers [addr, addr+len) for missing-page faults (and, with wp, write-protect faults).
+void register_range(int fd, void* addr, std::uint64_t len, bool wp = false);
+// Write-protects [addr, addr+len) (on) or lifts it and wakes the threads that
+// blocked writing there (off): one kernel TLB shootdown for the whole range.
+// Returns 0 or errno.
+int write_protect(int fd, void* addr, std::uint64_t len, bool on);
 // Moves one page from src to dst (dst must be missing); returns 0 or errno.
 // EBUSY: the page is shared with a forked child; EINVAL: the two mappings differ
 // (the application mprotect()ed it). Callers fall back to copy_page.

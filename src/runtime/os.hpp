@@ -1,5 +1,7 @@
 // Thin wrappers over the kernel calls every subsystem uses: the monotonic
-// clock and futex wait/wake on a 32-bit atomic word.
+// clock, futex wait/wake on a 32-bit atomic word, and madvise straight to the
+// kernel (the preload shim interposes madvise() to serve the region's pages;
+// the runtime itself must never go through it).
 #pragma once
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -22,6 +24,10 @@ inline void futex_wait(std::atomic<std::uint32_t>* w, std::uint32_t expected, lo
   timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAIT_PRIVATE, expected,
           timeout_ns < 0 ? nullptr : &ts, nullptr, 0);
+}
+
+inline int kernel_madvise(void* addr, std::uint64_t len, int advice) {
+  return static_cast<int>(syscall(SYS_madvise, addr, len, advice));
 }
 
 inline void futex_wake(std::atomic<std::uint32_t>* w, int waiters = 1) {

@@ -40,9 +40,9 @@ void* map_region(std::uint64_t bytes, bool populate, const char* what) {
                 " MiB): " + std::strerror(errno) + "; lower FARMEM_LOCAL_MEM or FARMEM_FAR_MEM");
   char* a = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1));
   if (populate) {
-    madvise(a, bytes, MADV_HUGEPAGE);
+    kernel_madvise(a, bytes, MADV_HUGEPAGE);
     // Fault the frame pool in now, so the fault path never pays a kernel fault.
-    if (madvise(a, bytes, MADV_POPULATE_WRITE) != 0)
+    if (kernel_madvise(a, bytes, MADV_POPULATE_WRITE) != 0)
       for (std::uint64_t off = 0; off < bytes; off += 4096) a[off] = 0;
   }
   return a;
