@@ -18,7 +18,7 @@ source_tree_build() {  # DIR SANITIZER
 }
 source_tree_build build-tsan thread
 echo "==> tests under ThreadSanitizer"
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" meson test -C build-tsan --print-errorlogs --suite unit --suite far
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/test/tsan.supp" meson test -C build-tsan --print-errorlogs --suite unit --suite far
 source_tree_build build-asan address,undefined
 echo "==> tests under AddressSanitizer + UBSan"
 ASAN_OPTIONS="halt_on_error=1 detect_leaks=0" UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \

@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
   try {
     cfg = farmem::Config::from_env();
     farmem::check_config(cfg);
+    if (cfg.hw_faults == "signal")
+      throw farmem::Error("FARMEM_HW_FAULTS=signal cannot serve an unmodified program (its system calls on far "
+                          "pages would fail with EFAULT); unset it: farmem-run uses the handler thread");
   } catch (const farmem::Error& e) {
     die(e.what());
   }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "hw/region.hpp"
+#include "runtime/tsan.hpp"
 #include "mem/page_state.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
@@ -356,17 +357,20 @@ void Evictor::finalize(Batch& b) {
   for (const Victim& v : dirty)
     if (rt_.is_hw_page(v.vpn)) leaving.vpns.push_back(v.vpn);
   if (!leaving.vpns.empty()) region->protect(leaving);
-  for (std::size_t i = 0; i < dirty.size(); ++i) {
-    const Victim& v = dirty[i];
-    char* src = rt_.is_hw_page(v.vpn) ? region->page_addr(v.vpn) : rt_.frame_addr(v.frame);
-    qp_->post_write(v.vpn * kPageSize, src, kPageSize, i);
-  }
-  qp_->submit();
-  net::Completion done[64];
-  for (std::size_t got = 0; got < dirty.size();) {
-    std::size_t n = qp_->poll(done, 64);
-    if (n == 0) qp_->wait(200);
-    got += n;
+  {
+    [[maybe_unused]] detail::KernelOrderedReads ordered;  // the region's pages are write-protected: no write races these reads
+    for (std::size_t i = 0; i < dirty.size(); ++i) {
+      const Victim& v = dirty[i];
+      char* src = rt_.is_hw_page(v.vpn) ? region->page_addr(v.vpn) : rt_.frame_addr(v.frame);
+      qp_->post_write(v.vpn * kPageSize, src, kPageSize, i);
+    }
+    qp_->submit();
+    net::Completion done[64];
+    for (std::size_t got = 0; got < dirty.size();) {
+      std::size_t n = qp_->poll(done, 64);
+      if (n == 0) qp_->wait(200);
+      got += n;
+    }
   }
   if (!leaving.vpns.empty()) region->unmap_written(leaving);  // wakes writers that waited
   for (const Victim& v : dirty) {

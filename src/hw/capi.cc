@@ -49,6 +49,9 @@ void* farmem_malloc(size_t size) {
   }
   void* p = r->alloc(size);
   if (p == nullptr) errno = ENOMEM;
+  // Register this thread now, in ordinary context, rather than on its first
+  // fault inside the SIGBUS handler (FARMEM_HW_FAULTS=signal).
+  if (r->in_thread()) farmem::detail::this_core();
   return p;
 }
 

@@ -45,6 +45,13 @@ void on_sigbus(int sig, siginfo_t* si, void* uc) {
   const auto addr = reinterpret_cast<std::uint64_t>(si->si_addr);
   if (r != nullptr && r->in_thread() && si->si_code == BUS_ADRERR && r->serves(addr)) {
     const int saved = errno;
+    // A uthread may park in here and the next one fault: SIGBUS must stay
+    // deliverable even when whoever installed this handler blocked it for its
+    // duration (ThreadSanitizer blocks every signal). The return restores the mask.
+    sigset_t bus;
+    sigemptyset(&bus);
+    sigaddset(&bus, SIGBUS);
+    pthread_sigmask(SIG_UNBLOCK, &bus, nullptr);
     r->fault_in_thread(addr);
     errno = saved;
     return;

@@ -106,6 +106,10 @@ __attribute__((constructor(101))) void start() {
   farmem::Config cfg;
   try {
     cfg = farmem::Config::from_env();
+    // Faults go to the handler thread: in SIGBUS mode a system call on a far
+    // page fails with EFAULT, and mimalloc's own faults would run the handler
+    // inside mimalloc. farmem-run refuses FARMEM_HW_FAULTS=signal.
+    cfg.hw_faults = "thread";
     cfg.populate_pool = false;  // frames fill as they are used: small programs stay small
     cfg.keep_running_at_exit = true;  // stdio and libc free region memory after atexit handlers
     farmem::init(cfg);

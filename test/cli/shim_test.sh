@@ -156,6 +156,7 @@ expect_error "unknown backend" "not a backend" "$RUN" --backend foo://x -- /bin/
 expect_error "no program" "no program" "$RUN" --local-mem 64M
 expect_error "missing program" "cannot run" "$RUN" --local-mem 64M -- /nonexistent/prog
 expect_error "transparent region too big" "FARMEM_HW_MEM\|FARMEM_FAR_MEM" env FARMEM_FAR_MEM=1G FARMEM_HW_MEM=8G "$RUN" -- /bin/true
+expect_error "SIGBUS faults under farmem-run" "FARMEM_HW_FAULTS=signal cannot serve" env FARMEM_HW_FAULTS=signal "$RUN" -- /bin/true
 # Exit status and signals pass through.
 "$RUN" --local-mem 64M -- /bin/sh -c 'exit 42'; rc=$?
 ((rc == 42)) && pass "exit status passes through (42)" || fail "exit status: got $rc, want 42"
