@@ -59,6 +59,13 @@ struct Stats {
   std::uint64_t bytes_in = 0, bytes_out = 0;
   std::uint64_t local_mem_bytes = 0, resident_bytes = 0, far_bytes = 0;
   std::uint64_t fault_p50_ns = 0, fault_p99_ns = 0, fault_max_ns = 0;
+  // The transparent region: faults filled (with the pages fetched ahead, each
+  // fault counts once), and summed time: in the fault path, of which fetching
+  // and UFFDIO_COPY; pages evicted, and the evictor's time write-protecting,
+  // writing back, and unmapping them. Trapping and signal delivery happen before
+  // the fault path starts and are not in these.
+  std::uint64_t hw_faults = 0, hw_fault_ns = 0, hw_fetch_ns = 0, hw_copy_ns = 0;
+  std::uint64_t hw_evicted = 0, hw_protect_ns = 0, hw_writeback_ns = 0, hw_unmap_ns = 0;
 };
 Stats stats();
 std::string stats_json();

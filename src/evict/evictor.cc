@@ -356,7 +356,9 @@ void Evictor::finalize(Batch& b) {
   hw::Region::Leaving leaving;
   for (const Victim& v : dirty)
     if (rt_.is_hw_page(v.vpn)) leaving.vpns.push_back(v.vpn);
+  const std::uint64_t t0 = detail::now_ns();
   if (!leaving.vpns.empty()) region->protect(leaving);
+  const std::uint64_t t1 = detail::now_ns();
   {
     [[maybe_unused]] detail::KernelOrderedReads ordered;  // the region's pages are write-protected: no write races these reads
     for (std::size_t i = 0; i < dirty.size(); ++i) {
@@ -372,7 +374,16 @@ void Evictor::finalize(Batch& b) {
       got += n;
     }
   }
-  if (!leaving.vpns.empty()) region->unmap_written(leaving);  // wakes writers that waited
+  const std::uint64_t t2 = detail::now_ns();
+  if (!leaving.vpns.empty()) {
+    region->unmap_written(leaving);  // wakes writers that waited
+    // Where a transparent batch's time goes (the write-back is shared with the
+    // batch's far-pointer pages, if any).
+    rt_.hw_evicted.fetch_add(leaving.vpns.size(), std::memory_order_relaxed);
+    rt_.hw_protect_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
+    rt_.hw_writeback_ns.fetch_add(t2 - t1, std::memory_order_relaxed);
+    rt_.hw_unmap_ns.fetch_add(detail::now_ns() - t2, std::memory_order_relaxed);
+  }
   for (const Victim& v : dirty) {
     std::atomic<std::uint64_t>& word = rt_.pt[v.vpn];
     std::uint64_t s = word.load(std::memory_order_acquire);

@@ -421,6 +421,8 @@ bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) 
           if (n > 1) c.stats.bump(c.stats.prefetches, n - 1);
         }
         c.stats.bump(c.stats.faults);
+        c.stats.bump(c.stats.hw_fills);
+        c.stats.bump(c.stats.hw_fault_ns, detail::now_ns() - t0);
         detail::record_fault(c, t0);
         return true;
       }
@@ -445,8 +447,11 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
       c.stats.bump(c.stats.zero_fills);
     }
   }
+  const std::uint64_t t0 = detail::now_ns();
   if (nfetch == 1 && uthread::detail::current() != nullptr) detail::fetch_to(c, fetch[0], dst[0]);
   else if (nfetch > 0) detail::fetch_batch(c, fetch, dst, nfetch);
+  const std::uint64_t t1 = detail::now_ns();
+  c.stats.bump(c.stats.hw_fetch_ns, t1 - t0);
   for (unsigned i = 0; i < n;) {
     std::uint64_t done = 0;
     const int e = copy_pages(uffd_.fd, page_addr(vpns[i]), staging + i * 4096, n - i, &done);
@@ -458,6 +463,7 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
                     static_cast<void*>(page_addr(vpns[i])), std::strerror(e));
     }
   }
+  c.stats.bump(c.stats.hw_copy_ns, detail::now_ns() - t1);
   for (unsigned i = 0; i < n; ++i)  // the ones after the first go in cold: evicted first if unused
     rt_.pt[vpns[i]].store(ps::make(Kind::Resident, frames[i], flags[i]), std::memory_order_release);
 }

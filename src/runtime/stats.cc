@@ -36,6 +36,10 @@ Stats stats() {
     s.prefetches += c.prefetches.load(std::memory_order_relaxed);
     s.rescues += c.rescues.load(std::memory_order_relaxed);
     s.alloc_stalls += c.alloc_stalls.load(std::memory_order_relaxed);
+    s.hw_faults += c.hw_fills.load(std::memory_order_relaxed);
+    s.hw_fault_ns += c.hw_fault_ns.load(std::memory_order_relaxed);
+    s.hw_fetch_ns += c.hw_fetch_ns.load(std::memory_order_relaxed);
+    s.hw_copy_ns += c.hw_copy_ns.load(std::memory_order_relaxed);
     for (unsigned b = 0; b < kB; ++b) {
       std::uint64_t v = c.fault_hist[b].load(std::memory_order_relaxed);
       hist[b] += v;
@@ -51,6 +55,10 @@ Stats stats() {
   s.writebacks = rt->writebacks.load(std::memory_order_relaxed);
   s.clean_drops = rt->clean_drops.load(std::memory_order_relaxed);
   s.shootdowns = rt->shootdowns.load(std::memory_order_relaxed);
+  s.hw_evicted = rt->hw_evicted.load(std::memory_order_relaxed);
+  s.hw_protect_ns = rt->hw_protect_ns.load(std::memory_order_relaxed);
+  s.hw_writeback_ns = rt->hw_writeback_ns.load(std::memory_order_relaxed);
+  s.hw_unmap_ns = rt->hw_unmap_ns.load(std::memory_order_relaxed);
   s.bytes_in = (s.fetches + s.prefetches) * detail::kPageSize;
   s.bytes_out = s.writebacks * detail::kPageSize;
   s.local_mem_bytes = std::uint64_t{rt->nframes} * detail::kPageSize;
@@ -94,7 +102,14 @@ std::string stats_json() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
   if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {
     line.pop_back();
-    line += ",\"transparent_faults\":\"" + r->fault_path() + "\"}";
+    auto avg = [](std::uint64_t ns, std::uint64_t n) { return std::to_string(n ? ns / n : 0); };
+    line += ",\"transparent_faults\":\"" + r->fault_path() + "\",\"hw_faults\":" + std::to_string(s.hw_faults) +
+            ",\"hw_fault_avg_ns\":{\"fault_path\":" + avg(s.hw_fault_ns, s.hw_faults) +
+            ",\"fetch\":" + avg(s.hw_fetch_ns, s.hw_faults) + ",\"uffdio_copy\":" + avg(s.hw_copy_ns, s.hw_faults) +
+            "},\"hw_evicted\":" + std::to_string(s.hw_evicted) +
+            ",\"hw_evict_avg_ns_per_page\":{\"write_protect\":" + avg(s.hw_protect_ns, s.hw_evicted) +
+            ",\"write_back\":" + avg(s.hw_writeback_ns, s.hw_evicted) +
+            ",\"unmap\":" + avg(s.hw_unmap_ns, s.hw_evicted) + "}}";
   }
   return line;
 }
