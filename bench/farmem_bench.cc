@@ -98,7 +98,7 @@ Options parse(int argc, char** argv) {
   if (o.threads < 1 || o.threads > 60) die("--threads must be between 1 and 60");
   if (o.ops < o.threads) die("--ops must be at least --threads");
   if (o.uthreads > 100000) die("--uthreads must be at most 100000");
-  if (o.uthreads && o.mode != "sw") die("--uthreads needs --mode sw");
+  if (o.uthreads && o.mode == "local") die("--uthreads needs --mode sw or hw");
   return o;
 }
 
@@ -218,6 +218,22 @@ double run_ops_uthreads(const Options& o, std::uint64_t pages, std::uint64_t ops
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Where the measured ops' transparent faults spent their time, per fault (in
+// the fault path: fetching, UFFDIO_COPY, the rest waiting for frames and
+// bookkeeping) and the evictor's per page. The trap and the signal or thread
+// hand-off come before the fault path and are not in it.
+std::string hw_breakdown(const farmem::Stats& a, const farmem::Stats& b) {
+  auto avg = [](std::uint64_t ns, std::uint64_t n) { return std::to_string(n ? ns / n : 0); };
+  const std::uint64_t f = b.hw_faults - a.hw_faults, e = b.hw_evicted - a.hw_evicted;
+  return ",\"hw_fault_path_ns\":" + avg(b.hw_fault_ns - a.hw_fault_ns, f) +
+         ",\"hw_fetch_ns\":" + avg(b.hw_fetch_ns - a.hw_fetch_ns, f) +
+         ",\"hw_copy_ns\":" + avg(b.hw_copy_ns - a.hw_copy_ns, f) +
+         ",\"hw_evict_protect_ns\":" + avg(b.hw_protect_ns - a.hw_protect_ns, e) +
+         ",\"hw_evict_writeback_ns\":" + avg(b.hw_writeback_ns - a.hw_writeback_ns, e) +
+         ",\"hw_evict_unmap_ns\":" + avg(b.hw_unmap_ns - a.hw_unmap_ns, e) +
+         ",\"prefetches\":" + std::to_string(b.prefetches - a.prefetches);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -236,7 +252,7 @@ int main(int argc, char** argv) {
 
   double seconds = 0;
   std::uint64_t faults = 0, evictions = 0, p50 = 0, p99 = 0;
-  farmem::Stats before{}, after{};
+  farmem::Stats before{}, after{}, end{};  // after: right after the measured ops
   bool verified = false;
   std::uint64_t expect_sum = pages + warm_ops + o.ops;  // each page starts at 1
 
@@ -293,7 +309,7 @@ int main(int argc, char** argv) {
         die("verification FAILED: sum of the working set is " + std::to_string(sum) + ", expected " +
             std::to_string(expect_sum));
     }
-    after = farmem::stats();
+    end = farmem::stats();  // after verifying: only for the resident/far lines
   } else {
     void* m;
     if (o.mode == "hw") {  // the transparent region: plain pointers, userfaultfd paging
@@ -310,12 +326,19 @@ int main(int argc, char** argv) {
       std::uint64_t* x = &w[page * kWordsPerPage + word];
       *reinterpret_cast<volatile std::uint64_t*>(x) = *reinterpret_cast<volatile std::uint64_t*>(x) + 1;
     };
-    run_ops(o, pages, warm_ops, o.seed + 1000, zipf.get(), access);
+    // In hw mode uthreads park on a fault only with FARMEM_HW_FAULTS=signal.
+    if (o.uthreads) farmem::uthread::start(o.threads);
+    auto run = [&](std::uint64_t n, std::uint64_t seed) {
+      return o.uthreads ? run_ops_uthreads(o, pages, n, seed, zipf.get(), access)
+                        : run_ops(o, pages, n, seed, zipf.get(), access);
+    };
+    run(warm_ops, o.seed + 1000);
     farmem::reset_fault_histogram();
     before = farmem::stats();
     std::uint64_t f0 = kernel_faults(), s0 = vmstat("pswpout");
-    seconds = run_ops(o, pages, o.ops, o.seed, zipf.get(), access);
+    seconds = run(o.ops, o.seed);
     after = farmem::stats();
+    if (o.uthreads) farmem::uthread::stop();
     if (o.mode == "hw") {
       faults = after.faults - before.faults;
       evictions = after.evictions - before.evictions;
@@ -332,7 +355,7 @@ int main(int argc, char** argv) {
       if (!verified) die("verification FAILED: sum of the working set is " + std::to_string(sum) +
                          ", expected " + std::to_string(expect_sum));
     }
-    after = farmem::stats();
+    end = farmem::stats();  // after verifying: only for the resident/far lines
   }
 
   const double ops_per_sec = static_cast<double>(o.ops) / seconds;
@@ -343,7 +366,7 @@ int main(int argc, char** argv) {
         "\"threads\":%u,\"uthreads\":%u,\"ops\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,\"ns_per_op\":%.1f,"
         "\"faults\":%llu,\"evictions\":%llu,\"fault_p50_ns\":%llu,\"fault_p99_ns\":%llu,"
         "\"writebacks\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"alloc_stalls\":%llu,"
-        "\"rescues\":%llu,\"verified\":%s}\n",
+        "\"rescues\":%llu,\"verified\":%s%s}\n",
         o.workload.c_str(), o.mode.c_str(), (unsigned long long)(pages * 4096),
         (unsigned long long)local_mem, o.threads, o.uthreads, (unsigned long long)o.ops, seconds, ops_per_sec,
         ns_per_op, (unsigned long long)faults, (unsigned long long)evictions, (unsigned long long)p50,
@@ -351,7 +374,8 @@ int main(int argc, char** argv) {
         (unsigned long long)(after.bytes_in - before.bytes_in),
         (unsigned long long)(after.bytes_out - before.bytes_out),
         (unsigned long long)(after.alloc_stalls - before.alloc_stalls),
-        (unsigned long long)(after.rescues - before.rescues), verified ? "true" : "false");
+        (unsigned long long)(after.rescues - before.rescues), verified ? "true" : "false",
+        o.mode == "hw" ? hw_breakdown(before, after).c_str() : "");
   } else {
     std::printf("workload %s, mode %s, working set %llu MiB, local memory %llu MiB, %u thread(s)\n",
                 o.workload.c_str(), o.mode.c_str(), (unsigned long long)(pages * 4096 >> 20),
@@ -365,9 +389,9 @@ int main(int argc, char** argv) {
                   (unsigned long long)((after.bytes_in - before.bytes_in) >> 20),
                   (unsigned long long)((after.bytes_out - before.bytes_out) >> 20));
       std::printf("  local: %llu MiB resident of %llu MiB budget; far: %llu MiB on the memory server\n",
-                  (unsigned long long)(after.resident_bytes >> 20),
-                  (unsigned long long)(after.local_mem_bytes >> 20),
-                  (unsigned long long)(after.far_bytes >> 20));
+                  (unsigned long long)(end.resident_bytes >> 20),
+                  (unsigned long long)(end.local_mem_bytes >> 20),
+                  (unsigned long long)(end.far_bytes >> 20));
     } else {
       std::printf("  kernel page faults %llu, pages swapped out (system-wide) %llu\n",
                   (unsigned long long)faults, (unsigned long long)evictions);
