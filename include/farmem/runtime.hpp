@@ -24,6 +24,10 @@ struct Config {
   // in a SIGBUS handler: faster, but a system call that touches a page that is
   // not local fails with EFAULT instead of waiting).
   std::string hw_faults = "thread";
+  // Transparent pages: write "all" of them back when evicted, or "track" which
+  // were written (a page read in goes in write-protected and its first write
+  // costs one more fault), so the evictor drops clean ones without a write-back.
+  std::string hw_dirty = "all";
   std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT
   std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)
@@ -65,6 +69,7 @@ struct Stats {
   // writing back, and unmapping them. Trapping and signal delivery happen before
   // the fault path starts and are not in these.
   std::uint64_t hw_faults = 0, hw_fault_ns = 0, hw_fetch_ns = 0, hw_copy_ns = 0;
+  std::uint64_t hw_first_writes = 0;  // FARMEM_HW_DIRTY=track: faults on the first write to a clean page
   std::uint64_t hw_evicted = 0, hw_protect_ns = 0, hw_writeback_ns = 0, hw_unmap_ns = 0;
 };
 Stats stats();

@@ -330,8 +330,10 @@ void Evictor::finalize(Batch& b) {
         }
         continue;
       }
-      if (s & ps::kDirty) {
-        // From here no core may touch the frame until the copy is done.
+      if ((s & ps::kDirty) || hw) {
+        // From here no core may touch the frame until the copy is done. A
+        // transparent page always goes this way: even a clean one must leave
+        // the region under write-protection (Region::Leaving).
         if (!word.compare_exchange_strong(s, s | ps::kWriting, std::memory_order_acq_rel)) continue;
         dirty.push_back(v);
         break;
@@ -361,14 +363,17 @@ void Evictor::finalize(Batch& b) {
   const std::uint64_t t1 = detail::now_ns();
   {
     [[maybe_unused]] detail::KernelOrderedReads ordered;  // the region's pages are write-protected: no write races these reads
+    std::size_t writes = 0;
     for (std::size_t i = 0; i < dirty.size(); ++i) {
       const Victim& v = dirty[i];
+      if (!(rt_.pt[v.vpn].load(std::memory_order_acquire) & ps::kDirty)) continue;  // clean transparent page
       char* src = rt_.is_hw_page(v.vpn) ? region->page_addr(v.vpn) : rt_.frame_addr(v.frame);
       qp_->post_write(v.vpn * kPageSize, src, kPageSize, i);
+      ++writes;
     }
     qp_->submit();
     net::Completion done[64];
-    for (std::size_t got = 0; got < dirty.size();) {
+    for (std::size_t got = 0; got < writes;) {
       std::size_t n = qp_->poll(done, 64);
       if (n == 0) qp_->wait(200);
       got += n;
@@ -397,14 +402,18 @@ void Evictor::finalize(Batch& b) {
           rt_.evictor_rescues.fetch_add(1, std::memory_order_relaxed);
           break;
         }
-      } else if (word.compare_exchange_weak(s, ps::make(Kind::Remote, 0, ps::kHasRemote),
-                                            std::memory_order_acq_rel)) {
+      } else {
         // A transparent page is gone from the region already: a fault waiting
-        // for it (kWanted) fetches it again.
+        // for it (kWanted) fetches it again. A clean one that never had a
+        // remote copy was never written: it reads as zeros again.
+        const bool wrote = s & ps::kDirty;
+        const std::uint64_t next = wrote || (s & ps::kHasRemote) ? ps::make(Kind::Remote, 0, ps::kHasRemote)
+                                                                 : ps::make(Kind::Untouched, 0, 0);
+        if (!word.compare_exchange_weak(s, next, std::memory_order_acq_rel)) continue;
         release_frame(v.frame);
-        rt_.writebacks.fetch_add(1, std::memory_order_relaxed);
+        (wrote ? rt_.writebacks : rt_.clean_drops).fetch_add(1, std::memory_order_relaxed);
         rt_.evictions.fetch_add(1, std::memory_order_relaxed);
-        rt_.to_remote.fetch_add(1, std::memory_order_relaxed);
+        if (next & ps::kHasRemote) rt_.to_remote.fetch_add(1, std::memory_order_relaxed);
         break;
       }
     }

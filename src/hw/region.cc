@@ -44,6 +44,8 @@ void on_sigbus(int sig, siginfo_t* si, void* uc) {
   Region* r = g_signal_region.load(std::memory_order_acquire);
   const auto addr = reinterpret_cast<std::uint64_t>(si->si_addr);
   if (r != nullptr && r->in_thread() && si->si_code == BUS_ADRERR && r->serves(addr)) {
+    // x86-64: bit 1 of the page-fault error code says the access was a write.
+    const bool write = (static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
     const int saved = errno;
     // A uthread may park in here and the next one fault: SIGBUS must stay
     // deliverable even when whoever installed this handler blocked it for its
@@ -52,7 +54,7 @@ void on_sigbus(int sig, siginfo_t* si, void* uc) {
     sigemptyset(&bus);
     sigaddset(&bus, SIGBUS);
     pthread_sigmask(SIG_UNBLOCK, &bus, nullptr);
-    r->fault_in_thread(addr);
+    r->fault_in_thread(addr, write);
     errno = saved;
     return;
   }
@@ -75,6 +77,7 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
                 "on-demand paging); use far pointers, a device with ODP, or tcp://HOST:PORT");
   const std::uint64_t pages = bytes_ / 4096;
   in_thread_ = rt.cfg.hw_faults == "signal";
+  track_dirty_ = rt.cfg.hw_dirty == "track";
   uffd_ = open_uffd(in_thread_);  // throws with the fix when userfaultfd is not usable
   first_vpn_ = rt.far.alloc(pages);
   if (first_vpn_ == 0) {
@@ -324,12 +327,30 @@ void Region::unmap_written(const Leaving& l) {
       for (std::size_t i = k; i < k + n; ++i) detail::kernel_madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
     k += n;
   }
-  // Lifting the protection wakes the writers that blocked on it (and unprotects
-  // pages of the range that were not leaving).
-  for (auto [first, pages] : l.ranges)
-    if (int e = write_protect(uffd_.fd, page_addr(first), pages * 4096, false); e != 0)
-      detail::fatal("cannot lift write-protection in the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
-                    static_cast<void*>(page_addr(first)), std::strerror(e));
+  // Lifting the protection wakes the writers that blocked on it. Only over the
+  // pages that left and the holes between them: another page of the range that
+  // is here (filled meanwhile, or another batch's) may be clean and must stay
+  // protected, or its next write would go unnoticed. If it was written, its next
+  // write faults and the fault path lifts the protection from it.
+  auto lift = [&](std::uint64_t first, std::uint64_t end) {
+    if (end > first)
+      if (int e = write_protect(uffd_.fd, page_addr(first), (end - first) * 4096, false); e != 0)
+        detail::fatal("cannot lift write-protection in the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
+                      static_cast<void*>(page_addr(first)), std::strerror(e));
+  };
+  auto leaving = l.vpns.begin();
+  for (auto [first, pages] : l.ranges) {
+    std::uint64_t run = first;
+    for (std::uint64_t v = first; v < first + pages; ++v) {
+      while (leaving != l.vpns.end() && *leaving < v) ++leaving;
+      if (leaving != l.vpns.end() && *leaving == v) continue;
+      const Kind k = ps::kind(rt_.pt[v].load(std::memory_order_acquire));
+      if (k == Kind::Untouched || k == Kind::Remote) continue;  // not here: nothing to protect
+      lift(run, v);
+      run = v + 1;
+    }
+    lift(run, first + pages);
+  }
 }
 
 void Region::drop_page(std::uint64_t vpn) { detail::kernel_madvise(page_addr(vpn), 4096, MADV_DONTNEED); }
@@ -353,7 +374,7 @@ unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* 
     }
     ahead[n] = p;
     frames[n] = g;
-    flags[n] = ps::kDirty | (ps::kind(s) == Kind::Remote ? ps::kHasRemote : 0);  // no dirty tracking yet
+    flags[n] = (track_dirty_ ? 0 : ps::kDirty) | (ps::kind(s) == Kind::Remote ? ps::kHasRemote : 0);
     ++n;
   }
   return n;
@@ -361,7 +382,7 @@ unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* 
 
 // One fault: give page `addr` its bytes, or say it must wait (being written
 // back, or being brought in by another thread).
-bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) {
+bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned staging_pages) {
   detail::Core& c = detail::this_core();
   const std::uint64_t vpn = vpn_of(reinterpret_cast<void*>(addr));
   char* page = page_addr(vpn);
@@ -370,6 +391,15 @@ bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) 
     std::uint64_t s = word.load(std::memory_order_acquire);
     switch (ps::kind(s)) {
       case Kind::Resident:
+        if (write) {
+          // A write to a page that is here but write-protected: the first write to
+          // a clean page (it must be written back from now on), or a protection
+          // left from an eviction that did not take it. Lifting it wakes the writer.
+          if (!(s & ps::kDirty) && !word.compare_exchange_weak(s, s | ps::kDirty, std::memory_order_acq_rel))
+            continue;
+          if (!(s & ps::kDirty)) c.stats.bump(c.stats.hw_dirtied);
+          if (write_protect(uffd_.fd, page, 4096, false) == 0) return true;  // also wakes the writer
+        }
         // Usually another fault on the same page got it in already (EEXIST). If
         // not, the application dropped the page behind our back: zeros, as the
         // kernel would give.
@@ -390,9 +420,9 @@ bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) 
           continue;
         }
         const bool remote = ps::kind(s) == Kind::Remote;
-        // Pages of the region are always written back when evicted (no dirty
-        // tracking yet), so they are marked dirty.
-        const std::uint64_t flags = ps::kAccessed | ps::kDirty | (remote ? ps::kHasRemote : 0);
+        // Dirty unless tracking and read in (then it goes in write-protected).
+        const std::uint64_t flags =
+            ps::kAccessed | (write || !track_dirty_ ? ps::kDirty : 0) | (remote ? ps::kHasRemote : 0);
         c.seq_run = vpn == c.last_fetch_vpn + 1 ? c.seq_run + 1 : 0;
         c.last_fetch_vpn = vpn;
         if (rt_.slot_full[f].load(std::memory_order_relaxed)) {
@@ -405,8 +435,8 @@ bool Region::resolve(std::uint64_t addr, char* staging, unsigned staging_pages) 
             std::memset(rt_.frame_addr(f), 0, 4096);
             c.stats.bump(c.stats.zero_fills);
           }
-          fill_from_frame(vpn, f);
-          word.store(ps::make(Kind::Resident, f, flags), std::memory_order_release);
+          fill_from_frame(vpn, f);  // a move cannot write-protect: treat it as written
+          word.store(ps::make(Kind::Resident, f, flags | ps::kDirty), std::memory_order_release);
         } else {
           // The usual case: the bytes go in with UFFDIO_COPY from a staging
           // buffer (no TLB shootdown, unlike a move), with the pages that follow
@@ -452,9 +482,14 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
   else if (nfetch > 0) detail::fetch_batch(c, fetch, dst, nfetch);
   const std::uint64_t t1 = detail::now_ns();
   c.stats.bump(c.stats.hw_fetch_ns, t1 - t0);
+  // A page that is not dirty goes in write-protected: its first write faults
+  // and marks it. Pages fetched ahead are clean; the faulting one is when read.
+  const bool first_wp = !(flags[0] & ps::kDirty), ahead_wp = n > 1 && !(flags[1] & ps::kDirty);
   for (unsigned i = 0; i < n;) {
     std::uint64_t done = 0;
-    const int e = copy_pages(uffd_.fd, page_addr(vpns[i]), staging + i * 4096, n - i, &done);
+    const bool wp = i == 0 ? first_wp : ahead_wp;
+    const unsigned run = i == 0 && first_wp != ahead_wp ? 1 : n - i;  // one mode per call
+    const int e = copy_pages(uffd_.fd, page_addr(vpns[i]), staging + i * 4096, run, &done, wp);
     i += static_cast<unsigned>(done);
     if (e == EEXIST) {
       ++i;  // mapped already (the application mapped over it): keep what is there
@@ -471,7 +506,7 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
 // SIGBUS mode: this thread touched a page that is not there. Serve it here;
 // when it must wait (another thread brings it in, or it is being written back)
 // a uthread lets others run and a plain thread spins, then yields the CPU.
-void Region::fault_in_thread(std::uint64_t addr) {
+void Region::fault_in_thread(std::uint64_t addr, bool write) {
   detail::InternalAlloc internal;
   const std::uint64_t a = addr & ~std::uint64_t{4095};
   const auto pool = reinterpret_cast<std::uint64_t>(rt_.pool);
@@ -493,7 +528,7 @@ void Region::fault_in_thread(std::uint64_t addr) {
     staging = c.hw_staging;
     pages = 1 + kAhead;
   }
-  for (unsigned spins = 0; !resolve(a, staging, pages); ++spins) {
+  for (unsigned spins = 0; !resolve(a, write, staging, pages); ++spins) {
     if (in_uthread) {
       uthread::yield();
     } else {
@@ -533,8 +568,8 @@ void Region::handler_loop() {
   while (!stop_.load(std::memory_order_relaxed)) {
     park_if_asked();
     again.clear();
-    for (std::uint64_t a : retry)
-      if (!resolve(a, staging_, 1 + kAhead)) again.push_back(a);
+    for (std::uint64_t a : retry)  // bit 0: the access was a write
+      if (!resolve(a & ~std::uint64_t{1}, a & 1, staging_, 1 + kAhead)) again.push_back(a);
     retry.swap(again);
     // The descriptor is non-blocking: read first. While faults keep coming (or
     // some wait for a write-back) poll it; sleep in poll() only after kSpinNs
@@ -563,13 +598,19 @@ void Region::handler_loop() {
     last_fault = detail::now_ns();
     for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-      // A write to a page being written back: the evictor lifts the protection
-      // when the page is gone, which wakes the writer; it then faults on the
-      // missing page like any other.
-      if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) continue;
-      std::uint64_t a = msgs[i].arg.pagefault.address & ~std::uint64_t{4095};
+      const std::uint64_t a = msgs[i].arg.pagefault.address & ~std::uint64_t{4095};
+      const std::uint64_t flags = msgs[i].arg.pagefault.flags;
+      if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        // A write to a write-protected page: marked dirty and released here if
+        // the page is resident; if it is being written back, the evictor lifts
+        // the protection when the page is gone, which wakes the writer, and it
+        // then faults on the missing page like any other.
+        resolve(a, true, staging_, 1);
+        continue;
+      }
+      const bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
       if (a >= pool && a < pool + pool_bytes_) serve_pool_fault(a);
-      else if (!resolve(a, staging_, 1 + kAhead)) retry.push_back(a);
+      else if (!resolve(a, write, staging_, 1 + kAhead)) retry.push_back(a | write);
     }
   }
 }

@@ -75,7 +75,7 @@ class Region {
   std::string fault_path() const;
   bool in_thread() const { return in_thread_; }
   // SIGBUS mode: serve a fault of this thread on page `addr` (region or frame pool).
-  void fault_in_thread(std::uint64_t addr);
+  void fault_in_thread(std::uint64_t addr, bool write);
 
   // Evictor side (single thread). Pages leaving the region are written back
   // straight from it: protect() write-protects them (one range per 2 MiB block
@@ -103,7 +103,8 @@ class Region {
   void park_if_asked();
   void child_loop();
   // staging: 1 + kAhead pages (or 1: no fault-around) for frames whose slot is empty.
-  bool resolve(std::uint64_t addr, char* staging, unsigned staging_pages);  // false: retry later
+  // write: the access was a write (a page read in goes in write-protected when tracking).
+  bool resolve(std::uint64_t addr, bool write, char* staging, unsigned staging_pages);  // false: retry later
   void fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std::uint32_t* frames,
                     const std::uint64_t* flags, unsigned n, char* staging);
   unsigned claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* ahead, std::uint32_t* frames,
@@ -131,6 +132,7 @@ class Region {
   int self_pidfd_ = -1;  // process_madvise on ourselves (evictor only)
   char* staging_ = nullptr;  // the handler's page buffers for frames whose slot is empty
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
+  bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
   std::unique_ptr<net::QueuePair> child_qp_;
 };
 

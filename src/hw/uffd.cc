@@ -93,8 +93,9 @@ int copy_page(int fd, void* dst, const void* src) {
   }
 }
 
-int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done) {
-  uffdio_copy c{reinterpret_cast<std::uint64_t>(dst), reinterpret_cast<std::uint64_t>(src), pages * 4096, 0, 0};
+int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done, bool wp) {
+  uffdio_copy c{reinterpret_cast<std::uint64_t>(dst), reinterpret_cast<std::uint64_t>(src), pages * 4096,
+                wp ? UFFDIO_COPY_MODE_WP : 0, 0};
   *done = 0;
   for (;;) {
     if (ioctl(fd, UFFDIO_COPY, &c) == 0) {

@@ -51,9 +51,10 @@ int move_page(int fd, void* dst, void* src);
 // Copies one page of bytes from src into missing page dst and wakes its waiters
 // (UFFDIO_COPY); returns 0 or errno (EEXIST: dst is already there).
 int copy_page(int fd, void* dst, const void* src);
-// The same for `pages` consecutive pages in one call; returns 0 or errno, and
-// *done says how many pages went in (from dst on) when it fails part way.
-int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done);
+// The same for `pages` consecutive pages in one call (wp: mapped write-protected,
+// so the first write faults); returns 0 or errno, and *done says how many pages
+// went in (from dst on) when it fails part way.
+int copy_pages(int fd, void* dst, const void* src, std::uint64_t pages, std::uint64_t* done, bool wp = false);
 void wake(int fd, void* addr, std::uint64_t len);
 
 }  // namespace farmem::hw

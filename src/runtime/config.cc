@@ -94,6 +94,11 @@ Config Config::from_env() {
     if (c.hw_faults != "thread" && c.hw_faults != "signal")
       throw Error(std::string("FARMEM_HW_FAULTS='") + v + "' is not thread or signal");
   }
+  if (const char* v = env("FARMEM_HW_DIRTY")) {
+    c.hw_dirty = lower(trim(v));
+    if (c.hw_dirty != "track" && c.hw_dirty != "all")
+      throw Error(std::string("FARMEM_HW_DIRTY='") + v + "' is not track or all");
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;

@@ -40,6 +40,7 @@ Stats stats() {
     s.hw_fault_ns += c.hw_fault_ns.load(std::memory_order_relaxed);
     s.hw_fetch_ns += c.hw_fetch_ns.load(std::memory_order_relaxed);
     s.hw_copy_ns += c.hw_copy_ns.load(std::memory_order_relaxed);
+    s.hw_first_writes += c.hw_dirtied.load(std::memory_order_relaxed);
     for (unsigned b = 0; b < kB; ++b) {
       std::uint64_t v = c.fault_hist[b].load(std::memory_order_relaxed);
       hist[b] += v;
@@ -106,7 +107,8 @@ std::string stats_json() {
     line += ",\"transparent_faults\":\"" + r->fault_path() + "\",\"hw_faults\":" + std::to_string(s.hw_faults) +
             ",\"hw_fault_avg_ns\":{\"fault_path\":" + avg(s.hw_fault_ns, s.hw_faults) +
             ",\"fetch\":" + avg(s.hw_fetch_ns, s.hw_faults) + ",\"uffdio_copy\":" + avg(s.hw_copy_ns, s.hw_faults) +
-            "},\"hw_evicted\":" + std::to_string(s.hw_evicted) +
+            "},\"hw_first_write_faults\":" + std::to_string(s.hw_first_writes) +
+            ",\"hw_evicted\":" + std::to_string(s.hw_evicted) +
             ",\"hw_evict_avg_ns_per_page\":{\"write_protect\":" + avg(s.hw_protect_ns, s.hw_evicted) +
             ",\"write_back\":" + avg(s.hw_writeback_ns, s.hw_evicted) +
             ",\"unmap\":" + avg(s.hw_unmap_ns, s.hw_evicted) + "}}";

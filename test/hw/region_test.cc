@@ -5,7 +5,9 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -154,4 +156,33 @@ TEST_CASE("uthreads fault on transparent pages while the evictor runs") {
   CHECK(mismatched == 0);
   CHECK(stats().resident_bytes <= (16ull << 20));
   farmem_free(w);
+}
+
+// FARMEM_HW_DIRTY=track: pages only read since they came in are dropped without
+// a write-back, and pages written are still exact after being evicted.
+TEST_CASE("clean transparent pages are dropped without a write-back") {
+  start();
+  const char* mode = std::getenv("FARMEM_HW_DIRTY");
+  if (mode == nullptr || std::string(mode) != "track") {
+    SUCCEED("FARMEM_HW_DIRTY is not track: every page is written back");
+    return;
+  }
+  const std::uint64_t bytes = 64ull << 20, pages = bytes / 4096;  // 4x the budget
+  auto* p = static_cast<std::uint64_t*>(farmem_malloc(bytes));
+  REQUIRE(p != nullptr);
+  for (std::uint64_t i = 0; i < pages; ++i) p[i * 512] = i + 7;
+  const Stats before = stats();
+  std::uint64_t wrong = 0;
+  for (int pass = 0; pass < 3; ++pass)  // reads only: every page comes in clean
+    for (std::uint64_t i = 0; i < pages; i += 3) wrong += p[i * 512] != i + 7;
+  const Stats after = stats();
+  CHECK(wrong == 0);
+  INFO(stats_json());
+  CHECK(after.clean_drops - before.clean_drops > pages / 2);
+  CHECK(after.writebacks - before.writebacks < pages / 4);  // only what was dirty from the writes
+  for (std::uint64_t i = 0; i < pages; i += 5) p[i * 512] += 1;  // the first write to a clean page
+  for (int pass = 0; pass < 2; ++pass)
+    for (std::uint64_t i = 0; i < pages; ++i) wrong += p[i * 512] != i + 7 + (i % 5 == 0);
+  CHECK(wrong == 0);
+  farmem_free(p);
 }

@@ -73,6 +73,11 @@ TEST_CASE("the environment is read and validated") {
   setenv("FARMEM_HW_FAULTS", " Signal ", 1);
   CHECK(Config::from_env().hw_faults == "signal");
   unsetenv("FARMEM_HW_FAULTS");
+  setenv("FARMEM_HW_DIRTY", "some", 1);
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not track or all"));
+  setenv("FARMEM_HW_DIRTY", "track", 1);
+  CHECK(Config::from_env().hw_dirty == "track");
+  unsetenv("FARMEM_HW_DIRTY");
   unsetenv("FARMEM_LOCAL_MEM");
   unsetenv("FARMEM_SHM_DELAY_NS");
   unsetenv("FARMEM_STATS");

@@ -30,6 +30,7 @@ struct CoreStats {
       alloc_stalls{0}, fetch_wait_ns{0}, tlb_flushes{0}, prefetches{0};
   // Transparent faults: how many filled, and where their time went (ns, summed).
   std::atomic<std::uint64_t> hw_fills{0}, hw_fault_ns{0}, hw_fetch_ns{0}, hw_copy_ns{0};
+  std::atomic<std::uint64_t> hw_dirtied{0};  // first writes to clean transparent pages (a fault each)
   static constexpr unsigned kHistBuckets = 64 * 8;
   std::atomic<std::uint32_t> fault_hist[kHistBuckets]{};  // log-linear, ns
   void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
