@@ -33,6 +33,8 @@ namespace {
 constexpr std::uint64_t kAlign = 64ull << 20;  // mimalloc arenas want 32 MiB alignment
 alignas(4096) const char kZeroPage[4096] = {};
 constexpr unsigned kAhead = 15;            // pages fetched after sequential faults, with the faulting one
+constexpr unsigned kAheadStrided = 7;      // after faults at a larger stride (each its own UFFDIO_COPY)
+constexpr std::int64_t kMaxStride = 64;    // pages; a larger step is not a pattern worth fetching for
 constexpr std::uint64_t kSpinNs = 30000;   // the handler thread polls this long after a fault before sleeping
 
 // SIGBUS mode: the region whose faults this process's SIGBUS handler serves,
@@ -355,14 +357,17 @@ void Region::unmap_written(const Leaving& l) {
 
 void Region::drop_page(std::uint64_t vpn) { detail::kernel_madvise(page_addr(vpn), 4096, MADV_DONTNEED); }
 
-// After sequential faults: claims the pages that follow vpn (remote or never
-// touched, each with a free frame whose pool slot is empty), to go in with the
-// same UFFDIO_COPY. Stops at the first page that cannot be claimed.
-unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* ahead, std::uint32_t* frames,
-                             std::uint64_t* flags, unsigned max) {
+// After faults at a steady stride (1: sequential): claims the pages that
+// follow vpn at that stride (remote or never touched, each with a free frame
+// whose pool slot is empty), to come in with it: one batched fetch, and one
+// UFFDIO_COPY per run of consecutive pages. Stops at the first page that
+// cannot be claimed.
+unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::int64_t stride, std::uint64_t* ahead,
+                             std::uint32_t* frames, std::uint64_t* flags, unsigned max) {
   unsigned n = 0;
   const std::uint64_t end = first_vpn_ + bytes_ / 4096;
-  for (std::uint64_t p = vpn + 1; n < max && p < end && c.spare_frame == 0; ++p) {
+  for (std::uint64_t p = vpn + stride; n < max && p >= first_vpn_ && p < end && c.spare_frame == 0;
+       p += stride) {
     std::uint64_t s = rt_.pt[p].load(std::memory_order_acquire);
     if (ps::kind(s) != Kind::Remote && ps::kind(s) != Kind::Untouched) break;
     if (!rt_.pt[p].compare_exchange_strong(s, ps::make(Kind::Fetching, 0, 0), std::memory_order_acq_rel)) break;
@@ -423,8 +428,15 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         // Dirty unless tracking and read in (then it goes in write-protected).
         const std::uint64_t flags =
             ps::kAccessed | (write || !track_dirty_ ? ps::kDirty : 0) | (remote ? ps::kHasRemote : 0);
-        c.seq_run = vpn == c.last_fetch_vpn + 1 ? c.seq_run + 1 : 0;
-        c.last_fetch_vpn = vpn;
+        // Stride detection: three faults in a row at the same small stride.
+        const std::int64_t d = static_cast<std::int64_t>(vpn - c.hw_last_vpn);
+        if (d != 0 && d == c.hw_stride) {
+          ++c.hw_stride_run;
+        } else {
+          c.hw_stride = d;
+          c.hw_stride_run = 0;
+        }
+        c.hw_last_vpn = vpn;
         if (rt_.slot_full[f].load(std::memory_order_relaxed)) {
           // The frame's pool slot holds a page (a populated pool, or a frame that
           // far pointers used): fill it and move it in, which empties the slot.
@@ -444,10 +456,12 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
           std::uint64_t vpns[1 + kAhead] = {vpn}, pflags[1 + kAhead] = {flags};
           std::uint32_t frames[1 + kAhead] = {f};
           unsigned n = 1;
-          if (c.seq_run >= 2 && staging_pages > 1 && uthread::detail::current() == nullptr)
-            n += claim_ahead(c, vpn, vpns + 1, frames + 1, pflags + 1, std::min(staging_pages, 1 + kAhead) - 1);
+          if (c.hw_stride_run >= 1 && c.hw_stride >= -kMaxStride && c.hw_stride <= kMaxStride &&
+              staging_pages > 1 && uthread::detail::current() == nullptr)
+            n += claim_ahead(c, vpn, c.hw_stride, vpns + 1, frames + 1, pflags + 1,
+                             std::min(staging_pages, 1 + (c.hw_stride == 1 ? kAhead : kAheadStrided)) - 1);
           fill_by_copy(c, vpns, frames, pflags, n, staging);
-          c.last_fetch_vpn = vpn + n - 1;
+          c.hw_last_vpn = vpns[n - 1];  // the next fault, one stride on, continues the run
           if (n > 1) c.stats.bump(c.stats.prefetches, n - 1);
         }
         c.stats.bump(c.stats.faults);
@@ -488,7 +502,9 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
   for (unsigned i = 0; i < n;) {
     std::uint64_t done = 0;
     const bool wp = i == 0 ? first_wp : ahead_wp;
-    const unsigned run = i == 0 && first_wp != ahead_wp ? 1 : n - i;  // one mode per call
+    // One call per run of consecutive pages with one mode.
+    unsigned run = 1;
+    while (i + run < n && vpns[i + run] == vpns[i] + run && (i != 0 || first_wp == ahead_wp)) ++run;
     const int e = copy_pages(uffd_.fd, page_addr(vpns[i]), staging + i * 4096, run, &done, wp);
     i += static_cast<unsigned>(done);
     if (e == EEXIST) {

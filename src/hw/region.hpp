@@ -6,8 +6,9 @@
 // thread (the default): the bytes go into a free frame, then UFFDIO_MOVE moves
 // that physical page into the region (or UFFDIO_COPY copies them from a staging
 // buffer when the frame's pool slot is empty), so the application's resident
-// memory stays at the budget. After sequential faults the pages that follow are
-// fetched and copied in with the faulting one (one transfer, one UFFDIO_COPY).
+// memory stays at the budget. After faults at a steady stride (sequential or
+// not) the pages that follow at that stride come in with the faulting one (one
+// transfer, one UFFDIO_COPY per run of consecutive pages).
 // The evictor takes transparent pages a 2 MiB block at a time, write-protects
 // them, writes them back straight from the region, and unmaps them together
 // (process_madvise): a few kernel TLB shootdowns a batch, not one a page.
@@ -107,8 +108,8 @@ class Region {
   bool resolve(std::uint64_t addr, bool write, char* staging, unsigned staging_pages);  // false: retry later
   void fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std::uint32_t* frames,
                     const std::uint64_t* flags, unsigned n, char* staging);
-  unsigned claim_ahead(detail::Core& c, std::uint64_t vpn, std::uint64_t* ahead, std::uint32_t* frames,
-                       std::uint64_t* flags, unsigned max);
+  unsigned claim_ahead(detail::Core& c, std::uint64_t vpn, std::int64_t stride, std::uint64_t* ahead,
+                       std::uint32_t* frames, std::uint64_t* flags, unsigned max);
   void resolve_in_child(std::uint64_t addr);
   void serve_pool_fault(std::uint64_t addr);
   void fill_from_frame(std::uint64_t vpn, std::uint32_t frame);  // move, or copy + empty slot

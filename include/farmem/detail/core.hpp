@@ -57,6 +57,9 @@ struct alignas(64) Core {
   std::uint64_t last_fetch_vpn = 0;    // sequential-fetch detection (prefetch)
   std::uint32_t seq_run = 0;
   char* hw_staging = nullptr;          // transparent faults served by this thread (SIGBUS mode)
+  std::uint64_t hw_last_vpn = 0;       // transparent faults: stride detection (fault-around)
+  std::int64_t hw_stride = 0;
+  std::uint32_t hw_stride_run = 0;
   unsigned index = 0;
   void* qp = nullptr;                  // the core's queue pair (net::QueuePair)
   std::uint32_t npins = 0;             // overflow pins held in this scope
