@@ -12,13 +12,7 @@ set -uo pipefail
 BENCH=$1
 SERVER=$2
 RAW=${3:-}  # dpdk_raw_client (frame-level checks and fuzz), built with DPDK
-fails=0
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 SOCK=/farmem-test-$$  # memif control sockets in the abstract namespace
 
 # start_server NAME URI ARGS...: starts farmem-server; sets SPID. Exits 77 if DPDK is missing here.

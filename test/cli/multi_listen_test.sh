@@ -13,13 +13,7 @@
 set -uo pipefail
 BENCH=$1
 SERVER=$2
-fails=0
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 SOCK=/farmem-multi-$$  # memif control socket in the abstract namespace
 
 # expect_error NAME RC PATTERN -- COMMAND...: an exit status matching RC (a

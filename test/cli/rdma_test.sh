@@ -16,13 +16,7 @@ MODE=$1
 BENCH=$2
 SERVER=$3
 HAVE_RDMA=$4
-fails=0
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 # expect_error NAME PATTERN -- COMMAND...: non-zero exit within 20 s, one stderr line matching PATTERN.
 expect_error() {

@@ -7,13 +7,7 @@
 set -uo pipefail
 BENCH=$1
 SERVER=$2
-fails=0
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 # start_server NAME ARGS...: starts farmem-server on a free port; sets PORT and SPID.
 start_server() {
