@@ -329,30 +329,12 @@ void Region::unmap_written(const Leaving& l) {
       for (std::size_t i = k; i < k + n; ++i) detail::kernel_madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
     k += n;
   }
-  // Lifting the protection wakes the writers that blocked on it. Only over the
-  // pages that left and the holes between them: another page of the range that
-  // is here (filled meanwhile, or another batch's) may be clean and must stay
-  // protected, or its next write would go unnoticed. If it was written, its next
-  // write faults and the fault path lifts the protection from it.
-  auto lift = [&](std::uint64_t first, std::uint64_t end) {
-    if (end > first)
-      if (int e = write_protect(uffd_.fd, page_addr(first), (end - first) * 4096, false); e != 0)
-        detail::fatal("cannot lift write-protection in the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
-                      static_cast<void*>(page_addr(first)), std::strerror(e));
-  };
-  auto leaving = l.vpns.begin();
-  for (auto [first, pages] : l.ranges) {
-    std::uint64_t run = first;
-    for (std::uint64_t v = first; v < first + pages; ++v) {
-      while (leaving != l.vpns.end() && *leaving < v) ++leaving;
-      if (leaving != l.vpns.end() && *leaving == v) continue;
-      const Kind k = ps::kind(rt_.pt[v].load(std::memory_order_acquire));
-      if (k == Kind::Untouched || k == Kind::Remote) continue;  // not here: nothing to protect
-      lift(run, v);
-      run = v + 1;
-    }
-    lift(run, first + pages);
-  }
+  // Wake the writers that blocked on the protection: their pages are gone, so
+  // they fault again and fetch them. The protection is not lifted: a page of the
+  // range that is here (filled meanwhile) may be clean and must stay protected,
+  // or its next write would go unnoticed; one that was written has its next
+  // write fault, and the fault path lifts the protection from it.
+  for (auto [first, pages] : l.ranges) wake(uffd_.fd, page_addr(first), pages * 4096);
 }
 
 void Region::drop_page(std::uint64_t vpn) { detail::kernel_madvise(page_addr(vpn), 4096, MADV_DONTNEED); }
@@ -399,11 +381,14 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         if (write) {
           // A write to a page that is here but write-protected: the first write to
           // a clean page (it must be written back from now on), or a protection
-          // left from an eviction that did not take it. Lifting it wakes the writer.
-          if (!(s & ps::kDirty) && !word.compare_exchange_weak(s, s | ps::kDirty, std::memory_order_acq_rel))
-            continue;
+          // left from an eviction that did not take it. The page is held as
+          // Fetching meanwhile, so the evictor cannot pick it and protect it
+          // again between our state change and our lifting the protection.
+          if (!word.compare_exchange_weak(s, ps::with_kind(s, Kind::Fetching), std::memory_order_acq_rel)) continue;
           if (!(s & ps::kDirty)) c.stats.bump(c.stats.hw_dirtied);
-          if (write_protect(uffd_.fd, page, 4096, false) == 0) return true;  // also wakes the writer
+          const int e = write_protect(uffd_.fd, page, 4096, false);  // also wakes the writer
+          word.store(s | ps::kDirty, std::memory_order_release);
+          if (e == 0) return true;
         }
         // Usually another fault on the same page got it in already (EEXIST). If
         // not, the application dropped the page behind our back: zeros, as the
@@ -621,7 +606,7 @@ void Region::handler_loop() {
         // the page is resident; if it is being written back, the evictor lifts
         // the protection when the page is gone, which wakes the writer, and it
         // then faults on the missing page like any other.
-        resolve(a, true, staging_, 1);
+        if (!resolve(a, true, staging_, 1)) retry.push_back(a | 1);
         continue;
       }
       const bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;

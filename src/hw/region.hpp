@@ -82,8 +82,8 @@ class Region {
   // straight from it: protect() write-protects them (one range per 2 MiB block
   // they are in: one kernel TLB shootdown each), so a write racing the
   // write-back waits; unmap_written() then drops them all with one
-  // process_madvise and lifts the protection, which wakes those writers: they
-  // fault again on the missing page and fetch it.
+  // process_madvise and wakes those writers: they fault again on the missing
+  // page and fetch it.
   struct Leaving {
     std::vector<std::uint64_t> vpns;                              // sorted by protect()
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  // (first vpn, pages) protected
