@@ -394,7 +394,7 @@ void Evictor::finalize(Batch& b) {
     std::uint64_t s = word.load(std::memory_order_acquire);
     const bool hw = rt_.is_hw_page(v.vpn);
     for (;;) {
-      if ((s & ps::kWanted) && !hw) {  // a core faulted on it meanwhile: keep it, now clean
+      if ((s & ps::kWanted) && !hw) {  // a far-pointer core wants it: keep it, now clean
         const std::uint64_t keep =
             ps::make(Kind::Resident, v.frame, ps::kHasRemote | ps::kAccessed) | (s & ps::kPinMask);
         if (word.compare_exchange_weak(s, keep, std::memory_order_acq_rel)) {
@@ -404,8 +404,8 @@ void Evictor::finalize(Batch& b) {
         }
       } else {
         // A transparent page is gone from the region already: a fault waiting
-        // for it (kWanted) fetches it again. A clean one that never had a
-        // remote copy was never written: it reads as zeros again.
+        // for it fetches it again. A clean one that never had a remote copy was
+        // never written: it reads as zeros again.
         const bool wrote = s & ps::kDirty;
         const std::uint64_t next = wrote || (s & ps::kHasRemote) ? ps::make(Kind::Remote, 0, ps::kHasRemote)
                                                                  : ps::make(Kind::Untouched, 0, 0);

@@ -32,7 +32,7 @@ namespace ps = mem::ps;
 namespace {
 constexpr std::uint64_t kAlign = 64ull << 20;  // mimalloc arenas want 32 MiB alignment
 alignas(4096) const char kZeroPage[4096] = {};
-constexpr unsigned kAhead = 15;            // pages fetched after sequential faults, with the faulting one
+constexpr unsigned kAhead = 15;            // pages fetched ahead after sequential faults
 constexpr unsigned kAheadStrided = 7;      // after faults at a larger stride (each its own UFFDIO_COPY)
 constexpr std::int64_t kMaxStride = 64;    // pages; a larger step is not a pattern worth fetching for
 constexpr std::uint64_t kSpinNs = 30000;   // the handler thread polls this long after a fault before sleeping
@@ -396,9 +396,7 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         if (copy_page(uffd_.fd, page, kZeroPage) == EEXIST) wake(uffd_.fd, page, 4096);
         return true;
       case Kind::Evicting:
-        if ((s & ps::kWriting) && !(s & ps::kWanted))
-          word.compare_exchange_weak(s, s | ps::kWanted, std::memory_order_acq_rel);
-        return false;  // the evictor moves it back in when the write-back is done
+        return false;  // once the evictor has unmapped it and marked it Remote, it is fetched again
       case Kind::Fetching:
         return false;
       case Kind::Untouched:
@@ -437,7 +435,7 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         } else {
           // The usual case: the bytes go in with UFFDIO_COPY from a staging
           // buffer (no TLB shootdown, unlike a move), with the pages that follow
-          // when the faults are sequential. The frame only stands for the budget.
+          // at the faults' stride when it is steady. The frame only stands for the budget.
           std::uint64_t vpns[1 + kAhead] = {vpn}, pflags[1 + kAhead] = {flags};
           std::uint32_t frames[1 + kAhead] = {f};
           unsigned n = 1;
@@ -459,8 +457,8 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
   }
 }
 
-// Brings n consecutive claimed pages in through `staging` with one transfer and
-// one UFFDIO_COPY, and marks them resident (the first one accessed).
+// Brings n claimed pages in through `staging` with one transfer and one
+// UFFDIO_COPY per run of consecutive pages, and marks them resident.
 void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std::uint32_t* frames,
                           const std::uint64_t* flags, unsigned n, char* staging) {
   std::uint64_t fetch[1 + kAhead];
@@ -482,7 +480,8 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
   const std::uint64_t t1 = detail::now_ns();
   c.stats.bump(c.stats.hw_fetch_ns, t1 - t0);
   // A page that is not dirty goes in write-protected: its first write faults
-  // and marks it. Pages fetched ahead are clean; the faulting one is when read.
+  // and marks it. With FARMEM_HW_DIRTY=track, pages fetched ahead are clean,
+  // and so is the faulting one when it was read.
   const bool first_wp = !(flags[0] & ps::kDirty), ahead_wp = n > 1 && !(flags[1] & ps::kDirty);
   for (unsigned i = 0; i < n;) {
     std::uint64_t done = 0;
@@ -510,8 +509,7 @@ void Region::fill_by_copy(detail::Core& c, const std::uint64_t* vpns, const std:
 void Region::fault_in_thread(std::uint64_t addr, bool write) {
   detail::InternalAlloc internal;
   const std::uint64_t a = addr & ~std::uint64_t{4095};
-  const auto pool = reinterpret_cast<std::uint64_t>(rt_.pool);
-  if (a >= pool && a < pool + std::uint64_t{rt_.nframes} * 4096) {
+  if (in_pool(a)) {
     serve_pool_fault(a);
     return;
   }
@@ -564,7 +562,6 @@ void Region::handler_loop() {
   retry.reserve(64);
   again.reserve(64);
   uffd_msg msgs[64];
-  const auto pool = reinterpret_cast<std::uint64_t>(pool_);
   std::uint64_t last_fault = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
     park_if_asked();
@@ -610,7 +607,7 @@ void Region::handler_loop() {
         continue;
       }
       const bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
-      if (a >= pool && a < pool + pool_bytes_) serve_pool_fault(a);
+      if (in_pool(a)) serve_pool_fault(a);
       else if (!resolve(a, write, staging_, 1 + kAhead)) retry.push_back(a | write);
     }
   }

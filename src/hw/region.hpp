@@ -58,10 +58,7 @@ class Region {
   void* remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int flags);
 
   // A fault at addr is this region's to serve (the region, or the frame pool it moves pages with).
-  bool serves(std::uint64_t addr) const {
-    const auto pool = reinterpret_cast<std::uint64_t>(pool_);
-    return contains(reinterpret_cast<const void*>(addr)) || (addr >= pool && addr < pool + pool_bytes_);
-  }
+  bool serves(std::uint64_t addr) const { return contains(reinterpret_cast<const void*>(addr)) || in_pool(addr); }
   bool contains(const void* p) const {
     return static_cast<const char*>(p) >= base_ && static_cast<const char*>(p) < base_ + bytes_;
   }
@@ -102,6 +99,10 @@ class Region {
  private:
   void handler_loop();
   void park_if_asked();
+  bool in_pool(std::uint64_t addr) const {
+    const auto pool = reinterpret_cast<std::uint64_t>(pool_);
+    return addr >= pool && addr < pool + pool_bytes_;
+  }
   void child_loop();
   // staging: 1 + kAhead pages (or 1: no fault-around) for frames whose slot is empty.
   // write: the access was a write (a page read in goes in write-protected when tracking).
