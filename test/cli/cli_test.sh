@@ -6,6 +6,7 @@
 set -uo pipefail
 BENCH=$1
 SERVER=$2
+COPY_FLOOR=$3
 fails=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -108,6 +109,17 @@ else
   echo "FAIL server $server outlived its killed client"; fails=$((fails + 1))
   [[ -n $server ]] && kill -9 "$server" 2>/dev/null
 fi
+
+# farmem-copy-floor: a small run prints every measurement, bad input is refused.
+if out=$(timeout 120 "$COPY_FLOOR" --store 16M --pages 2000 --repeat 1) &&
+  /usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); ks=["memcpy_ns","readv_1_ns","readv_64_ns","writev_64_ns","writev_64c_ns"]; sys.exit(0 if all(d[k] > 0 for k in ks) else 1)' "$out"; then
+  echo "ok   copy floor: $out"
+else
+  echo "FAIL copy floor: $out"; fails=$((fails + 1))
+fi
+expect_error "copy floor bad size" "store.*not a size" -- "$COPY_FLOOR" --store lots
+expect_error "copy floor tiny store" "at least 1M" -- "$COPY_FLOOR" --store 4K
+expect_error "copy floor bad count" "bad number for --pages" -- "$COPY_FLOOR" --pages many
 
 echo "$fails failure(s)"
 [[ $fails -eq 0 ]]
