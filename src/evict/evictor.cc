@@ -119,6 +119,7 @@ void Evictor::publish_free_count() {
 void Evictor::release_frame(std::uint32_t f) {
   rt_.owner[f].store(0, std::memory_order_relaxed);
   free_.push_back(f);
+  rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 // The oldest batch is acknowledged: finish it and forget it.

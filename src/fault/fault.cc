@@ -43,7 +43,7 @@ std::uint32_t take_frame(Runtime& rt, Core& c) {
     return f;
   }
   FreeRing& r = c.ring;
-  std::uint64_t stall_start = 0;
+  std::uint64_t stall_start = 0, released = 0;
   for (unsigned spins = 0;; ++spins) {
     std::uint32_t h = r.head.load(std::memory_order_relaxed);
     std::uint32_t t = r.tail.load(std::memory_order_acquire);
@@ -56,13 +56,21 @@ std::uint32_t take_frame(Runtime& rt, Core& c) {
     if (spins == 0) {
       c.stats.bump(c.stats.alloc_stalls);
       stall_start = now_ns();
+      released = rt.frames_released.load(std::memory_order_relaxed);
     }
     rt.kick_evictor();
     wait_a_little(c);  // never hold up the batch that would free our frame
-    if ((spins & 0xffff) == 0xffff && now_ns() - stall_start > kStallLimitNs)
-      fatal("no free local frame for %llu s: open scopes pin every local page; shorten scopes "
-            "or raise FARMEM_LOCAL_MEM",
-            static_cast<unsigned long long>(kStallLimitNs / 1000000000ull));
+    if ((spins & 0xffff) == 0xffff) {
+      // Only an evictor that frees nothing at all for the whole limit means a
+      // deadlock; a slow one (a loaded machine, a slow server whose transport
+      // has its own silence limit) is waited for.
+      const std::uint64_t now = now_ns(), n = rt.frames_released.load(std::memory_order_relaxed);
+      if (n != released) released = n, stall_start = now;
+      else if (now - stall_start > kStallLimitNs)
+        fatal("no free local frame for %llu s: open scopes pin every local page; shorten scopes "
+              "or raise FARMEM_LOCAL_MEM",
+              static_cast<unsigned long long>(kStallLimitNs / 1000000000ull));
+    }
   }
 }
 

@@ -64,6 +64,9 @@ struct Runtime {
   std::atomic<std::uint64_t> hw_evicted{0}, hw_protect_ns{0}, hw_writeback_ns{0}, hw_unmap_ns{0};
   std::atomic<std::uint64_t> evictions{0}, writebacks{0}, clean_drops{0}, shootdowns{0},
       discarded_pages{0}, evictor_rescues{0}, to_remote{0}, discarded_remote{0};
+  // Frames the evictor has freed, ever: a core waiting for a frame knows the
+  // evictor still makes progress (frames go to other cores first, in turn).
+  std::atomic<std::uint64_t> frames_released{0};
 
   // Evictor wake-up: cores kick when their free ring runs low.
   std::atomic<std::uint32_t> evictor_sleeping{0};

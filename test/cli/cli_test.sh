@@ -7,6 +7,7 @@ set -uo pipefail
 BENCH=$1
 SERVER=$2
 COPY_FLOOR=$3
+PIN_ALL=$4
 fails=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -109,6 +110,10 @@ else
   echo "FAIL server $server outlived its killed client"; fails=$((fails + 1))
   [[ -n $server ]] && kill -9 "$server" 2>/dev/null
 fi
+
+# Every local frame pinned by one open scope: the runtime gives up after 20 s
+# without a single frame freed, with a line naming the cause.
+expect_error "every frame pinned" "no free local frame for 20 s: open scopes pin every local page" -- "$PIN_ALL"
 
 # farmem-copy-floor: a small run prints every measurement, bad input is refused.
 if out=$(timeout 120 "$COPY_FLOOR" --store 16M --pages 2000 --repeat 1) &&
