@@ -38,6 +38,7 @@ enum : int { kBoot = 0, kReady = 1, kOff = 2 };
 std::atomic<int> g_state{kBoot};
 farmem::hw::Region* g_region = nullptr;
 mi_arena_id_t g_arena{};
+std::uint64_t g_arena_bytes = 0;
 std::uint64_t g_mmap_min = 256 << 10;
 
 __thread mi_heap_t* tl_heap FARMEM_TLS = nullptr;
@@ -127,6 +128,7 @@ __attribute__((constructor(101))) void start() {
   mi_option_disable(mi_option_allow_decommit);
   mi_option_set(mi_option_page_reset, 0);
   mi_option_set(mi_option_abandoned_page_decommit, 0);
+  g_arena_bytes = arena_bytes;
   if (arena == nullptr || !mi_manage_os_memory_ex(arena, arena_bytes, true, false, true, -1, true, &g_arena))
     farmem::detail::fatal("mimalloc refused an arena of %llu MiB in the transparent region; raise FARMEM_HW_MEM",
                           static_cast<unsigned long long>(arena_bytes >> 20));
@@ -137,11 +139,31 @@ __attribute__((constructor(101))) void start() {
 
 // ---- the malloc family -------------------------------------------------------
 
+namespace {
+std::atomic<bool> g_told_full{false};
+
+// The arena ran out: ENOMEM, and once per process a line saying why and what
+// to raise (the program's own out-of-memory message would not name farmem).
+// A request larger than the whole arena (a program probing its limits) is
+// refused quietly.
+void* out_of_heap(size_t n) {
+  errno = ENOMEM;
+  if (n < g_arena_bytes && !g_told_full.exchange(true)) {
+    char line[200];
+    int len = snprintf(line, sizeof line,
+                       "farmem: the far heap is full (%llu MiB, half of FARMEM_HW_MEM): malloc of %zu bytes "
+                       "failed; raise FARMEM_HW_MEM\n",
+                       static_cast<unsigned long long>(g_arena_bytes >> 20), n);
+    if (len > 0) (void)!write(2, line, static_cast<size_t>(len) < sizeof line ? static_cast<size_t>(len) : sizeof line - 1);
+  }
+  return nullptr;
+}
+}  // namespace
+
 FARMEM_EXPORT void* malloc(size_t n) {
   if (mi_heap_t* h = heap()) {
     void* p = mi_heap_malloc(h, n);
-    if (p == nullptr) errno = ENOMEM;
-    return p;
+    return p != nullptr ? p : out_of_heap(n);
   }
   InMimalloc in;
   return mi_malloc(n);
@@ -158,8 +180,8 @@ FARMEM_EXPORT void cfree(void* p) { free(p); }
 FARMEM_EXPORT void* calloc(size_t count, size_t size) {
   if (mi_heap_t* h = heap()) {
     void* p = mi_heap_calloc(h, count, size);
-    if (p == nullptr) errno = ENOMEM;
-    return p;
+    size_t n;
+    return p != nullptr || __builtin_mul_overflow(count, size, &n) ? p : out_of_heap(n);
   }
   InMimalloc in;
   return mi_calloc(count, size);
@@ -168,8 +190,7 @@ FARMEM_EXPORT void* calloc(size_t count, size_t size) {
 FARMEM_EXPORT void* realloc(void* p, size_t n) {
   if (mi_heap_t* h = heap()) {
     void* q = mi_heap_realloc(h, p, n);
-    if (q == nullptr && n != 0) errno = ENOMEM;
-    return q;
+    return q != nullptr || n == 0 ? q : out_of_heap(n);
   }
   InMimalloc in;
   return mi_realloc(p, n);
@@ -191,8 +212,7 @@ FARMEM_EXPORT void* aligned_alloc(size_t align, size_t n) {
   }
   if (mi_heap_t* h = heap()) {
     void* p = mi_heap_malloc_aligned(h, n, align);
-    if (p == nullptr) errno = ENOMEM;
-    return p;
+    return p != nullptr ? p : out_of_heap(n);
   }
   InMimalloc in;
   return mi_malloc_aligned(n, align);

@@ -157,6 +157,21 @@ expect_error "no program" "no program" "$RUN" --local-mem 64M
 expect_error "missing program" "cannot run" "$RUN" --local-mem 64M -- /nonexistent/prog
 expect_error "transparent region too big" "FARMEM_HW_MEM\|FARMEM_FAR_MEM" env FARMEM_FAR_MEM=1G FARMEM_HW_MEM=8G "$RUN" -- /bin/true
 expect_error "SIGBUS faults under farmem-run" "FARMEM_HW_FAULTS=signal cannot serve" env FARMEM_HW_FAULTS=signal "$RUN" -- /bin/true
+# A full far heap: malloc fails with ENOMEM (python3 raises MemoryError and
+# carries on) and the runtime says once which setting to raise.
+out=$(FARMEM_HW_MEM=128M timeout 120 "$RUN" --local-mem 16M -- "$PY" -c '
+a = []
+try:
+    while True: a.append(bytearray(1 << 20))
+except MemoryError:
+    print("MemoryError after", len(a), "MiB")
+' 2>"$T/full.err"); rc=$?
+if ((rc == 0)) && [[ $out == "MemoryError after "* ]] && [[ $(wc -l <"$T/full.err") -eq 1 ]] &&
+  grep -q "far heap is full (64 MiB, half of FARMEM_HW_MEM).*raise FARMEM_HW_MEM" "$T/full.err"; then
+  pass "full far heap: '$out', '$(cat "$T/full.err")'"
+else
+  fail "full far heap: rc=$rc, '$out', '$(cat "$T/full.err")'"
+fi
 # Exit status and signals pass through.
 "$RUN" --local-mem 64M -- /bin/sh -c 'exit 42'; rc=$?
 ((rc == 42)) && pass "exit status passes through (42)" || fail "exit status: got $rc, want 42"
