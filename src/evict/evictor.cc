@@ -84,25 +84,26 @@ void Evictor::wait_freed(std::uint64_t ticket) {
 
 void Evictor::pause() {
   if (!thread_.joinable()) return;
-  pause_req_.store(1, std::memory_order_seq_cst);
-  for (;;) {
-    rt_.kick_word.fetch_add(1);
-    detail::futex_wake(&rt_.kick_word);
-    if (paused_.load(std::memory_order_acquire)) return;
-    detail::futex_wait(&paused_, 0, 1000000);
-  }
+  parking_.ask(
+      "evictor",
+      "a thread holds a far-memory scope open and never acknowledges the eviction in flight; "
+      "end scopes before fork()",
+      [&] {
+        rt_.kick_word.fetch_add(1);
+        detail::futex_wake(&rt_.kick_word);
+      },
+      [] {
+        // fork() called inside a scope: the batch being drained waits for this core too.
+        if (detail::Core* c = detail::tls_core) detail::ack_point(*c);
+      });
 }
 
-void Evictor::resume() {
-  pause_req_.store(0, std::memory_order_seq_cst);
-  detail::futex_wake(&pause_req_);
-}
+void Evictor::resume() { parking_.release(); }
 
 void Evictor::forget_thread() {
   // The thread does not exist in a forked child; drop the handle without a join.
   new (&thread_) std::thread();
-  pause_req_.store(0);
-  paused_.store(0);
+  parking_.forget();
 }
 
 void Evictor::publish_free_count() {
@@ -141,12 +142,9 @@ void Evictor::loop() {
   detail::g_internal_alloc = 1;  // never allocate from the transparent region
   unsigned idle = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
-    if (pause_req_.load(std::memory_order_acquire)) {
+    if (parking_.asked()) {
       drain_pending();
-      paused_.store(1, std::memory_order_release);
-      detail::futex_wake(&paused_);
-      while (pause_req_.load(std::memory_order_acquire)) detail::futex_wait(&pause_req_, 1);
-      paused_.store(0, std::memory_order_release);
+      parking_.park();
       continue;
     }
     bool progress = reclaim_dead_cores();

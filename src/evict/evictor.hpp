@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "net/queue_pair.hpp"
+#include "runtime/parking.hpp"
 
 namespace farmem::detail {
 struct Runtime;
@@ -89,7 +90,7 @@ class Evictor {
   std::atomic<bool> frees_pending_{false};
   std::atomic<std::uint32_t> frees_done_{0};  // last ticket done (low 32 bits)
 
-  std::atomic<std::uint32_t> pause_req_{0}, paused_{0};
+  detail::Parking parking_;  // fork(): pause() / resume()
 };
 
 }  // namespace farmem::evict

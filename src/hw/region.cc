@@ -549,11 +549,7 @@ void Region::serve_pool_fault(std::uint64_t addr) {
 
 // fork_prepare() asks; the handler parks between faults until fork_parent().
 void Region::park_if_asked() {
-  if (!pause_req_.load(std::memory_order_acquire)) return;
-  paused_.store(1, std::memory_order_release);
-  detail::futex_wake(&paused_);
-  while (pause_req_.load(std::memory_order_acquire)) detail::futex_wait(&pause_req_, 1);
-  paused_.store(0, std::memory_order_release);
+  if (parking_.asked()) parking_.park();
 }
 
 void Region::handler_loop() {
@@ -616,14 +612,15 @@ void Region::handler_loop() {
 // ---- fork -----------------------------------------------------------------
 
 void Region::fork_prepare() {
-  pause_req_.store(1, std::memory_order_seq_cst);
-  while (handler_ != nullptr) {  // SIGBUS mode has no handler thread
-    std::uint64_t one = 1;
-    if (write(wake_fd_, &one, sizeof one) < 0) {
-    }
-    if (paused_.load(std::memory_order_acquire)) break;
-    detail::futex_wait(&paused_, 0, 1000000);
-  }
+  if (handler_ != nullptr)  // SIGBUS mode has no handler thread
+    parking_.ask(
+        "transparent-fault handler", "a fault it serves does not complete; is the memory server answering?",
+        [&] {
+          std::uint64_t one = 1;
+          if (write(wake_fd_, &one, sizeof one) < 0) {
+          }
+        },
+        [] {});
   mu_.lock();
   pages_.lock();
 }
@@ -631,8 +628,7 @@ void Region::fork_prepare() {
 void Region::fork_parent() {
   pages_.unlock();
   mu_.unlock();
-  pause_req_.store(0, std::memory_order_seq_cst);
-  detail::futex_wake(&pause_req_);
+  parking_.release();
 }
 
 void Region::fork_child() {
@@ -644,8 +640,7 @@ void Region::fork_child() {
   close(wake_fd_);
   in_thread_ = false;  // the child's faults go to its own handler thread
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  pause_req_.store(0);
-  paused_.store(0);
+  parking_.forget();
   handler_ = nullptr;  // the parent's handler thread does not exist here
   try {
     uffd_ = open_uffd();

@@ -28,6 +28,7 @@
 
 #include "hw/uffd.hpp"
 #include "mem/far_alloc.hpp"
+#include "runtime/parking.hpp"
 
 namespace farmem::detail {
 struct Runtime;
@@ -129,7 +130,7 @@ class Region {
   std::map<std::uint64_t, std::uint64_t> blocks_;  // first page index -> pages (live blocks)
   std::thread* handler_ = nullptr;
   std::atomic<bool> stop_{false};
-  std::atomic<std::uint32_t> pause_req_{0}, paused_{0};
+  detail::Parking parking_;  // fork(): the handler thread parks between faults
   int wake_fd_ = -1;   // eventfd: stop or pause the handler
   int self_pidfd_ = -1;  // process_madvise on ourselves (evictor only)
   char* staging_ = nullptr;  // the handler's page buffers for frames whose slot is empty

@@ -8,6 +8,7 @@ BENCH=$1
 SERVER=$2
 COPY_FLOOR=$3
 PIN_ALL=$4
+FORK_SCOPE=$5
 fails=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -114,6 +115,13 @@ fi
 # Every local frame pinned by one open scope: the runtime gives up after 20 s
 # without a single frame freed, with a line naming the cause.
 expect_error "every frame pinned" "no free local frame for 20 s: open scopes pin every local page" -- "$PIN_ALL"
+
+# fork() from inside a scope returns (the forking thread acknowledges the
+# eviction in flight itself); fork() while another thread sleeps in a scope
+# ends with one line after 20 s instead of hanging.
+if out=$(timeout 120 "$FORK_SCOPE" inside 2>&1); then echo "ok   $out"
+else echo "FAIL fork inside a scope: $out"; fails=$((fails + 1)); fi
+expect_error "fork while a scope is held" "fork\(\) waited 20 s for the evictor.*end scopes before fork\(\)" -- "$FORK_SCOPE" held
 
 # farmem-copy-floor: a small run prints every measurement, bad input is refused.
 if out=$(timeout 120 "$COPY_FLOOR" --store 16M --pages 2000 --repeat 1) &&
