@@ -48,6 +48,12 @@ void* map_region(std::uint64_t bytes, bool populate, const char* what) {
   return a;
 }
 
+// The alignment slack map_region() left around [p, p+bytes) stays mapped: it
+// was never touched, so it holds no memory.
+void unmap_region(void* p, std::uint64_t bytes) {
+  if (p != nullptr) munmap(p, bytes);
+}
+
 // FARMEM_STATS=1 goes to a copy of stderr taken at start: programs (coreutils,
 // for one) close stderr in their own exit handlers, which run before ours.
 int g_stats_fd = -1;
@@ -170,6 +176,17 @@ void check_config(Config& cfg) {
     throw Error("FARMEM_BACKEND=" + cfg.backend +
                 " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
   }
+}
+
+detail::Runtime::~Runtime() {
+  using namespace detail;
+  evictor.reset();
+  transport.reset();  // stops a memory server it started
+  delete[] cores;
+  unmap_region(pt, far_pages * sizeof(std::uint64_t));
+  unmap_region(pool, std::uint64_t{nframes} * kPageSize);
+  unmap_region(slot_full, std::uint64_t{nframes} + 1);
+  unmap_region(owner, (std::uint64_t{nframes} + 1) * sizeof(std::uint64_t));
 }
 
 void init(const Config& in) {

@@ -23,6 +23,12 @@ namespace farmem::detail {
 
 struct Runtime {
   Config cfg;
+  Runtime() = default;
+  // Only a runtime that failed to start is destroyed (init() gives its memory
+  // back and may be called again); a running one lives until the process exits.
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
 
   // Page table: one state word per far page (mem/page_state.hpp). Far page n
   // lives in remote slot n of the memory server.
