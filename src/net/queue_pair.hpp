@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -17,6 +18,16 @@ namespace farmem::net {
 struct Completion {
   std::uint64_t cookie;
 };
+
+// Moves up to max finished cookies from a transport's done queue into out.
+inline std::size_t take_completions(std::deque<std::uint64_t>& done, Completion* out, std::size_t max) {
+  std::size_t n = 0;
+  for (; n < max && !done.empty(); ++n) {
+    out[n] = {done.front()};
+    done.pop_front();
+  }
+  return n;
+}
 
 class QueuePair {
  public:

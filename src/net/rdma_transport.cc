@@ -240,12 +240,7 @@ class RdmaQueuePair final : public QueuePair {
       reap();
       if (done_.empty() && acct_.outstanding()) check_silence();
     }
-    std::size_t n = 0;
-    while (n < max && !done_.empty()) {
-      out[n++] = {done_.front()};
-      done_.pop_front();
-    }
-    return n;
+    return take_completions(done_, out, max);
   }
 
   // Sleeps on the completion channel until the CQ has something (or timeout_us).

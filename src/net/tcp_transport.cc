@@ -193,12 +193,7 @@ class TcpQueuePair final : public QueuePair {
       receive();
       if (done_.empty() && !pending_.empty()) check_silence();
     }
-    std::size_t n = 0;
-    while (n < max && !done_.empty()) {
-      out[n++] = {done_.front()};
-      done_.pop_front();
-    }
-    return n;
+    return take_completions(done_, out, max);
   }
 
   void wait(unsigned timeout_us) override {
