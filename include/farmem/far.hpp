@@ -11,6 +11,7 @@
 #include <farmem/detail/core.hpp>
 #include <farmem/runtime.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -68,6 +69,25 @@ class Scope {
 // memory is exhausted.
 std::uint64_t far_alloc(std::size_t bytes);
 void far_free(std::uint64_t addr, std::size_t bytes);
+
+// Copies n bytes between local memory and far memory at addr, one page at a
+// time, each in its own scope (a long copy pins one page at a time, not all).
+inline void copy_from_far(void* dst, std::uint64_t addr, std::size_t n) {
+  auto* out = static_cast<char*>(dst);
+  while (n > 0) {
+    const std::size_t k = std::min<std::size_t>(n, detail::kPageSize - (addr & detail::kPageMask));
+    { Scope s; __builtin_memcpy(out, s.read(addr), k); }
+    out += k, addr += k, n -= k;
+  }
+}
+inline void copy_to_far(std::uint64_t addr, const void* src, std::size_t n) {
+  const auto* in = static_cast<const char*>(src);
+  while (n > 0) {
+    const std::size_t k = std::min<std::size_t>(n, detail::kPageSize - (addr & detail::kPageMask));
+    { Scope s; __builtin_memcpy(s.write(addr), in, k); }
+    in += k, addr += k, n -= k;
+  }
+}
 
 // An array of trivially copyable T in far memory, zero-initialised. Elements never
 // straddle a page: each page holds kPerPage elements.
