@@ -57,9 +57,10 @@ int held(Array& a) {
     sleep(120);  // never reaches a scheduling point
   });
   sleep(1);
-  // A few new pages: the evictor starts a batch to stay above its watermark,
-  // and that batch waits for the sleeper's acknowledgement.
-  for (std::size_t i = 0; i < 16 * kWordsPerPage; i += kWordsPerPage) a.store(i, 1);
+  // 96 new pages, more than the slack above the evictor's high watermark (at
+  // most a batch, 64) and fewer than it holds free: the evictor must start a
+  // batch, and that batch waits for the sleeper's acknowledgement.
+  for (std::size_t i = 0; i < 96 * kWordsPerPage; i += kWordsPerPage) a.store(i, 1);
   usleep(100000);
   const pid_t child = fork();
   if (child == 0) _exit(0);
