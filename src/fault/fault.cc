@@ -67,8 +67,8 @@ std::uint32_t take_frame(Runtime& rt, Core& c) {
       const std::uint64_t now = now_ns(), n = rt.frames_released.load(std::memory_order_relaxed);
       if (n != released) released = n, stall_start = now;
       else if (now - stall_start > kStallLimitNs)
-        fatal("no free local frame for %llu s: open scopes pin every local page; shorten scopes "
-              "or raise FARMEM_LOCAL_MEM",
+        fatal("no free local frame for %llu s: open scopes pin every local page, or a thread blocked "
+              "inside a scope holds up eviction; shorten scopes or raise FARMEM_LOCAL_MEM",
               static_cast<unsigned long long>(kStallLimitNs / 1000000000ull));
     }
   }
