@@ -66,6 +66,12 @@ class Handle {
 // uthread, else round robin).
 Handle spawn(std::function<void()> fn);
 void yield();  // from a plain thread: std::this_thread::yield()
+// Waits until fd is ready for `events` (POLLIN, POLLOUT); returns the events
+// that are ready (POLLERR/POLLHUP included). In a uthread it parks, and the
+// scheduler runs others and watches fd with its epoll instance; from a plain
+// thread it is poll(2). Use with non-blocking descriptors: read until EAGAIN,
+// then wait_fd.
+short wait_fd(int fd, short events);
 void sleep_for(std::chrono::nanoseconds d);
 bool in_uthread();
 

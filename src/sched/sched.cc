@@ -8,8 +8,14 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <deque>
@@ -76,13 +82,18 @@ class Scheduler {
   SpinLock qlock;                 // run queue: pushed by anyone, popped/stolen under the lock
   std::deque<Uthread*> runq;
   std::atomic<std::size_t> nq{0};  // runq.size(), readable without the lock
+  // 0 running; 1 asleep on wake_word (futex); 2 asleep in epoll_wait (uthreads
+  // wait on descriptors): a waker also writes the eventfd.
   alignas(64) std::atomic<std::uint32_t> sleeping{0};
   std::atomic<std::uint32_t> wake_word{0};
+  int epfd = -1, evfd = -1;       // descriptors uthreads wait on (wait_fd), and the wake-up eventfd
 
   // Owned by the scheduler thread.
   std::priority_queue<std::pair<std::uint64_t, Uthread*>, std::vector<std::pair<std::uint64_t, Uthread*>>,
                       std::greater<>> timers;
   std::uint64_t io_waiting = 0;
+  std::uint64_t fd_waiting = 0;   // uthreads parked in wait_fd
+  unsigned runs_since_epoll = 0;  // bounds how long a ready descriptor waits to be noticed
   std::uint64_t unsubmitted = 0;  // reads posted by uthreads, doorbell not rung yet
   unsigned runs_since_post = 0;    // bounds how long a posted read waits for its doorbell
   std::vector<Stack> stacks;      // stack pool
@@ -99,11 +110,19 @@ class Scheduler {
   void push(Uthread* u) {
     push_local(u);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the sleeper's check
-    if (sleeping.load(std::memory_order_seq_cst)) {
+    if (std::uint32_t how = sleeping.load(std::memory_order_seq_cst)) {
       wake_word.fetch_add(1, std::memory_order_seq_cst);
-      farmem::detail::futex_wake(&wake_word);
+      if (how == 2) {
+        std::uint64_t one = 1;
+        if (write(evfd, &one, sizeof one) < 0) {
+        }
+      } else {
+        farmem::detail::futex_wake(&wake_word);
+      }
     }
   }
+  void watch_fd(Uthread* u);
+  void poll_fds(long timeout_ns);
   Uthread* pop() {
     if (nq.load(std::memory_order_relaxed) == 0) return nullptr;  // peek; the lock decides
     qlock.lock();
@@ -259,10 +278,49 @@ void Scheduler::run(Uthread* u) {
     case After::Sleep:
       timers.emplace(u->wake_at_ns, u);
       break;
+    case After::Fd:
+      watch_fd(u);
+      break;
     case After::Exit:
       finish(u);
       break;
   }
+}
+
+// A uthread waits for a descriptor: arm it (one shot) in this scheduler's
+// epoll set. A descriptor epoll cannot watch (a regular file) is ready now.
+void Scheduler::watch_fd(Uthread* u) {
+  epoll_event ev{};
+  ev.events = u->wait_events | EPOLLONESHOT;
+  ev.data.ptr = u;
+  int r = epoll_ctl(epfd, EPOLL_CTL_MOD, u->wait_fd, &ev);  // armed here before: re-arm
+  if (r != 0 && errno == ENOENT) r = epoll_ctl(epfd, EPOLL_CTL_ADD, u->wait_fd, &ev);
+  if (r != 0) {
+    u->wait_events = errno == EPERM ? u->wait_events : POLLNVAL;
+    push_local(u);
+    return;
+  }
+  ++fd_waiting;
+}
+
+// Requeues the uthreads whose descriptors are ready (waits up to timeout_ns).
+void Scheduler::poll_fds(long timeout_ns) {
+  epoll_event evs[64];
+  timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  int n = timeout_ns > 0 ? epoll_pwait2(epfd, evs, 64, &ts, nullptr) : epoll_wait(epfd, evs, 64, 0);
+  for (int i = 0; i < n; ++i) {
+    auto* u = static_cast<Uthread*>(evs[i].data.ptr);
+    if (u == nullptr) {  // the wake-up eventfd
+      std::uint64_t v;
+      if (read(evfd, &v, sizeof v) < 0) {
+      }
+      continue;
+    }
+    u->wait_events = evs[i].events;
+    --fd_waiting;
+    push_local(u);
+  }
+  runs_since_epoll = 0;
 }
 
 void Scheduler::finish(Uthread* u) {
@@ -319,6 +377,15 @@ void Scheduler::loop() {
 #endif
   auto* qp = static_cast<farmem::net::QueuePair*>(core->qp);
   farmem::net::Completion done[32];
+  epfd = epoll_create1(EPOLL_CLOEXEC);
+  evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (epfd < 0 || evfd < 0) farmem::detail::fatal("uthread scheduler: cannot create its epoll set (%s)", std::strerror(errno));
+  {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = nullptr;
+    epoll_ctl(epfd, EPOLL_CTL_ADD, evfd, &ev);
+  }
   started.store(true, std::memory_order_release);
   unsigned idle = 0;
   for (;;) {
@@ -337,6 +404,7 @@ void Scheduler::loop() {
       }
       io_waiting -= n;
     }
+    if (fd_waiting && (nq.load(std::memory_order_relaxed) == 0 || ++runs_since_epoll >= 16)) poll_fds(0);
     if (!timers.empty()) {
       std::uint64_t now = now_ns();
       while (!timers.empty() && timers.top().first <= now) {
@@ -361,17 +429,21 @@ void Scheduler::loop() {
       farmem::detail::cpu_relax();
       continue;
     }
-    // Nothing to do: sleep until pushed, the next timer, or 1 ms (to steal).
+    // Nothing to do: sleep until pushed, the next timer, or 1 ms (to steal);
+    // in epoll_wait when uthreads wait on descriptors, so those wake us too.
     std::uint32_t w = wake_word.load();
-    sleeping.store(1, std::memory_order_seq_cst);
+    sleeping.store(fd_waiting ? 2 : 1, std::memory_order_seq_cst);
     if (nq.load(std::memory_order_seq_cst) == 0) {
       long ns = 1000000;
       if (!timers.empty()) ns = std::max<long>(1000, std::min<long>(ns, static_cast<long>(timers.top().first - now_ns())));
-      farmem::detail::futex_wait(&wake_word, w, ns);
+      if (fd_waiting) poll_fds(ns);
+      else farmem::detail::futex_wait(&wake_word, w, ns);
     }
     sleeping.store(0, std::memory_order_relaxed);
     idle = 0;
   }
+  close(epfd);
+  close(evfd);
 }
 
 Uthread* current() {
@@ -489,6 +561,21 @@ void yield() {
   }
   u->after = After::Yield;
   to_scheduler(u);
+}
+
+short wait_fd(int fd, short events) {
+  Uthread* u = current();
+  if (u == nullptr) {
+    pollfd p{fd, events, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    return p.revents;
+  }
+  u->wait_fd = fd;
+  u->wait_events = static_cast<std::uint16_t>(events);  // POLLIN/POLLOUT are EPOLLIN/EPOLLOUT
+  u->after = After::Fd;
+  to_scheduler(u);
+  return static_cast<short>(u->wait_events);
 }
 
 void sleep_for(std::chrono::nanoseconds d) {

@@ -21,7 +21,7 @@ struct Stack {
   std::size_t size = 0;  // including the guard page
 };
 
-enum class After : std::uint8_t { Yield, Park, Io, Sleep, Exit };
+enum class After : std::uint8_t { Yield, Park, Io, Sleep, Fd, Exit };
 
 struct Uthread {
   boost::context::detail::fcontext_t ctx = nullptr;
@@ -31,6 +31,8 @@ struct Uthread {
   After after = After::Yield;
   SpinLock* unlock_after = nullptr;      // released once we are off the CPU (park)
   std::uint64_t wake_at_ns = 0;
+  int wait_fd = -1;                      // After::Fd: the descriptor and events it waits for
+  std::uint32_t wait_events = 0;
   // Far-memory scope state, swapped in and out with the uthread.
   std::uint32_t depth = 0, npins = 0;
   void* pins = nullptr;
