@@ -1,18 +1,22 @@
 // farmem-kv: a key-value server whose values live in far memory, speaking the
 // memcached text protocol (get, set, delete, stats, version, quit), so any
-// memcached client or `nc` can use it. One thread per connection; a miss on a
-// far value is served by the runtime like any far-pointer access.
+// memcached client can use it. One uthread per connection: a connection
+// waiting for its client, or for a far value on its way in, parks and the
+// scheduler serves the others.
 //
 //   farmem-kv [--listen HOST:PORT] [--local-mem SIZE|PCT%] [--capacity SIZE]
+//             [--threads N] [--max-connections N]
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -24,13 +28,11 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
+#include "farmem/uthread.hpp"
 #include "store.hpp"
 
 namespace {
 
-// Connection threads each take one of the runtime's 64 cores; the runtime's
-// own threads and the caller need a few.
-constexpr int kMaxConnections = 48;
 constexpr std::size_t kMaxLine = 2048;
 
 std::atomic<bool> g_stop{false};
@@ -48,7 +50,17 @@ struct Options {
   std::string port = "11311";
   std::string local_mem;
   std::uint64_t capacity = 4ull << 30;
+  unsigned threads = 0;          // uthread schedulers; 0 = one per CPU but the evictor's
+  unsigned max_connections = 4096;
 };
+
+unsigned parse_count(const std::string& flag, const std::string& v, unsigned lo, unsigned hi) {
+  char* end = nullptr;
+  unsigned long x = std::strtoul(v.c_str(), &end, 10);
+  if (v.empty() || v[0] == '-' || *end != 0 || x < lo || x > hi)
+    die(flag + " '" + v + "' is not a number from " + std::to_string(lo) + " to " + std::to_string(hi));
+  return static_cast<unsigned>(x);
+}
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -77,9 +89,13 @@ Options parse(int argc, char** argv) {
         die(e.what());
       }
       if (o.capacity < (1ull << 20)) die("--capacity must be at least 1M");
+    } else if (a == "--threads") {
+      o.threads = parse_count(a, value(), 1, 60);
+    } else if (a == "--max-connections") {
+      o.max_connections = parse_count(a, value(), 1, 1000000);
     } else if (a == "--help" || a == "-h") {
       std::puts("usage: farmem-kv [--listen HOST:PORT (127.0.0.1:11311)] [--local-mem SIZE|PCT%] "
-                "[--capacity SIZE (4G)]\n"
+                "[--capacity SIZE (4G)] [--threads N (CPUs - 1)] [--max-connections N (4096)]\n"
                 "Other settings come from FARMEM_* variables (docs/configuration.md).");
       std::exit(0);
     } else {
@@ -117,9 +133,14 @@ std::uint16_t bound_port(int fd) {
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 }
 
+// Sockets are non-blocking: a uthread that would block parks in wait_fd.
 bool send_all(int fd, const std::string& s) {
   for (std::size_t off = 0; off < s.size();) {
     ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      farmem::uthread::wait_fd(fd, POLLOUT);
+      continue;
+    }
     if (n <= 0) return false;
     off += static_cast<std::size_t>(n);
   }
@@ -179,10 +200,16 @@ class Connection {
  private:
   bool fill() {
     char buf[16384];
-    ssize_t n = recv(fd_, buf, sizeof buf, 0);
-    if (n <= 0) return false;
-    in_.append(buf, static_cast<std::size_t>(n));
-    return true;
+    for (;;) {
+      ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        farmem::uthread::wait_fd(fd_, POLLIN);
+        continue;
+      }
+      if (n <= 0) return false;
+      in_.append(buf, static_cast<std::size_t>(n));
+      return true;
+    }
   }
   // A command line without its "\r\n" (or "\n"). False on EOF or a line too long.
   bool read_line(std::string& line) {
@@ -273,6 +300,7 @@ class Connection {
     std::string out = stat("pid", static_cast<std::uint64_t>(getpid())) + stat("curr_items", store_.items()) +
                       stat("bytes", store_.value_bytes()) + stat("limit_maxbytes", store_.capacity()) +
                       stat("curr_connections", static_cast<std::uint64_t>(g_connections.load())) +
+                      stat("threads", farmem::uthread::scheduler_count()) +
                       stat("far_slab_bytes", store_.far_bytes()) + stat("local_mem_bytes", s.local_mem_bytes) +
                       stat("resident_bytes", s.resident_bytes) + stat("far_bytes", s.far_bytes) +
                       stat("faults", s.faults) + stat("fetches", s.fetches) + stat("evictions", s.evictions) +
@@ -302,7 +330,14 @@ int main(int argc, char** argv) {
   } catch (const farmem::Error& e) {
     die(e.what());
   }
-  const int lfd = listen_on(o);
+  // One descriptor per connection: lift the soft limit to the hard one.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  const int lfd = listen_on(o);  // before the schedulers start: die() must not run with them
+  farmem::uthread::start(o.threads);
   std::signal(SIGTERM, [](int) { g_stop.store(true); });
   std::signal(SIGINT, [](int) { g_stop.store(true); });
   std::printf("farmem-kv: listening on %s:%u (local memory %llu MiB, capacity %llu MiB)\n", o.host.c_str(),
@@ -314,11 +349,14 @@ int main(int argc, char** argv) {
   while (!g_stop.load()) {
     pollfd p{lfd, POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
-    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) usleep(10000);  // out of descriptors: let some close
+      continue;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (g_connections.load() >= kMaxConnections) {
+    if (g_connections.load() >= static_cast<int>(o.max_connections)) {
       send_all(fd, "SERVER_ERROR too many connections\r\n");
       close(fd);
       continue;
@@ -328,7 +366,7 @@ int main(int argc, char** argv) {
       std::lock_guard<std::mutex> g(g_open_mu);
       g_open.insert(fd);
     }
-    std::thread([fd, &store] {
+    farmem::uthread::spawn([fd, &store] {
       {
         Connection c(fd, store);
         c.serve();
@@ -339,14 +377,13 @@ int main(int argc, char** argv) {
     }).detach();
   }
   close(lfd);
-  // Wake every connection out of recv() and let it finish its command, then
-  // exit normally (statistics print, the memory server stops).
+  // Wake every connection out of its wait and let it finish its command, then
+  // stop the schedulers and exit normally (statistics print, the memory server stops).
   {
     std::lock_guard<std::mutex> g(g_open_mu);
     for (int fd : g_open) shutdown(fd, SHUT_RDWR);
   }
-  for (int i = 0; i < 500 && g_connections.load() > 0; ++i) usleep(10000);
-  if (g_connections.load() > 0) std::fprintf(stderr, "farmem-kv: %d connection(s) still busy at exit\n", g_connections.load());
+  farmem::uthread::stop();
   std::fflush(stdout);
   std::exit(0);
 }

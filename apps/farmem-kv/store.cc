@@ -27,7 +27,7 @@ Store::Shard& Store::shard_of(const std::string& key) {
 std::optional<std::uint64_t> Store::alloc_chunk(unsigned cls) {
   Class& c = classes_[cls];
   {
-    std::lock_guard<std::mutex> g(c.mu);
+    std::lock_guard<farmem::uthread::Mutex> g(c.mu);
     if (!c.free.empty()) {
       std::uint64_t a = c.free.back();
       c.free.pop_back();
@@ -36,7 +36,7 @@ std::optional<std::uint64_t> Store::alloc_chunk(unsigned cls) {
   }
   std::uint64_t slab;
   {
-    std::lock_guard<std::mutex> g(slabs_mu_);
+    std::lock_guard<farmem::uthread::Mutex> g(slabs_mu_);
     if ((slabs_.size() + 1) * kSlab > capacity_) return std::nullopt;
     try {
       slab = farmem::far_alloc(kSlab);
@@ -46,13 +46,13 @@ std::optional<std::uint64_t> Store::alloc_chunk(unsigned cls) {
     slabs_.push_back(slab);
   }
   const std::uint64_t chunk = std::uint64_t{1} << (cls + kMinShift);
-  std::lock_guard<std::mutex> g(c.mu);
+  std::lock_guard<farmem::uthread::Mutex> g(c.mu);
   for (std::uint64_t off = kSlab; off > chunk;) c.free.push_back(slab + (off -= chunk));
   return slab;
 }
 
 void Store::free_chunk(unsigned cls, std::uint64_t addr) {
-  std::lock_guard<std::mutex> g(classes_[cls].mu);
+  std::lock_guard<farmem::uthread::Mutex> g(classes_[cls].mu);
   classes_[cls].free.push_back(addr);
 }
 
@@ -66,7 +66,7 @@ Store::SetResult Store::set(const std::string& key, std::uint32_t flags, const s
   bool replaced = false;
   {
     Shard& s = shard_of(key);
-    std::lock_guard<std::mutex> g(s.mu);
+    std::lock_guard<farmem::uthread::Mutex> g(s.mu);
     auto [it, inserted] = s.map.try_emplace(key, Item{*addr, static_cast<std::uint32_t>(data.size()), flags, cls});
     if (!inserted) {
       old = it->second;
@@ -82,7 +82,7 @@ Store::SetResult Store::set(const std::string& key, std::uint32_t flags, const s
 
 std::optional<Value> Store::get(const std::string& key) {
   Shard& s = shard_of(key);
-  std::lock_guard<std::mutex> g(s.mu);
+  std::lock_guard<farmem::uthread::Mutex> g(s.mu);
   auto it = s.map.find(key);
   if (it == s.map.end()) return std::nullopt;
   Value v;
@@ -96,7 +96,7 @@ bool Store::remove(const std::string& key) {
   Item old;
   {
     Shard& s = shard_of(key);
-    std::lock_guard<std::mutex> g(s.mu);
+    std::lock_guard<farmem::uthread::Mutex> g(s.mu);
     auto it = s.map.find(key);
     if (it == s.map.end()) return false;
     old = it->second;
@@ -110,7 +110,7 @@ bool Store::remove(const std::string& key) {
 std::uint64_t Store::items() const {
   std::uint64_t n = 0;
   for (const Shard& s : shards_) {
-    std::lock_guard<std::mutex> g(s.mu);
+    std::lock_guard<farmem::uthread::Mutex> g(s.mu);
     n += s.map.size();
   }
   return n;
@@ -119,14 +119,14 @@ std::uint64_t Store::items() const {
 std::uint64_t Store::value_bytes() const {
   std::uint64_t n = 0;
   for (const Shard& s : shards_) {
-    std::lock_guard<std::mutex> g(s.mu);
+    std::lock_guard<farmem::uthread::Mutex> g(s.mu);
     n += s.bytes;
   }
   return n;
 }
 
 std::uint64_t Store::far_bytes() const {
-  std::lock_guard<std::mutex> g(slabs_mu_);
+  std::lock_guard<farmem::uthread::Mutex> g(slabs_mu_);
   return slabs_.size() * kSlab;
 }
 

@@ -2,14 +2,18 @@
 // of power-of-two size classes carved from 1 MiB far slabs; keys and the index
 // (key -> chunk) stay local, sharded under 64 locks. A get copies the value out
 // under its shard's lock, so a concurrent set or delete never frees a chunk
-// that is being read.
+// that is being read. The locks are uthread mutexes: a far miss inside one
+// parks the uthread, and another uthread wanting the lock parks too instead of
+// blocking the scheduler's thread (they work from plain threads as well).
 #pragma once
 #include <cstdint>
-#include <mutex>
+#include <mutex>  // std::lock_guard
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "farmem/uthread.hpp"
 
 namespace farmem_kv {
 
@@ -52,12 +56,12 @@ class Store {
     unsigned cls;
   };
   struct Shard {
-    mutable std::mutex mu;
+    mutable farmem::uthread::Mutex mu;
     std::unordered_map<std::string, Item> map;
     std::uint64_t bytes = 0;
   };
   struct Class {
-    std::mutex mu;
+    farmem::uthread::Mutex mu;
     std::vector<std::uint64_t> free;  // chunk addresses
   };
 
@@ -69,7 +73,7 @@ class Store {
   const std::uint64_t capacity_;
   Shard shards_[kShards];
   Class classes_[kClasses];
-  mutable std::mutex slabs_mu_;
+  mutable farmem::uthread::Mutex slabs_mu_;
   std::vector<std::uint64_t> slabs_;
 };
 

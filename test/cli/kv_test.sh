@@ -3,7 +3,7 @@
 # store about 120 MiB of values behind a 16 MiB local budget, read them back,
 # overwrite and delete a third each, and check every value; the server's
 # resident memory stays near its budget. Then protocol errors, a full store,
-# too many connections, bad command lines, and SIGTERM.
+# 300 connections at once and the 301st refused, bad command lines, SIGTERM.
 set -uo pipefail
 KV=$1
 PY=/usr/bin/python3
@@ -149,17 +149,23 @@ if mode == "full":
     print("a 2 MiB store took 10 MB"); sys.exit(1)
 
 if mode == "connections":
-    conns = [Conn() for _ in range(48)]
+    # 300 open at once (one uthread each), all answering, interleaved; the 301st refused.
+    conns = [Conn() for _ in range(300)]
+    for i, c in enumerate(conns):
+        c.send(b"set conn%d 0 0 %d\r\n%s\r\n" % (i, len(str(i)), str(i).encode()))
     for c in conns:
-        if c.cmd(b"version") != b"VERSION farmem-kv 1": print("a connection failed"); sys.exit(1)
+        if c.line() != b"STORED": print("a connection failed to store"); sys.exit(1)
+    for i, c in enumerate(reversed(conns)):
+        k = 299 - i
+        if c.get_many([b"conn%d" % k]) != {b"conn%d" % k: (0, str(k).encode())}: print("wrong value on", k); sys.exit(1)
     extra = Conn()
     r = extra.line()
-    print(r.decode())
+    print("300 connections served; the 301st got", r.decode())
     sys.exit(0 if r == b"SERVER_ERROR too many connections" else 1)
 PY
 
 # 1. Four clients, 120 MiB of values, 16 MiB local.
-if start_kv main --local-mem 16M --capacity 512M; then
+if start_kv main --local-mem 16M --capacity 512M --max-connections 300; then
   if out=$(timeout 600 "$PY" "$tmp/client.py" "$port" load 2>&1); then ok "load and verify: $out"
   else bad "load and verify: $out"; fi
   rss=$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$kv_pid/status")
@@ -167,8 +173,8 @@ if start_kv main --local-mem 16M --capacity 512M; then
   else bad "server resident memory ${rss} MiB exceeds budget 16 + 48 MiB"; fi
   if out=$(timeout 60 "$PY" "$tmp/client.py" "$port" errors 2>&1); then ok "protocol errors:"; echo "$out" | sed 's/^/     /'
   else bad "protocol errors:"; echo "$out" | sed 's/^/     /'; fi
-  if out=$(timeout 60 "$PY" "$tmp/client.py" "$port" connections 2>&1); then ok "49th connection: $out"
-  else bad "49th connection: $out"; fi
+  if out=$(timeout 120 "$PY" "$tmp/client.py" "$port" connections 2>&1); then ok "connections: $out"
+  else bad "connections: $out"; fi
   kill -TERM "$kv_pid"
   timeout 15 tail --pid="$kv_pid" -f /dev/null
   wait "$kv_pid"; rc=$?
@@ -198,6 +204,7 @@ expect_error "bad capacity" "capacity.*not a size" "$KV" --capacity lots
 expect_error "capacity above far memory" "more than far memory.*FARMEM_FAR_MEM" env FARMEM_FAR_MEM=1G "$KV" --capacity 2G
 expect_error "bad local memory" "not a size" "$KV" --local-mem lots
 expect_error "unknown option" "unknown option --frobnicate" "$KV" --frobnicate
+expect_error "bad --threads" "threads '0' is not a number from 1 to 60" "$KV" --threads 0
 "$PY" -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)' >"$tmp/busy" &
 pids+=($!)
 for _ in $(seq 50); do [[ -s $tmp/busy ]] && break; sleep 0.1; done

@@ -13,6 +13,7 @@
 #include "../../apps/farmem-kv/store.hpp"
 #include "far/test_support.hpp"
 #include "farmem/far.hpp"
+#include "farmem/uthread.hpp"
 
 using namespace farmem;
 
@@ -40,23 +41,28 @@ bool consistent(const std::string& key, const std::string& v) {
   for (std::size_t i = 0; i < last; ++i) sum = sum * 31 + static_cast<unsigned char>(v[i]);
   return v.substr(last + 1) == std::to_string(sum);
 }
-}  // namespace
-
-TEST_CASE("the far-memory key-value store keeps every value whole under concurrency and eviction") {
-  Config cfg = Config::from_env();
-  cfg.local_mem_bytes = 8ull << 20;
-  init(cfg);
+// Runs the workload with kThreads workers; uthreads = true runs them as
+// uthreads on two schedulers (far misses and lock waits park inside the store).
+void run_workload(bool uthreads) {
+  if (!initialized()) {
+    Config cfg = Config::from_env();
+    cfg.local_mem_bytes = 8ull << 20;
+    init(cfg);
+  }
+  const std::uint64_t evictions_before = stats().evictions;
   farmem_kv::Store store(1ull << 30);
-  constexpr unsigned kThreads = 4;
-  const unsigned keys_per_thread = test::kSanitized ? 1000 : 2000;
-  const unsigned ops = test::kSanitized ? 3000 : 30000;
+  const unsigned kThreads = uthreads ? 32 : 4;
+  const unsigned keys_per_thread = (test::kSanitized ? 4000 : 8000) / kThreads;
+  const unsigned ops = (test::kSanitized ? 12000 : 120000) / kThreads;
   // Per thread and own key: the last version written, and whether it is stored.
   std::vector<std::vector<std::uint64_t>> version(kThreads, std::vector<std::uint64_t>(keys_per_thread, 0));
   std::vector<std::vector<char>> present(kThreads, std::vector<char>(keys_per_thread, 0));
   std::vector<unsigned> torn(kThreads, 0), lost(kThreads, 0);
   std::vector<std::thread> ts;
-  for (unsigned t = 0; t < kThreads; ++t)
-    ts.emplace_back([&, t] {
+  std::vector<uthread::Handle> us;
+  if (uthreads) uthread::start(2);
+  for (unsigned t = 0; t < kThreads; ++t) {
+    auto worker = [&, t] {
       test::Rng r(t + 1);
       for (unsigned i = 0; i < ops; ++i) {
         // Own keys are written and checked exactly; everyone's keys are read.
@@ -83,13 +89,27 @@ TEST_CASE("the far-memory key-value store keeps every value whole under concurre
           else lost[t] += !v || v->data != make_value(own, version[t][k]);
         }
       }
-    });
+    };
+    if (uthreads) us.push_back(uthread::spawn(worker));
+    else ts.emplace_back(worker);
+  }
   for (auto& th : ts) th.join();
+  for (auto& u : us) u.join();
+  if (uthreads) uthread::stop();
   unsigned bad_torn = 0, bad_lost = 0;
   for (unsigned t = 0; t < kThreads; ++t) bad_torn += torn[t], bad_lost += lost[t];
   CHECK(bad_torn == 0);
   CHECK(bad_lost == 0);
   const Stats s = stats();
   INFO("fetches " << s.fetches << ", evictions " << s.evictions);
-  CHECK(s.evictions > 0);
+  CHECK(s.evictions > evictions_before);
+}
+}  // namespace
+
+TEST_CASE("the far-memory key-value store keeps every value whole under concurrency and eviction") {
+  run_workload(false);
+}
+
+TEST_CASE("the same from 32 uthreads on two schedulers, parking on far misses inside the store's locks") {
+  run_workload(true);
 }
