@@ -6,6 +6,7 @@
 # 300 connections at once and the 301st refused, bad command lines, SIGTERM.
 set -uo pipefail
 KV=$1
+KV_LOAD=$2
 PY=/usr/bin/python3
 source "$(dirname "$0")/harness.sh"
 
@@ -175,6 +176,9 @@ if start_kv main --local-mem 16M --capacity 512M --max-connections 300; then
   else bad "protocol errors:"; echo "$out" | sed 's/^/     /'; fi
   if out=$(timeout 120 "$PY" "$tmp/client.py" "$port" connections 2>&1); then ok "connections: $out"
   else bad "connections: $out"; fi
+  if out=$(timeout 300 "$KV_LOAD" --server "127.0.0.1:$port" --keys 5000 --value-size 3000 --ops 3000 \
+      --connections 16 --workload zipf) && [[ $out == *'"verified":true'* ]]; then ok "farmem-kv-load: $out"
+  else bad "farmem-kv-load: $out"; fi
   kill -TERM "$kv_pid"
   timeout 15 tail --pid="$kv_pid" -f /dev/null
   wait "$kv_pid"; rc=$?
