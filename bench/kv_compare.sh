@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# farmem-kv with a quarter of its values local against farmem-kv with all of
+# them local, same load, interleaved in one run; prints the median ns per key
+# read of each. Usage: bench/kv_compare.sh [KEYS] [VALUE_SIZE] [OPS] [REPEAT]
+set -euo pipefail
+KEYS=${1:-100000} VSIZE=${2:-4096} OPS=${3:-50000} REPEAT=${4:-3}
+B=${BUILD:-build}
+KV=$B/apps/farmem-kv/farmem-kv LOAD=$B/bench/farmem-kv-load
+[[ -x $KV && -x $LOAD ]] || { echo "kv_compare: build first (ninja -C $B)" >&2; exit 2; }
+data_mib=$(( (KEYS * VSIZE) >> 20 ))
+quarter=$(( data_mib / 4 )); (( quarter >= 8 )) || quarter=8
+all=$(( data_mib * 2 + 64 ))  # chunks round values up to a power of two
+declare -A results
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+
+run() {  # run LABEL LOCAL_MIB WORKLOAD
+  local label=$1 mib=$2 wl=$3
+  "$KV" --listen 127.0.0.1:0 --local-mem "${mib}M" --capacity "$(( data_mib * 2 + 64 ))M" >"$tmp/out" 2>&1 &
+  local pid=$!
+  local port=""
+  for _ in $(seq 100); do
+    port=$(sed -n 's/^farmem-kv: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' "$tmp/out"); [[ -n $port ]] && break; sleep 0.1
+  done
+  [[ -n $port ]] || { echo "kv_compare: farmem-kv did not start: $(cat "$tmp/out")" >&2; exit 1; }
+  "$LOAD" --server "127.0.0.1:$port" --keys "$KEYS" --value-size "$VSIZE" --connections 8 --ops 2000 >/dev/null
+  local json
+  json=$("$LOAD" --server "127.0.0.1:$port" --keys "$KEYS" --value-size "$VSIZE" --connections 8 --ops "$OPS" \
+         --workload "$wl" --no-load)
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$label $wl: $json" >&2
+  results["$label $wl"]+="$(sed -n 's/.*"ns_per_key":\([0-9.]*\).*/\1/p' <<<"$json") "
+}
+
+for r in $(seq "$REPEAT"); do
+  for wl in uniform zipf; do
+    run "25%-local" "$quarter" "$wl"
+    run "all-local" "$all" "$wl"
+  done
+done
+median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "keys=$KEYS value_size=$VSIZE data=${data_mib}MiB ops=$OPS repeat=$REPEAT (median ns per key read)"
+for wl in uniform zipf; do
+  q=$(median <<<"${results["25%-local $wl"]}") a=$(median <<<"${results["all-local $wl"]}")
+  printf '%-8s 25%%-local %8s  all-local %8s  ratio %s\n' "$wl" "$q" "$a" "$(awk -v q="$q" -v a="$a" 'BEGIN {printf "%.2f", q / a}')"
+done
