@@ -245,6 +245,10 @@ class Connection {
       out += "VALUE " + w[i] + " " + std::to_string(v->flags) + " " + std::to_string(v->data.size()) + "\r\n";
       out += v->data;
       out += "\r\n";
+      if (out.size() >= (256u << 10)) {  // stream big answers instead of holding them all
+        if (!reply(out)) return false;
+        out.clear();
+      }
     }
     out += "END\r\n";
     return reply(out);

@@ -132,6 +132,10 @@ if mode == "errors":
         ("delete missing", c.cmd(b"delete nosuchkey"), b"NOT_FOUND"),
         ("expiry refused", c.cmd(b"set e 0 60 1\r\nx"), b"CLIENT_ERROR expiry is not supported; use exptime 0"),
     ]
+    bigs = {b"big%d" % i: bytes([65 + i]) * 900000 for i in range(4)}
+    stored = [c.set(k, v) for k, v in bigs.items()]
+    checks.append(("four 900 KB values in one get (streamed)",
+                   b"ok" if stored == [b"STORED"] * 4 and c.get_many(list(bigs)) == {k: (0, v) for k, v in bigs.items()} else b"wrong", b"ok"))
     c2 = Conn()
     c2.send(b"set k 0 0 3\r\nabcde\r\n")
     checks.append(("bad data chunk", c2.line(), b"CLIENT_ERROR bad data chunk"))
