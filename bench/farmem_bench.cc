@@ -12,7 +12,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -24,6 +23,7 @@
 #include "farmem/farmem.h"
 #include "farmem/runtime.hpp"
 #include "farmem/uthread.hpp"
+#include "zipf.hpp"
 
 namespace {
 
@@ -109,32 +109,10 @@ struct Rng {  // xorshift64*
     s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
     return s * 0x2545F4914F6CDD1Dull;
   }
+  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
 };
 
-// Zipf over [0, n) (Gray et al., as in YCSB); ranks scrambled so hot pages spread out.
-class Zipf {
- public:
-  Zipf(std::uint64_t n, double theta) : n_(n), theta_(theta) {
-    for (std::uint64_t i = 1; i <= n; ++i) zetan_ += 1.0 / std::pow(static_cast<double>(i), theta);
-    double zeta2 = 1.0 + 1.0 / std::pow(2.0, theta);
-    alpha_ = 1.0 / (1.0 - theta);
-    eta_ = (1 - std::pow(2.0 / static_cast<double>(n), 1 - theta)) / (1 - zeta2 / zetan_);
-  }
-  std::uint64_t next(Rng& r) const {
-    double u = static_cast<double>(r.next() >> 11) * (1.0 / 9007199254740992.0);
-    double uz = u * zetan_;
-    std::uint64_t k;
-    if (uz < 1.0) k = 0;
-    else if (uz < 1.0 + std::pow(0.5, theta_)) k = 1;
-    else k = static_cast<std::uint64_t>(static_cast<double>(n_) * std::pow(eta_ * u - eta_ + 1, alpha_));
-    if (k >= n_) k = n_ - 1;
-    return (k * 0x9E3779B97F4A7C15ull) % n_;  // scramble rank -> page
-  }
-
- private:
-  std::uint64_t n_;
-  double theta_, zetan_ = 0, alpha_ = 0, eta_ = 0;
-};
+using farmem::bench::Zipf;
 
 void pin_to_cpu(unsigned t) {
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -172,7 +150,7 @@ void worker_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::u
     std::uint64_t page;
     if (o.workload == "uniform") page = r % pages;
     else if (o.workload == "seq") page = seq++ % pages;
-    else page = zipf->next(rng);
+    else page = zipf->at(rng.uniform());
     access(page, (r >> 40) % kWordsPerPage);
   }
 }

@@ -11,14 +11,16 @@
 
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "zipf.hpp"
 
 namespace {
 
@@ -98,30 +100,6 @@ class Conn {
 
 std::string key_of(unsigned long k) { return "key:" + std::to_string(k); }
 
-// Zipf over [0, n) with theta 0.99 (Gray et al.), ranks scrambled.
-class Zipf {
- public:
-  explicit Zipf(unsigned long n) : n_(n) {
-    for (unsigned long i = 1; i <= n; ++i) zetan_ += 1.0 / std::pow(static_cast<double>(i), kTheta);
-    const double zeta2 = 1.0 + 1.0 / std::pow(2.0, kTheta);
-    alpha_ = 1.0 / (1.0 - kTheta);
-    eta_ = (1.0 - std::pow(2.0 / static_cast<double>(n), 1.0 - kTheta)) / (1.0 - zeta2 / zetan_);
-  }
-  unsigned long next(std::mt19937_64& rng) const {
-    const double u = std::uniform_real_distribution<double>(0, 1)(rng), uz = u * zetan_;
-    unsigned long rank;
-    if (uz < 1.0) rank = 0;
-    else if (uz < 1.0 + std::pow(0.5, kTheta)) rank = 1;
-    else rank = static_cast<unsigned long>(static_cast<double>(n_) * std::pow(eta_ * u - eta_ + 1.0, alpha_));
-    return (std::min(rank, n_ - 1) * 0x9E3779B97F4A7C15ull) % n_;
-  }
-
- private:
-  static constexpr double kTheta = 0.99;
-  unsigned long n_;
-  double zetan_ = 0, alpha_ = 0, eta_ = 0;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -175,7 +153,9 @@ int main(int argc, char** argv) {
     load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  const Zipf* zipf = o.workload == "zipf" ? new Zipf(o.keys) : nullptr;
+  std::unique_ptr<const farmem::bench::Zipf> zipf_law;
+  if (o.workload == "zipf") zipf_law = std::make_unique<const farmem::bench::Zipf>(o.keys, 0.99);
+  const farmem::bench::Zipf* zipf = zipf_law.get();
   std::atomic<unsigned long> bad{0}, misses{0};
   const unsigned long per_conn = (o.ops + o.connections - 1) / o.connections;
   auto t0 = std::chrono::steady_clock::now();
@@ -188,7 +168,7 @@ int main(int argc, char** argv) {
       for (unsigned long op = 0; op < per_conn; ++op) {
         std::string req = "get";
         for (auto& k : ks) {
-          k = zipf ? zipf->next(rng) : rng() % o.keys;
+          k = zipf ? zipf->at(std::uniform_real_distribution<double>(0, 1)(rng)) : rng() % o.keys;
           req += ' ';
           req += key_of(k);
         }
