@@ -596,9 +596,9 @@ void Region::handler_loop() {
       const std::uint64_t flags = msgs[i].arg.pagefault.flags;
       if (flags & UFFD_PAGEFAULT_FLAG_WP) {
         // A write to a write-protected page: marked dirty and released here if
-        // the page is resident; if it is being written back, the evictor lifts
-        // the protection when the page is gone, which wakes the writer, and it
-        // then faults on the missing page like any other.
+        // the page is resident; if it is being written back, the evictor wakes
+        // the writer once the page is gone (Region::unmap_written), and it then
+        // faults on the missing page like any other.
         if (!resolve(a, true, staging_, 1)) retry.push_back(a | 1);
         continue;
       }
