@@ -1,9 +1,11 @@
 // farmem-bench: microbenchmarks of far memory against plain local memory.
 // Each op reads and writes one 8-byte word in one page of the working set;
 // the page is chosen uniformly (uniform), in order (seq) or by a Zipf law
-// (zipf, theta 0.99). --mode sw goes through far pointers, --mode local through
-// plain pointers (run it under a memory cgroup with swap to measure Linux swap).
-// Prints one JSON object per run with --json.
+// (zipf, theta 0.99). --mode sw goes through far pointers, --mode hw through
+// plain pointers into the transparent region (farmem_malloc, userfaultfd), and
+// --mode local through plain pointers to ordinary memory (run it under a memory
+// cgroup with swap to measure Linux swap). Prints one JSON object per run with
+// --json; a run longer than a few seconds reports its progress on stderr.
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -12,6 +14,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -34,6 +38,7 @@ struct Options {
   std::string mode = "sw";
   std::uint64_t working_set = 1ull << 30;
   std::string local_mem = "25%";
+  std::string backend;  // empty: FARMEM_BACKEND, else shm
   std::uint64_t ops = 5'000'000;
   unsigned threads = 1;
   unsigned uthreads = 0;  // per application thread; 0 = plain blocking threads
@@ -49,12 +54,26 @@ struct Options {
 
 void usage() {
   std::printf(
-      "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|local]\n"
-      "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--ops N]\n"
+      "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|hw|local]\n"
+      "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--backend URI] [--ops N]\n"
       "                    [--threads N] [--uthreads N] [--seed N] [--no-verify] [--json]\n"
-      "  --uthreads N runs N uthreads per application thread (0: plain blocking threads).\n"
-      "  --local-mem is the local-memory budget for --mode sw (PCT%% of the working set).\n"
-      "  Environment: FARMEM_* variables (docs/configuration.md) apply to --mode sw.\n");
+      "  Each op reads and writes one word of one page of the working set.\n"
+      "  --workload     which page: uniform (default), seq (in order), zipf (theta 0.99)\n"
+      "  --mode         sw: far pointers (default); hw: plain pointers into the transparent\n"
+      "                 region (farmem_malloc, userfaultfd); local: ordinary memory (run it\n"
+      "                 in a memory cgroup with swap to measure Linux swap: bench/swap_compare.sh)\n"
+      "  --working-set  bytes the ops spread over (default 1G)\n"
+      "  --local-mem    local-memory budget, SIZE or PCT%% of the working set (default 25%%)\n"
+      "  --backend      where far memory lives: shm (default: a memory server on this machine),\n"
+      "                 tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...; overrides FARMEM_BACKEND\n"
+      "  --ops          measured ops (default 5000000), after a tenth as many to warm up\n"
+      "  --threads      application threads (default 1)\n"
+      "  --uthreads     uthreads per application thread (default 0: plain blocking threads)\n"
+      "  --seed         random seed (default 42)\n"
+      "  --no-verify    skip the check of every word after the run\n"
+      "  --json         one JSON object on stdout instead of the text summary\n"
+      "  Runs longer than a few seconds print progress on stderr. Other settings come from\n"
+      "  FARMEM_* variables (docs/configuration.md) and apply to --mode sw and hw.\n");
 }
 
 std::uint64_t parse_count(const std::string& flag, const std::string& v) {
@@ -79,6 +98,7 @@ Options parse(int argc, char** argv) {
       else if (a == "--mode") o.mode = value();
       else if (a == "--working-set") o.working_set = farmem::parse_size(value(), "--working-set");
       else if (a == "--local-mem") o.local_mem = value();
+      else if (a == "--backend") o.backend = value();
       else if (a == "--ops") o.ops = parse_count(a, value());
       else if (a == "--threads") o.threads = static_cast<unsigned>(parse_count(a, value()));
       else if (a == "--uthreads") o.uthreads = static_cast<unsigned>(parse_count(a, value()));
@@ -138,6 +158,48 @@ std::uint64_t kernel_faults() {
   return static_cast<std::uint64_t>(ru.ru_majflt + ru.ru_minflt);
 }
 
+// Ops done so far, summed by the workers every kProgressStep ops, and a thread
+// that reports them on stderr every 5 s once a phase has run for 3 s.
+constexpr std::uint64_t kProgressStep = 1 << 14;
+std::atomic<std::uint64_t> g_done{0};
+
+class Progress {
+ public:
+  Progress(const char* phase, std::uint64_t total) : phase_(phase), total_(total) {
+    g_done.store(0, std::memory_order_relaxed);
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Progress() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+
+ private:
+  void loop() {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto next = t0 + std::chrono::seconds(3);
+    std::unique_lock<std::mutex> g(mu_);
+    while (!cv_.wait_until(g, next, [this] { return stop_; })) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const std::uint64_t done = g_done.load(std::memory_order_relaxed);
+      std::fprintf(stderr, "farmem-bench: %s %llu of %llu ops (%.0f%%), %.0f s\n", phase_,
+                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total_),
+                   total_ ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 0.0, secs);
+      next += std::chrono::seconds(5);
+    }
+  }
+  const char* phase_;
+  std::uint64_t total_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 // Worker t of `workers`: its share of the ops, each on one page chosen by the workload.
 template <class Access>
 void worker_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::uint64_t seed_base,
@@ -152,6 +214,7 @@ void worker_ops(const Options& o, std::uint64_t pages, std::uint64_t ops, std::u
     else if (o.workload == "seq") page = seq++ % pages;
     else page = zipf->at(rng.uniform());
     access(page, (r >> 40) % kWordsPerPage);
+    if ((i + 1) % kProgressStep == 0) g_done.fetch_add(kProgressStep, std::memory_order_relaxed);
   }
 }
 
@@ -238,10 +301,11 @@ int main(int argc, char** argv) {
     try {
       farmem::Config cfg = farmem::Config::from_env();
       cfg.local_mem_bytes = local_mem;
+      cfg.local_mem_from = "--local-mem";
+      if (!o.backend.empty()) cfg.backend = o.backend;
       if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 4 * pages * 4096);
       if (o.mode == "hw") {
         cfg.hw_mem_bytes = std::max(cfg.hw_mem_bytes, pages * 4096);
-        cfg.populate_pool = false;  // transparent pages never use the pool slots: keep them empty
       }
       farmem::init(cfg);
     } catch (const farmem::Error& e) {
@@ -262,6 +326,7 @@ int main(int argc, char** argv) {
     };
     if (o.uthreads) farmem::uthread::start(o.threads);
     auto run = [&](std::uint64_t n, std::uint64_t seed) {
+      Progress progress(seed == o.seed ? "measured" : "warm-up", n);
       return o.uthreads ? run_ops_uthreads(o, pages, n, seed, zipf.get(), access)
                         : run_ops(o, pages, n, seed, zipf.get(), access);
     };
@@ -307,6 +372,7 @@ int main(int argc, char** argv) {
     // In hw mode uthreads park on a fault only with FARMEM_HW_FAULTS=signal.
     if (o.uthreads) farmem::uthread::start(o.threads);
     auto run = [&](std::uint64_t n, std::uint64_t seed) {
+      Progress progress(seed == o.seed ? "measured" : "warm-up", n);
       return o.uthreads ? run_ops_uthreads(o, pages, n, seed, zipf.get(), access)
                         : run_ops(o, pages, n, seed, zipf.get(), access);
     };

@@ -1,12 +1,9 @@
 // farmem-run: runs an unmodified, dynamically linked program with its heap in
-// far memory. It checks the options, puts libfarmem-preload.so in LD_PRELOAD
-// and the FARMEM_* settings in the environment, runs the program and passes its
-// exit status through. The program's runtime starts the embedded memory server
-// itself unless --backend names another.
+// far memory. It checks the options (and that the memory server answers), puts
+// libfarmem-preload.so in LD_PRELOAD and the FARMEM_* settings in the
+// environment, and execs the program. The program's runtime starts the
+// embedded memory server, or connects to --backend, when its first page goes far.
 #include <limits.h>
-#include <signal.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -27,8 +24,8 @@ void usage(FILE* out) {
                "  Runs PROGRAM with its heap (malloc and large anonymous mmaps) in far memory;\n"
                "  only --local-mem of it stays in local memory (default 25%% of this machine).\n"
                "  --backend  shm (default: a memory server on this machine) or tcp://HOST:PORT\n"
-               "  --stats    the runtime prints one JSON line of statistics at exit, and farmem-run\n"
-               "             a summary line with the program's peak resident memory\n"
+               "  --stats    the program prints one JSON line of statistics at exit, and a line with\n"
+               "             its peak resident memory (so does any child that sent pages far)\n"
                "  Other settings come from FARMEM_* variables (docs/configuration.md).\n");
 }
 
@@ -108,51 +105,46 @@ int main(int argc, char** argv) {
   }
   if (i >= argc) die("no program to run; usage: farmem-run [options] -- PROGRAM [ARGS...]");
 
-  if (!local_mem.empty()) setenv("FARMEM_LOCAL_MEM", local_mem.c_str(), 1);
-  if (!backend.empty()) setenv("FARMEM_BACKEND", backend.c_str(), 1);
   if (stats) setenv("FARMEM_STATS", "1", 1);
-  // Check the whole configuration here, so a bad value is our one-line error.
-  farmem::Config cfg;
-  try {
-    cfg = farmem::Config::from_env();
-    farmem::check_config(cfg);
-    if (cfg.hw_faults == "signal")
-      throw farmem::Error("FARMEM_HW_FAULTS=signal cannot serve an unmodified program (its system calls on far "
-                          "pages would fail with EFAULT); unset it: farmem-run uses the handler thread");
-  } catch (const farmem::Error& e) {
-    die(e.what());
-  }
+  if (!local_mem.empty()) unsetenv("FARMEM_LOCAL_MEM");  // the option wins; set again below
   if (getenv("FARMEM_SERVER") == nullptr) {
     std::string server = find_server();
     if (!server.empty()) setenv("FARMEM_SERVER", server.c_str(), 1);
   }
+  // Check the whole configuration here, so a bad value is our one-line error,
+  // naming the option the user typed.
+  farmem::Config cfg;
+  try {
+    cfg = farmem::Config::from_env();
+    if (!local_mem.empty()) {
+      cfg.local_mem_bytes = farmem::parse_local_mem(local_mem, "--local-mem");
+      cfg.local_mem_from = "--local-mem";
+    }
+    if (!backend.empty()) cfg.backend = backend;
+    farmem::check_config(cfg);
+    if (cfg.hw_faults == "signal")
+      throw farmem::Error("FARMEM_HW_FAULTS=signal cannot serve an unmodified program (its system calls on far "
+                          "pages would fail with EFAULT); unset it: farmem-run uses the handler thread");
+    farmem::check_backend(cfg);  // the program connects only when a page goes far: ask now
+  } catch (const farmem::Error& e) {
+    std::string msg = e.what();
+    if (!backend.empty())  // name the option, not the variable we would have set
+      for (auto [var, opt] : {std::pair<std::string, std::string>{"FARMEM_BACKEND=", "--backend "},
+                              {"FARMEM_BACKEND", "--backend"}})
+        for (std::size_t at; (at = msg.find(var)) != std::string::npos;) msg.replace(at, var.size(), opt);
+    die(msg);
+  }
+  if (!local_mem.empty()) setenv("FARMEM_LOCAL_MEM", std::to_string(cfg.local_mem_bytes).c_str(), 1);
+  if (!backend.empty()) setenv("FARMEM_BACKEND", backend.c_str(), 1);
   std::string preload = find_preload();
   if (const char* old = getenv("LD_PRELOAD"); old && *old) preload += std::string(":") + old;
   setenv("LD_PRELOAD", preload.c_str(), 1);
 
-  pid_t pid = fork();
-  if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    execvp(argv[i], argv + i);
-    std::fprintf(stderr, "farmem-run: cannot run %s: %s\n", argv[i], std::strerror(errno));
-    _exit(127);
-  }
-  // The program owns the terminal's signals; we only wait for it.
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  int status = 0;
-  rusage ru{};
-  while (wait4(pid, &status, 0, &ru) < 0) {
-    if (errno != EINTR) die(std::string("wait4: ") + std::strerror(errno));
-  }
-  if (stats)
-    std::fprintf(stderr, "farmem-run: %s %d, peak resident %ld MiB, local memory budget %llu MiB\n",
-                 WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
-                 ru.ru_maxrss >> 10, static_cast<unsigned long long>(cfg.local_mem_bytes >> 20));
-  if (WIFSIGNALED(status)) {
-    signal(WTERMSIG(status), SIG_DFL);
-    raise(WTERMSIG(status));
-    return 128 + WTERMSIG(status);
-  }
-  return WEXITSTATUS(status);
+  // The program takes our place (same pid): signals, job control, `timeout`
+  // and exit statuses reach it and come from it as without farmem. The runtime
+  // in it prints the statistics, and the peak-resident line, at exit.
+  setenv("FARMEM_RUN_PID", std::to_string(getpid()).c_str(), 1);
+  execvp(argv[i], argv + i);
+  std::fprintf(stderr, "farmem-run: cannot run %s: %s\n", argv[i], std::strerror(errno));
+  return 127;
 }

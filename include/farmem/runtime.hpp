@@ -35,7 +35,10 @@ struct Config {
   int evictor_cpu = -1;                // -1 = last CPU
   unsigned evict_batch = 64;           // pages per eviction batch
   bool stats_at_exit = false;
-  bool populate_pool = true;           // fault the frame pool in at start (false: as frames are used)
+  bool populate_pool = false;          // fault the whole frame pool in at start (else as frames are used)
+  bool lazy_connect = false;           // start the memory server, or connect to it, when the first page
+                                       // goes far instead of at init (the preload shim; not rdma)
+  std::string local_mem_from = "FARMEM_LOCAL_MEM";  // where the budget came from, for error messages
   bool keep_running_at_exit = false;   // at exit only print statistics; the evictor and server
                                        // keep serving whatever runs after (the preload shim)
 
@@ -48,12 +51,17 @@ std::uint64_t parse_size(const std::string& text, const std::string& what);
 // Parses SIZE or PCT% (percentage of `whole`).
 std::uint64_t parse_size_or_percent(const std::string& text, std::uint64_t whole,
                                     const std::string& what);
+// A local-memory budget: SIZE or PCT% of physical memory, never 0; throws Error naming `what`.
+std::uint64_t parse_local_mem(const std::string& text, const std::string& what);
 std::uint64_t physical_memory_bytes();
 
 // Fills in defaults (budget, far size, backend) and checks every value against
 // this machine; throws Error naming the problem and the fix.
 void check_config(Config& cfg);
 void init(const Config& cfg);  // throws Error; a second call is an error
+// Checks that cfg.backend is usable now: connects to a networked memory server
+// and disconnects, or finds the embedded server's binary; throws Error.
+void check_backend(const Config& cfg);
 bool initialized();
 void shutdown();               // stops the evictor and the memory server (also at exit)
 

@@ -80,7 +80,9 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   const std::uint64_t pages = bytes_ / 4096;
   in_thread_ = rt.cfg.hw_faults == "signal";
   track_dirty_ = rt.cfg.hw_dirty == "track";
-  uffd_ = open_uffd(in_thread_);  // throws with the fix when userfaultfd is not usable
+  // Throws with the fix when userfaultfd is not usable. User-mode-only is
+  // enough in SIGBUS mode, whose system calls on missing pages fail anyway.
+  uffd_ = open_uffd(in_thread_, in_thread_);
   first_vpn_ = rt.far.alloc(pages);
   if (first_vpn_ == 0) {
     close(uffd_.fd);
@@ -643,7 +645,7 @@ void Region::fork_child() {
   parking_.forget();
   handler_ = nullptr;  // the parent's handler thread does not exist here
   try {
-    uffd_ = open_uffd();
+    uffd_ = open_uffd(false, uffd_.user_mode_only);  // the parent's privileges
     register_range(uffd_.fd, base_, bytes_);
   } catch (const Error& e) {
     detail::fatal("forked child: %s", e.what());

@@ -2,6 +2,7 @@
 #include "hw/uffd.hpp"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -16,16 +17,19 @@
 #endif
 
 namespace farmem::hw {
+namespace {
+std::string user_name() {
+  if (passwd* pw = getpwuid(geteuid())) return pw->pw_name;
+  return std::to_string(geteuid());
+}
+}  // namespace
 
-Uffd open_uffd(bool sigbus) {
+Uffd open_uffd(bool sigbus, bool user_mode_ok) {
   Uffd u;
   u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   u.how = "userfaultfd(2)";
-  if (u.fd < 0 && errno == EPERM) {  // unprivileged: user-mode faults are enough for us
-    u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-    u.how = "userfaultfd(2), user-mode only";
-  }
-  if (u.fd < 0 && (errno == EPERM || errno == ENOSYS)) {
+  const int first_errno = errno;
+  if (u.fd < 0 && (errno == EPERM || errno == ENOSYS)) {  // unprivileged: /dev/userfaultfd may be granted
     int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
     if (dev >= 0) {
       u.fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
@@ -33,8 +37,21 @@ Uffd open_uffd(bool sigbus) {
       u.how = "/dev/userfaultfd";
     }
   }
+  if (u.fd < 0 && first_errno == EPERM) {
+    // What an unprivileged user gets with vm.unprivileged_userfaultfd=0.
+    u.fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    if (u.fd >= 0 && !user_mode_ok) {
+      close(u.fd);
+      throw Error("userfaultfd serves this user only faults from user mode (vm.unprivileged_userfaultfd=0), "
+                  "so system calls that read into far memory would fail with EFAULT; fix: sysctl -w "
+                  "vm.unprivileged_userfaultfd=1, or give this user read-write access to /dev/userfaultfd "
+                  "(setfacl -m u:" + user_name() + ":rw /dev/userfaultfd), or run as root");
+    }
+    u.how = "userfaultfd(2), user-mode only";
+    u.user_mode_only = true;
+  }
   if (u.fd < 0)
-    throw Error(std::string("userfaultfd is not available (") + std::strerror(errno) +
+    throw Error(std::string("userfaultfd is not available (") + std::strerror(first_errno) +
                 "); run as root, set sysctl vm.unprivileged_userfaultfd=1, or grant access to "
                 "/dev/userfaultfd");
   const std::uint64_t want = UFFD_FEATURE_MOVE | (sigbus ? UFFD_FEATURE_SIGBUS : 0);
@@ -42,7 +59,7 @@ Uffd open_uffd(bool sigbus) {
   if (ioctl(u.fd, UFFDIO_API, &api) != 0 || !(api.features & UFFD_FEATURE_MOVE)) {
     close(u.fd);
     if (sigbus) {  // the kernel may lack SIGBUS only: say which
-      Uffd probe = open_uffd(false);
+      Uffd probe = open_uffd(false, true);
       close(probe.fd);
       throw Error("this kernel's userfaultfd lacks UFFD_FEATURE_SIGBUS (Linux 4.14 or newer); use "
                   "FARMEM_HW_FAULTS=thread");

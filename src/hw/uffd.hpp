@@ -31,13 +31,16 @@ struct Uffd {
   int fd = -1;
   std::uint64_t features = 0;
   std::string how;  // which way it was opened (for the start-up line)
+  bool user_mode_only = false;  // kernel-mode faults (system calls on missing pages) fail with EFAULT
 };
 
 // Opens a userfaultfd with UFFD_FEATURE_MOVE (and, with sigbus, UFFD_FEATURE_SIGBUS:
 // a missing page raises SIGBUS in the faulting thread instead of queueing a
 // message); throws farmem::Error naming the fix when the kernel or the
-// privileges do not allow it.
-Uffd open_uffd(bool sigbus = false);
+// privileges do not allow it. A user-mode-only userfaultfd (all an unprivileged
+// user gets with vm.unprivileged_userfaultfd=0) is taken only if user_mode_ok:
+// with it a system call that reads into a missing page fails with EFAULT.
+Uffd open_uffd(bool sigbus = false, bool user_mode_ok = false);
 // Registers [addr, addr+len) for missing-page faults (and, with wp, write-protect faults).
 void register_range(int fd, void* addr, std::uint64_t len, bool wp = false);
 // Write-protects [addr, addr+len) (on) or lifts it and wakes the threads that

@@ -62,6 +62,9 @@ class Transport {
   // True if register_local() pinned that memory: its pages must then stay where
   // they are (no UFFDIO_MOVE of frames, which the transparent region does).
   virtual bool pins_local_memory() const { return false; }
+  // False while a deferred transport (net/connect.cc) has not connected yet:
+  // no page has gone far.
+  virtual bool connected() const { return true; }
 
   // fork(): before it, arrange for the child to read far memory as it is now
   // (returns false if this transport cannot); after it, keep or adopt that.
@@ -70,7 +73,12 @@ class Transport {
   virtual void fork_child() {}
 };
 
-// Starts or connects to the memory server named by cfg.backend; throws farmem::Error.
+// The transport named by cfg.backend (net/connect.cc). With cfg.lazy_connect
+// (the preload shim) any but rdma starts on the first transfer; otherwise it
+// connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);
+// Checks that cfg.backend can be used (connects and disconnects; for shm, finds
+// the server binary); throws farmem::Error naming the problem.
+void probe(const Config& cfg);
 
 }  // namespace farmem::net

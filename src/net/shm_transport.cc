@@ -24,11 +24,8 @@
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
 #include "net/queue_pair.hpp"
-#include "net/rdma_logic.hpp"
-#include "net/rdma_transport.hpp"
+#include "net/shm_transport.hpp"
 #include "net/shm_wire.hpp"
-#include "net/tcp_transport.hpp"
-#include "net/dpdk_transport.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -198,7 +195,14 @@ class ShmTransport final : public Transport {
       if (std::strncmp(*e, "FARMEM_SHIM_DISABLE=", 20) != 0) env.push_back(*e);
     env.push_back(const_cast<char*>("FARMEM_SHIM_DISABLE=1"));
     env.push_back(nullptr);
-    int rc = posix_spawn(&pid_, server.c_str(), &fa, nullptr, const_cast<char**>(argv), env.data());
+    // Its own session: signals meant for the program (Ctrl-C to the terminal's
+    // process group, kill -TERM -PGID) must not take its far memory away. It
+    // leaves when its socket closes or its parent changes.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
+    int rc = posix_spawn(&pid_, server.c_str(), &fa, &attr, const_cast<char**>(argv), env.data());
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     close(child_fd);
     if (rc != 0) {
@@ -348,28 +352,8 @@ class ShmTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> connect(const Config& cfg) {
-  if (cfg.backend == "shm") return std::make_unique<ShmTransport>(cfg);
-  if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
-  if (cfg.backend.rfind("rdma://", 0) == 0) {
-#if FARMEM_HAVE_RDMA
-    return connect_rdma(cfg);
-#else
-    rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND");  // a bad URI is named first
-    throw Error("FARMEM_BACKEND=" + cfg.backend +
-                ": this farmem was built without rdma-core; install libibverbs-dev and librdmacm-dev and "
-                "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
-#endif
-  }
-  if (cfg.backend.rfind("dpdk://", 0) == 0) {
-#if FARMEM_HAVE_DPDK
-    return connect_dpdk(cfg);
-#else
-    throw Error("FARMEM_BACKEND=" + cfg.backend + ": this farmem was built without DPDK (libdpdk-dev missing at "
-                "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
-#endif
-  }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
-}
+std::unique_ptr<Transport> connect_shm(const Config& cfg) { return std::make_unique<ShmTransport>(cfg); }
+
+void check_shm(const Config& cfg) { (void)find_server(cfg); }
 
 }  // namespace farmem::net

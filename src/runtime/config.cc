@@ -74,6 +74,14 @@ std::uint64_t parse_size_or_percent(const std::string& text, std::uint64_t whole
   return parse_size(s, what);
 }
 
+std::uint64_t parse_local_mem(const std::string& text, const std::string& what) {
+  std::uint64_t b = parse_size_or_percent(text, physical_memory_bytes(), what);
+  if (b == 0)
+    throw Error(what + "='" + text + "' is no budget; give at least 8M, or leave it out for 25% of this "
+                "machine's memory");
+  return b;
+}
+
 std::uint64_t physical_memory_bytes() {
   return static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) *
          static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
@@ -82,7 +90,7 @@ std::uint64_t physical_memory_bytes() {
 Config Config::from_env() {
   Config c;
   if (const char* v = env("FARMEM_LOCAL_MEM"))
-    c.local_mem_bytes = parse_size_or_percent(v, physical_memory_bytes(), "FARMEM_LOCAL_MEM");
+    c.local_mem_bytes = parse_local_mem(v, "FARMEM_LOCAL_MEM");
   if (const char* v = env("FARMEM_FAR_MEM")) c.far_mem_bytes = parse_size(v, "FARMEM_FAR_MEM");
   if (const char* v = env("FARMEM_HW_MEM")) {
     c.hw_mem_bytes = parse_size(v, "FARMEM_HW_MEM");

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -58,9 +59,21 @@ void unmap_region(void* p, std::uint64_t bytes) {
 // for one) close stderr in their own exit handlers, which run before ours.
 int g_stats_fd = -1;
 
+// Under farmem-run (FARMEM_RUN_PID: the program's pid, kept through exec) the
+// program's own process reports, and so does any other process of its tree
+// that sent pages far; the shells and tools of a wrapper chain stay quiet.
 void print_stats(Runtime& r) {
   if (!r.cfg.stats_at_exit || r.forked_child) return;
+  const char* run_pid = getenv("FARMEM_RUN_PID");
+  const bool is_program = run_pid != nullptr && std::strtol(run_pid, nullptr, 10) == getpid();
+  if (run_pid != nullptr && !is_program && !r.transport->connected()) return;
   std::string line = farmem::stats_json() + "\n";
+  if (is_program) {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    line += "farmem-run: peak resident " + std::to_string(ru.ru_maxrss >> 10) + " MiB, local memory budget " +
+            std::to_string(r.cfg.local_mem_bytes >> 20) + " MiB\n";
+  }
   if (write(g_stats_fd >= 0 ? g_stats_fd : 2, line.data(), line.size()) < 0) {
   }
 }
@@ -163,10 +176,10 @@ void check_config(Config& cfg) {
   if (cfg.local_mem_bytes > phys)
     throw Error("local memory budget " + mib(cfg.local_mem_bytes) +
                 " exceeds this machine's physical memory (" + mib(phys) +
-                "); lower FARMEM_LOCAL_MEM");
+                "); lower " + cfg.local_mem_from);
   if (cfg.local_mem_bytes < kMinLocalMem)
     throw Error("local memory budget " + std::to_string(cfg.local_mem_bytes) +
-                " bytes is below the minimum of 8 MiB the runtime needs; raise FARMEM_LOCAL_MEM");
+                " bytes is below the minimum of 8 MiB the runtime needs; raise " + cfg.local_mem_from);
   if (cfg.far_mem_bytes < (16ull << 20) || cfg.far_mem_bytes > (1ull << 46))
     throw Error("far memory size " + mib(cfg.far_mem_bytes) +
                 " is out of range; set FARMEM_FAR_MEM between 16M and 64T");
@@ -228,6 +241,8 @@ void init(const Config& in) {
 }
 
 bool initialized() { return detail::g_runtime_ptr.load() != nullptr; }
+
+void check_backend(const Config& cfg) { net::probe(cfg); }
 
 void shutdown() {
   using namespace detail;

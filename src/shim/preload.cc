@@ -112,6 +112,7 @@ __attribute__((constructor(101))) void start() {
     // inside mimalloc. farmem-run refuses FARMEM_HW_FAULTS=signal.
     cfg.hw_faults = "thread";
     cfg.populate_pool = false;  // frames fill as they are used: small programs stay small
+    cfg.lazy_connect = true;  // no server or session for a process that never sends a page far
     cfg.keep_running_at_exit = true;  // stdio and libc free region memory after atexit handlers
     farmem::init(cfg);
   } catch (const farmem::Error& e) {

@@ -51,7 +51,7 @@ run_case() {
     fail "$name: output differs from the plain run"; return
   fi
   local far_peak
-  far_peak=$(sed -n 's/^farmem-run: exit 0, peak resident \([0-9]*\) MiB.*/\1/p' "$T/far.err")
+  far_peak=$(sed -n 's/^farmem-run: peak resident \([0-9]*\) MiB.*/\1/p' "$T/far.err")
   local faults
   faults=$(grep -o '"fetches":[0-9]*' "$T/far.err" | head -1)
   if [[ -z $far_peak ]] || ((far_peak > budget + OVERHEAD_MIB)); then

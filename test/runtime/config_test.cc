@@ -55,6 +55,10 @@ TEST_CASE("the environment is read and validated") {
 
   setenv("FARMEM_LOCAL_MEM", "10%", 1);
   CHECK(Config::from_env().local_mem_bytes == farmem::physical_memory_bytes() / 10);
+  setenv("FARMEM_LOCAL_MEM", "0", 1);  // not "the default": a budget of nothing is a mistake
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("FARMEM_LOCAL_MEM='0' is no budget"));
+  CHECK_THROWS_WITH(farmem::parse_local_mem("0K", "--local-mem"), Catch::Contains("--local-mem='0K'"));
+  setenv("FARMEM_LOCAL_MEM", "64M", 1);
 
   setenv("FARMEM_SHM_DELAY_NS", "-3", 1);
   CHECK_THROWS_AS(Config::from_env(), Error);
@@ -99,6 +103,8 @@ TEST_CASE("init rejects budgets the machine cannot honour") {
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find("below the minimum") != std::string::npos);
   }
+  c.local_mem_from = "--local-mem";  // errors name what the user typed
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("raise --local-mem"));
   c.local_mem_bytes = 16 << 20;
   c.backend = "carrier-pigeon";
   CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not a backend"));

@@ -1,0 +1,164 @@
+// Choosing and starting the transport named by FARMEM_BACKEND, and starting it
+// late: a process that never sends a page far (a wrapper script, a small tool
+// under farmem-run) should start no memory server and open no session. The
+// deferred transport connects on the first transfer; until then nothing is far,
+// so there is nothing to read, discard or snapshot at fork.
+#include <atomic>
+#include <mutex>
+
+#include "farmem/runtime.hpp"
+#include "farmem_build_config.h"
+#include "net/dpdk_transport.hpp"
+#include "net/queue_pair.hpp"
+#include "net/rdma_logic.hpp"
+#include "net/rdma_transport.hpp"
+#include "net/shm_transport.hpp"
+#include "net/tcp_transport.hpp"
+#include "runtime/fatal.hpp"
+
+namespace farmem::net {
+namespace {
+
+std::unique_ptr<Transport> connect_now(const Config& cfg) {
+  if (cfg.backend == "shm") return connect_shm(cfg);
+  if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
+  if (cfg.backend.rfind("rdma://", 0) == 0) {
+#if FARMEM_HAVE_RDMA
+    return connect_rdma(cfg);
+#else
+    rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND");  // a bad URI is named first
+    throw Error("FARMEM_BACKEND=" + cfg.backend +
+                ": this farmem was built without rdma-core; install libibverbs-dev and librdmacm-dev and "
+                "rebuild (meson setup -Drdma=enabled), or use tcp://HOST:PORT");
+#endif
+  }
+  if (cfg.backend.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    return connect_dpdk(cfg);
+#else
+    throw Error("FARMEM_BACKEND=" + cfg.backend + ": this farmem was built without DPDK (libdpdk-dev missing at "
+                "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
+#endif
+  }
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+}
+
+class DeferredTransport;
+
+// A queue pair whose real one is made on its first post. Before that it has
+// nothing in flight: poll finds nothing, submit and wait have nothing to do.
+class DeferredQueuePair final : public QueuePair {
+ public:
+  explicit DeferredQueuePair(DeferredTransport& t) : t_(t) {}
+  void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    real().post_read(off, local, len, cookie);
+  }
+  void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    real().post_write(off, local, len, cookie);
+  }
+  void submit() override {
+    if (qp_) qp_->submit();
+  }
+  std::size_t poll(Completion* out, std::size_t max) override { return qp_ ? qp_->poll(out, max) : 0; }
+  void wait(unsigned timeout_us) override {
+    if (qp_) qp_->wait(timeout_us);
+  }
+
+ private:
+  QueuePair& real();
+  DeferredTransport& t_;
+  std::unique_ptr<QueuePair> qp_;
+};
+
+class DeferredTransport final : public Transport {
+ public:
+  explicit DeferredTransport(const Config& cfg) : cfg_(cfg) {}
+
+  // The real transport, connecting now if nothing has yet. A failure here ends
+  // the program with one line: a page is waiting to go far and cannot.
+  Transport& real() {
+    if (Transport* t = real_.load(std::memory_order_acquire)) return *t;
+    std::lock_guard<std::mutex> g(mu_);
+    if (Transport* t = real_.load(std::memory_order_relaxed)) return *t;
+    if (shut_) detail::fatal("far memory used after the runtime shut down");
+    try {
+      owned_ = connect_now(cfg_);
+      if (local_len_) owned_->register_local(local_, local_len_);
+    } catch (const Error& e) {
+      detail::fatal("%s", e.what());
+    }
+    real_.store(owned_.get(), std::memory_order_release);
+    return *owned_;
+  }
+
+  std::unique_ptr<QueuePair> create_qp() override {
+    if (Transport* t = real_.load(std::memory_order_acquire)) return t->create_qp();
+    return std::make_unique<DeferredQueuePair>(*this);
+  }
+  void discard(std::uint64_t off, std::uint64_t len) override {
+    if (Transport* t = real_.load(std::memory_order_acquire)) t->discard(off, len);
+  }
+  std::uint64_t remote_usage() override {
+    Transport* t = real_.load(std::memory_order_acquire);
+    return t ? t->remote_usage() : 0;
+  }
+  void shutdown() override {
+    std::lock_guard<std::mutex> g(mu_);
+    shut_ = true;
+    if (owned_) owned_->shutdown();
+  }
+  std::string describe() const override {
+    Transport* t = real_.load(std::memory_order_acquire);
+    return t ? t->describe() : cfg_.backend + " (not started: nothing has gone far)";
+  }
+  bool connected() const override { return real_.load(std::memory_order_acquire) != nullptr; }
+  void register_local(void* base, std::size_t len) override {
+    local_ = base;
+    local_len_ = len;
+  }
+  // The lock is held across fork, so the child never sees a half-made connection.
+  bool fork_prepare() override {
+    mu_.lock();
+    return owned_ ? owned_->fork_prepare() : false;
+  }
+  void fork_parent() override {
+    if (owned_) owned_->fork_parent();
+    mu_.unlock();
+  }
+  void fork_child() override {
+    if (owned_) owned_->fork_child();
+    mu_.unlock();
+  }
+
+ private:
+  Config cfg_;
+  std::mutex mu_;
+  std::atomic<Transport*> real_{nullptr};
+  std::unique_ptr<Transport> owned_;
+  bool shut_ = false;
+  void* local_ = nullptr;
+  std::size_t local_len_ = 0;
+};
+
+QueuePair& DeferredQueuePair::real() {
+  if (!qp_) qp_ = t_.real().create_qp();
+  return *qp_;
+}
+
+}  // namespace
+
+std::unique_ptr<Transport> connect(const Config& cfg) {
+  // rdma registers (and may pin) the frame pool at start, and the transparent
+  // region must know whether it did: it starts at once.
+  if (!cfg.lazy_connect || cfg.backend.rfind("rdma://", 0) == 0) return connect_now(cfg);
+  if (cfg.backend == "shm") check_shm(cfg);  // a missing server binary is named now, not at the first eviction
+  return std::make_unique<DeferredTransport>(cfg);
+}
+
+void probe(const Config& cfg) {
+  if (cfg.backend == "shm") return check_shm(cfg);
+  std::unique_ptr<Transport> t = connect_now(cfg);
+  t->shutdown();
+}
+
+}  // namespace farmem::net
