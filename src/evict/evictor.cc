@@ -430,6 +430,7 @@ bool Evictor::process_frees() {
   drain_pending();  // so no freed page is mid-eviction
   for (const FreeReq& req : work) {
     const std::uint64_t first = req.first, pages = req.pages;
+    std::uint64_t busy_since = 0;
     for (unsigned round = 0;; ++round) {
       std::vector<Victim> marked;
       bool busy = false;
@@ -488,12 +489,17 @@ bool Evictor::process_frees() {
         }
       }
       if (!busy) break;
-      if (round > 100000)
+      // A page of the range is being filled (fault-around may claim pages of a
+      // block being freed) or pinned: wait for it. A descheduled fault handler
+      // on a loaded machine can take a while, so the limit is time, not rounds.
+      if (round == 0) busy_since = detail::now_ns();
+      else if (detail::now_ns() - busy_since > 20'000'000'000ull)
         detail::fatal("far memory at page %llu is still in use while being freed; free arrays only "
                       "after every thread is done with them",
                       static_cast<unsigned long long>(first));
       refill_rings();  // a core using the range may be waiting for a frame
-      detail::cpu_relax();
+      if (round < 1000) detail::cpu_relax();
+      else sched_yield();  // let the thread filling it run (two vCPUs are shared)
     }
     rt_.discarded_pages.fetch_add(pages, std::memory_order_relaxed);
     rt_.transport->discard(first * kPageSize, pages * kPageSize);
