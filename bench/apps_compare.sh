@@ -358,7 +358,7 @@ run_one() {
     fi
     if (( sig )); then exitv="signal $sig"; else exitv=$code; fi
     if (( tmoed )); then status="timeout"
-    elif [[ $cfg == swap ]] && (( sig == 9 )) && (( $(cg_oom_kills) > oom0 )); then status="oom"
+    elif [[ $cfg == swap ]] && (( $(cg_oom_kills) > oom0 )); then status="oom"   # the program or one of its children (gcc's cc1)
     elif (( sig )); then status="signal"
     elif (( code != 0 )); then status="failed"
     else status="ok"; fi
@@ -491,9 +491,11 @@ for pt in points:
                 sp = ts / tf
                 speedups.append(sp)
                 spt = f"{sp:.2f}x"
-            elif ts is None and tf is not None and sw:
+            elif ts is None and tf is not None and any(r["status"] == "timeout" for r in sw):
                 lb = float(sw[0]["timeout_s"]) / tf
                 spt = f"> {lb:.1f}x (swap did not finish)"
+            elif ts is None and tf is not None and sw:
+                spt = "only farmem-run finished"
             elif ts is not None and tf is None and fa and any(r["status"] == "timeout" for r in fa):
                 ub = ts / float(fa[0]["timeout_s"])
                 spt = f"< {ub:.2f}x (farmem-run did not finish)"
@@ -529,7 +531,8 @@ EOF
 WORST=$(grep '^#WORST' <<<"$SUMMARY" || true)
 TABLE=$(grep -v '^#WORST' <<<"$SUMMARY")
 echo
-echo "== apps_compare $(date -I): $(uname -r), $(nproc) vCPUs; swap: ${ZRAM_DEV:+zram /dev/$ZRAM_DEV ($ZRAM_ALG), memory cgroup v$CG_VER}${ZRAM_DEV:-skipped (not root)}; CSV $OUT =="
+if (( SWAP )); then SWAPDESC="zram /dev/$ZRAM_DEV ($ZRAM_ALG) in a memory cgroup v$CG_VER"; else SWAPDESC="skipped (not root)"; fi
+echo "== apps_compare $(date -I): $(uname -r), $(nproc) vCPUs; swap: $SWAPDESC; CSV $OUT =="
 echo
 echo "$TABLE"
 [[ -z $MD ]] || echo "$TABLE" >"$MD"
