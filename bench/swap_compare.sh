@@ -118,15 +118,8 @@ for t in mkswap swapon swapoff; do command -v "$t" >/dev/null || die "'$t' not f
 if [[ -n $OUT ]]; then : >>"$OUT" || die "cannot write --out file '$OUT'"; fi
 
 # --- state for teardown ----------------------------------------------------------
-ZRAM_DEV=""            # e.g. zram1
-ZRAM_ADDED=0           # we hot_added it -> hot_remove on exit
-ZRAM_OLD_ALG=""        # comp_algorithm before we touched it (restored after reset)
-ZRAM_INITED=0          # we set disksize -> reset on exit
-ZRAM_SWAPON=0
-DEVNODE_MADE=""        # /dev/zramN we mknod'ed (no udev)
-CG_DIR=""
-CG_VER=""
-CG2_ENABLED_AT=""      # cgroup2 subtree_control file where we enabled +memory
+# zram + cgroup set-up and teardown live in swap_env.sh (shared with apps_compare.sh)
+source "$SCRIPT_DIR/swap_env.sh"
 CHILD=""               # PID of the currently running bench
 TMPD=""
 CLEANED=0
@@ -137,48 +130,15 @@ cleanup() {
     CLEANED=1
     set +e
     trap '' INT TERM     # don't let a second Ctrl-C abort the teardown
-    # 1) stop the bench we started, and anything left in our cgroup (only our own processes)
+    # 1) stop the bench we started
     if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
         kill -TERM "$CHILD" 2>/dev/null
         for _ in $(seq 50); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$CHILD" 2>/dev/null
         wait "$CHILD" 2>/dev/null
     fi
-    if [[ -n $CG_DIR && -d $CG_DIR ]]; then
-        local procs pid
-        for _ in $(seq 50); do
-            procs=$(cat "$CG_DIR/cgroup.procs" 2>/dev/null)
-            [[ -z $procs ]] && break
-            for pid in $procs; do kill -KILL "$pid" 2>/dev/null; done
-            sleep 0.1
-        done
-        rmdir "$CG_DIR" 2>/dev/null || { sleep 0.5; rmdir "$CG_DIR" 2>/dev/null; } \
-            || echo "$PROG: WARNING: could not remove cgroup $CG_DIR" >&2
-    fi
-    if [[ -n $CG2_ENABLED_AT ]]; then
-        echo "-memory" >"$CG2_ENABLED_AT" 2>/dev/null
-    fi
-    # 2) swap off + reset the zram device
-    if [[ -n $ZRAM_DEV ]]; then
-        if (( ZRAM_SWAPON )) || grep -q "^/dev/${ZRAM_DEV}[[:space:]]" /proc/swaps; then
-            swapoff "/dev/$ZRAM_DEV" 2>/dev/null \
-                || echo "$PROG: WARNING: swapoff /dev/$ZRAM_DEV failed" >&2
-        fi
-        if (( ZRAM_INITED )) || [[ $(cat "/sys/block/$ZRAM_DEV/initstate" 2>/dev/null) == 1 ]]; then
-            echo 1 >"/sys/block/$ZRAM_DEV/reset" 2>/dev/null \
-                || echo "$PROG: WARNING: reset of $ZRAM_DEV failed" >&2
-        fi
-        if (( ! ZRAM_ADDED )) && [[ -n $ZRAM_OLD_ALG ]]; then
-            local cur
-            cur=$(sed -n 's/.*\[\([^]]*\)\].*/\1/p' "/sys/block/$ZRAM_DEV/comp_algorithm" 2>/dev/null)
-            [[ $cur != "$ZRAM_OLD_ALG" ]] && echo "$ZRAM_OLD_ALG" >"/sys/block/$ZRAM_DEV/comp_algorithm" 2>/dev/null
-        fi
-        [[ -n $DEVNODE_MADE ]] && rm -f "$DEVNODE_MADE"
-        if (( ZRAM_ADDED )); then
-            echo "${ZRAM_DEV#zram}" >/sys/class/zram-control/hot_remove 2>/dev/null \
-                || echo "$PROG: WARNING: hot_remove of $ZRAM_DEV failed" >&2
-        fi
-    fi
+    # 2) what is left in the cgroup, the cgroup, the zram swap device
+    swapenv_teardown
     [[ -n $TMPD ]] && rm -rf "$TMPD"
     log "teardown done (zram ${ZRAM_DEV:-none}, cgroup ${CG_DIR:-none})"
     return "$rc"
@@ -189,105 +149,10 @@ trap 'log "terminated"; exit 143' TERM
 
 TMPD=$(mktemp -d /tmp/farmem-swapcmp.XXXXXX)
 
-# --- pre-existing swap ----------------------------------------------------------
-if [[ $(wc -l </proc/swaps) -gt 1 ]]; then
-    warn "swap already active before this run (left untouched; our zram gets priority $SWAP_PRIO):"
-    tail -n +2 /proc/swaps >&2
-fi
-
-# --- zram device ----------------------------------------------------------------
-zram_is_free() {  # $1 = zramN
-    local d=$1
-    [[ -e /sys/block/$d/initstate ]] || return 1
-    [[ $(cat "/sys/block/$d/initstate") == 0 ]] || return 1
-    grep -q "^/dev/${d}[[:space:]]" /proc/swaps && return 1
-    grep -q "^/dev/${d}[[:space:]]" /proc/mounts && return 1
-    [[ -z $(ls -A "/sys/block/$d/holders" 2>/dev/null) ]] || return 1
-    return 0
-}
-for d in /sys/block/zram*; do
-    [[ -e $d ]] || continue
-    if zram_is_free "${d##*/}"; then ZRAM_DEV=${d##*/}; break; fi
-done
-if [[ -z $ZRAM_DEV ]]; then
-    [[ -w /sys/class/zram-control/hot_add ]] || die "no free zram device and no /sys/class/zram-control/hot_add"
-    id=$(cat /sys/class/zram-control/hot_add) || die "zram hot_add failed"
-    ZRAM_DEV=zram$id; ZRAM_ADDED=1
-fi
-ZSYS=/sys/block/$ZRAM_DEV
-algs=$(tr -d '[]' <"$ZSYS/comp_algorithm")
-ZRAM_OLD_ALG=$(sed -n 's/.*\[\([^]]*\)\].*/\1/p' "$ZSYS/comp_algorithm")
-ZRAM_ALG=""
-for a in lz4 lzo-rle lzo zstd; do
-    if [[ " $algs " == *" $a "* ]]; then ZRAM_ALG=$a; break; fi
-done
-[[ -n $ZRAM_ALG ]] || ZRAM_ALG=$ZRAM_OLD_ALG
-[[ $ZRAM_ALG == "$ZRAM_OLD_ALG" ]] || echo "$ZRAM_ALG" >"$ZSYS/comp_algorithm" \
-    || die "cannot set comp_algorithm=$ZRAM_ALG on $ZRAM_DEV"
-ZRAM_INITED=1
-echo "$ZRAM_SIZE" >"$ZSYS/disksize" || die "cannot set disksize on $ZRAM_DEV"
-if [[ ! -b /dev/$ZRAM_DEV ]]; then
-    for _ in $(seq 20); do [[ -b /dev/$ZRAM_DEV ]] && break; sleep 0.1; done   # give udev a moment
-    if [[ ! -b /dev/$ZRAM_DEV ]]; then
-        IFS=: read -r maj min <"$ZSYS/dev"
-        mknod "/dev/$ZRAM_DEV" b "$maj" "$min" || die "cannot create /dev/$ZRAM_DEV"
-        DEVNODE_MADE=/dev/$ZRAM_DEV
-    fi
-fi
-mkswap -q "/dev/$ZRAM_DEV" >/dev/null || die "mkswap /dev/$ZRAM_DEV failed"
-ZRAM_SWAPON=1
-swapon -p "$SWAP_PRIO" "/dev/$ZRAM_DEV" || { ZRAM_SWAPON=0; die "swapon /dev/$ZRAM_DEV failed"; }
-log "zram swap: /dev/$ZRAM_DEV ($ZRAM_ALG, $(human "$ZRAM_SIZE"), prio $SWAP_PRIO, $( ((ZRAM_ADDED)) && echo hot-added || echo reused)), vm.page-cluster=$(cat /proc/sys/vm/page-cluster) (left as is)"
-
-# --- memory cgroup --------------------------------------------------------------
-CG_NAME=farmem-swapcmp-$$
-cg2_mnt=$(awk '$3=="cgroup2"{print $2; exit}' /proc/mounts)
-cg1_mnt=$(awk '$3=="cgroup" && $4 ~ /(^|,)memory(,|$)/ {print $2; exit}' /proc/mounts)
-if [[ -n $cg2_mnt ]] && grep -qw memory "$cg2_mnt/cgroup.controllers" 2>/dev/null; then
-    # v2: create directly under the hierarchy root (the root is exempt from the
-    # no-internal-processes rule, so enabling +memory there is always allowed).
-    CG_VER=2
-    if ! grep -qw memory "$cg2_mnt/cgroup.subtree_control"; then
-        echo "+memory" >"$cg2_mnt/cgroup.subtree_control" || die "cannot enable memory controller in $cg2_mnt"
-        CG2_ENABLED_AT=$cg2_mnt/cgroup.subtree_control
-    fi
-    CG_DIR=$cg2_mnt/$CG_NAME
-    mkdir "$CG_DIR" || { CG_DIR=""; die "cannot create cgroup $cg2_mnt/$CG_NAME"; }
-    echo "$CG_LIMIT" >"$CG_DIR/memory.max" || die "cannot set memory.max"
-    [[ -e $CG_DIR/memory.swap.max ]] && echo max >"$CG_DIR/memory.swap.max"
-    if [[ -e $CG_DIR/memory.zswap.max ]]; then  # pure swap-to-zram, no zswap in front
-        echo 0 >"$CG_DIR/memory.zswap.max" 2>/dev/null || true
-    fi
-    sw=$(cat /proc/sys/vm/swappiness)
-    (( sw >= 60 )) || warn "vm.swappiness=$sw (cgroup v2 has no per-cgroup swappiness); low values may favour page-cache reclaim"
-elif [[ -n $cg1_mnt ]]; then
-    # v1: nest under our own memory cgroup so existing hierarchical limits/accounting still apply.
-    CG_VER=1
-    self_cg=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3; exit}' /proc/self/cgroup)
-    parent=$cg1_mnt${self_cg:-}
-    [[ -d $parent ]] || parent=$cg1_mnt
-    CG_DIR=$parent/$CG_NAME
-    CG_DIR=${CG_DIR//\/\//\/}
-    mkdir "$CG_DIR" || { CG_DIR=""; die "cannot create cgroup $parent/$CG_NAME"; }
-    echo "$CG_LIMIT" >"$CG_DIR/memory.limit_in_bytes" || die "cannot set memory.limit_in_bytes"
-    if [[ -e $CG_DIR/memory.memsw.limit_in_bytes ]]; then
-        echo -1 >"$CG_DIR/memory.memsw.limit_in_bytes" 2>/dev/null || true   # unlimited (default)
-    fi
-    echo 100 >"$CG_DIR/memory.swappiness" 2>/dev/null || warn "cannot set memory.swappiness=100"
-else
-    die "no usable memory cgroup (need cgroup2 with the memory controller or a v1 memory hierarchy)"
-fi
+# --- zram device + memory cgroup -------------------------------------------------
+swapenv_zram_setup "$ZRAM_SIZE"
+swapenv_cgroup_setup "farmem-swapcmp-$$" "$CG_LIMIT"
 log "cgroup v$CG_VER: $CG_DIR, limit $(human "$CG_LIMIT") = ${LOCAL_PCT}% of $(human "$WS_BYTES") + $(human "$SLACK_BYTES") slack"
-
-cg_reset_peak() {
-    if [[ $CG_VER == 1 ]]; then echo 0 >"$CG_DIR/memory.max_usage_in_bytes" 2>/dev/null || true
-    elif [[ -e $CG_DIR/memory.peak ]]; then echo 0 >"$CG_DIR/memory.peak" 2>/dev/null || true; fi
-}
-cg_peak() {
-    if [[ $CG_VER == 1 ]]; then cat "$CG_DIR/memory.max_usage_in_bytes" 2>/dev/null || echo 0
-    else cat "$CG_DIR/memory.peak" 2>/dev/null || echo 0; fi
-}
-pswpout() { awk '$1=="pswpout"{print $2}' /proc/vmstat; }
 
 # --- runs -----------------------------------------------------------------------
 COMMON=(--workload "$WORKLOAD" --working-set "$WS_FMT" --ops "$OPS" --threads "$THREADS" --json)
