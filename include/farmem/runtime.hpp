@@ -28,6 +28,12 @@ struct Config {
   // were written (a page read in goes in write-protected and its first write
   // costs one more fault), so the evictor drops clean ones without a write-back.
   std::string hw_dirty = "all";
+  // Who fills a page of the transparent region that was never used: "kernel"
+  // (a 2 MiB chunk is registered with userfaultfd only when the evictor first
+  // takes pages from it; until then the kernel fills its pages at a kernel
+  // fault's cost, and the evictor counts them with mincore) or "runtime" (the
+  // whole region is registered at start; every first touch is a userfaultfd fault).
+  std::string hw_first_touch = "kernel";
   std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT
   std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)

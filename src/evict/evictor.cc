@@ -1,6 +1,7 @@
 // Eviction on a dedicated core (see evictor.hpp for the pipeline).
 #include "evict/evictor.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
@@ -37,7 +38,10 @@ Evictor::Evictor(detail::Runtime& rt) : rt_(rt) {
   publish_free_count();
 }
 
-Evictor::~Evictor() { stop(); }
+Evictor::~Evictor() {
+  stop();
+  if (statm_fd_ >= 0) close(statm_fd_);
+}
 
 void Evictor::start() {
   thread_ = std::thread([this] { loop(); });
@@ -118,6 +122,7 @@ void Evictor::publish_free_count() {
 }
 
 void Evictor::release_frame(std::uint32_t f) {
+  if (f == 0) return;  // a kernel-filled page from an unwatched chunk held none
   rt_.owner[f].store(0, std::memory_order_relaxed);
   free_.push_back(f);
   rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -150,6 +155,7 @@ void Evictor::loop() {
     bool progress = reclaim_dead_cores();
     progress |= refill_rings();
     if (frees_pending_.load(std::memory_order_acquire)) progress |= process_frees();
+    progress |= account_unwatched();
     if (free_.size() + pending_pages_ < high_wm_ && pending_.size() < kMaxPendingBatches)
       progress |= select_batch();
     while (!pending_.empty() && acked(pending_.front().gen)) {
@@ -252,10 +258,105 @@ void Evictor::take_hw_block(Batch& b, std::uint64_t vpn) {
   }
 }
 
+std::uint64_t Evictor::anon_rss_pages() {
+  if (statm_fd_ < 0) statm_fd_ = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  char buf[128];
+  const ssize_t got = statm_fd_ < 0 ? -1 : pread(statm_fd_, buf, sizeof buf - 1, 0);
+  if (got <= 0) return 0;
+  // Parsed by hand: sscanf and strtoull read the program's locale, which under
+  // the shim lives in the region, and the evictor must never fault on it.
+  std::uint64_t field[3] = {0, 0, 0};
+  for (ssize_t i = 0, f = 0; i < got && f < 3; ++i) {
+    if (buf[i] >= '0' && buf[i] <= '9') field[f] = field[f] * 10 + static_cast<std::uint64_t>(buf[i] - '0');
+    else if (buf[i] == ' ') ++f;
+  }
+  const std::uint64_t resident = field[1], shared = field[2];
+  return resident > shared ? resident - shared : 0;
+}
+
+bool Evictor::account_unwatched() {
+  hw::Region* r = rt_.hw.load(std::memory_order_acquire);
+  if (r == nullptr || !r->lazy()) return false;
+  const std::uint64_t now = detail::now_ns();
+  if (now < next_account_ns_) return false;
+  const std::uint64_t anon = anon_rss_pages();
+  const std::uint64_t step = std::max<std::uint64_t>(rt_.nframes / 16, 64);
+  // Growth of anonymous memory since the scan is taken to be kernel-filled
+  // region pages (an overestimate: the rest of the heap grows too), until it
+  // is large enough to be worth an exact scan.
+  if (anon_at_scan_ == 0 || anon >= anon_at_scan_ + step || anon + step <= anon_at_scan_) {
+    unwatched_scanned_ = r->scan_unwatched();
+    anon_at_scan_ = anon;
+  }
+  unwatched_ = unwatched_scanned_ + (anon > anon_at_scan_ ? anon - anon_at_scan_ : 0);
+  const std::uint64_t target = std::min<std::uint64_t>(unwatched_, rt_.nframes);
+  bool changed = false;
+  // No frame left to stand for them and a quarter of the budget over: the
+  // program outruns us. Its new memory goes through userfaultfd from now on,
+  // where a fault waits for a frame.
+  const std::uint64_t covered = reserved_.size() + free_.size();
+  if (!r->throttled() && unwatched_ > covered + std::max<std::uint64_t>(rt_.nframes / 4, 512) &&
+      pending_.size() < kMaxPendingBatches) {
+    Batch b;
+    std::vector<std::uint64_t> vpns;
+    r->throttle(vpns);
+    for (std::uint64_t v : vpns) b.victims.push_back({v, 0});
+    unwatched_scanned_ = r->scan_unwatched();
+    anon_at_scan_ = anon;
+    unwatched_ = unwatched_scanned_ + vpns.size();
+    if (!b.victims.empty()) {
+      b.gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;
+      pending_pages_ += b.victims.size();
+      pending_.push_back(std::move(b));
+    }
+    changed = true;
+  }
+  while (reserved_.size() < target && !free_.empty()) {
+    reserved_.push_back(free_.back());
+    free_.pop_back();
+    changed = true;
+  }
+  while (reserved_.size() > target) {
+    free_.push_back(reserved_.back());
+    reserved_.pop_back();
+    changed = true;
+    // A frame given back for a kernel page that left: progress, for the
+    // fault path's stall limit as much as a frame released by a write-back.
+    rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  // Look again before the program could have filled the free frames left, at
+  // the kernel's first-touch rate (about 1 GB/s): between 1 and 50 ms.
+  const std::uint64_t headroom_ns = std::uint64_t{free_.size()} * kPageSize;
+  next_account_ns_ = now + std::clamp<std::uint64_t>(headroom_ns, 1000000, 50000000);
+  return changed;
+}
+
+bool Evictor::take_unwatched(Batch& b) {
+  hw::Region* r = rt_.hw.load(std::memory_order_acquire);
+  if (r == nullptr || !r->lazy() || unwatched_scanned_ == 0) return false;
+  std::vector<std::uint64_t> vpns;
+  std::size_t n = r->watch_next(vpns);
+  if (n == 0) {  // the last scan is stale: look again
+    unwatched_scanned_ = r->scan_unwatched();
+    anon_at_scan_ = anon_rss_pages();
+    n = r->watch_next(vpns);
+  }
+  for (std::uint64_t v : vpns) b.victims.push_back({v, 0});
+  unwatched_scanned_ -= std::min<std::uint64_t>(n, unwatched_scanned_);
+  anon_at_scan_ -= std::min<std::uint64_t>(n, anon_at_scan_);  // they leave RSS when unmapped
+  next_account_ns_ = 0;  // give back their reserved frames soon
+  return n > 0;
+}
+
 bool Evictor::select_batch() {
   Batch b;
   b.victims.reserve(rt_.cfg.evict_batch);
   const std::uint64_t n = rt_.nframes;
+  // Kernel-filled pages of unwatched chunks and tracked pages leave in
+  // proportion to how many each holds (the chunk oldest in address order first).
+  const std::uint64_t tracked = n - std::min<std::uint64_t>(n, free_.size() + reserved_.size());
+  const bool unwatched_first = unwatched_ > 0 && unwatched_ >= tracked;
+  if (unwatched_first) take_unwatched(b);
   for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < rt_.cfg.evict_batch;
        ++scanned) {
     std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
@@ -272,6 +373,7 @@ bool Evictor::select_batch() {
     b.victims.push_back({vpn, f});
     if (rt_.is_hw_page(vpn)) take_hw_block(b, vpn);
   }
+  if (b.victims.empty() && !unwatched_first) take_unwatched(b);
   if (b.victims.empty()) return false;
   // The shootdown: cores flush their TLBs when they see the new generation.
   b.gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;

@@ -67,6 +67,14 @@ class Evictor {
   std::vector<std::uint64_t> collect_hazards() const;
   void release_frame(std::uint32_t f);
   void publish_free_count();
+  // FARMEM_HW_FIRST_TOUCH=kernel: pages the kernel filled in unwatched chunks
+  // of the transparent region hold budget too. The evictor estimates them from
+  // the process's anonymous RSS, rescans them exactly with mincore when that
+  // grew by budget/16, and withholds as many frames (reserved_) from the free
+  // list, so faults stall and eviction starts exactly as if they were tracked.
+  bool account_unwatched();
+  std::uint64_t anon_rss_pages();
+  bool take_unwatched(Batch& b);  // watches the oldest chunk holding kernel pages
 
   detail::Runtime& rt_;
   std::vector<std::uint32_t> free_;  // frames owned by the evictor
@@ -79,6 +87,12 @@ class Evictor {
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> free_count_{0};
   std::uint32_t high_wm_ = 0;
+  std::vector<std::uint32_t> reserved_;  // frames standing for pages in unwatched chunks
+  std::uint64_t unwatched_ = 0;          // pages present in unwatched chunks (estimate)
+  std::uint64_t unwatched_scanned_ = 0;  // ... at the last exact scan, less what left since
+  std::uint64_t anon_at_scan_ = 0;       // anonymous RSS pages at the last scan
+  std::uint64_t next_account_ns_ = 0;
+  int statm_fd_ = -1;
 
   struct FreeReq {
     std::uint64_t first, pages, ticket;

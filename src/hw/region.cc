@@ -101,7 +101,15 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   if (base_ > raw) munmap(raw, static_cast<std::size_t>(base_ - raw));
   munmap(base_ + bytes_, static_cast<std::size_t>(raw + kAlign - base_));
   detail::kernel_madvise(base_, bytes_, MADV_NOHUGEPAGE);  // pages come and go one at a time
-  register_range(uffd_.fd, base_, bytes_, true);
+  lazy_ = rt.cfg.hw_first_touch == "kernel";
+  nchunks_ = bytes_ / 4096 / kChunkPages;
+  if (lazy_) {  // chunks are registered as the evictor first takes pages from them (watch_next)
+    watched_.reset(new std::atomic<std::uint8_t>[nchunks_]);
+    for (std::uint64_t c = 0; c < nchunks_; ++c) watched_[c].store(0, std::memory_order_relaxed);
+    present_.assign(nchunks_, 0);
+  } else {
+    register_range(uffd_.fd, base_, bytes_, true);
+  }
   // A frame's page may move into the region: the pool must be registered too.
   pool_ = rt.pool;
   pool_bytes_ = std::uint64_t{rt.nframes} * 4096;
@@ -129,7 +137,7 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
 
 std::string Region::fault_path() const {
   return std::string(in_thread_ ? "in the faulting thread (SIGBUS)" : "handler thread") + "; " + uffd_.how +
-         "; UFFDIO_MOVE";
+         "; UFFDIO_MOVE" + (lazy_ ? "; first touch by the kernel" : "");
 }
 
 Region::~Region() {
@@ -162,6 +170,8 @@ void* Region::alloc(std::uint64_t bytes, std::uint64_t align) {
   }
   std::lock_guard<std::mutex> g(mu_);
   blocks_[start] = pages;
+  if (start + pages > used_end_.load(std::memory_order_relaxed))
+    used_end_.store(start + pages, std::memory_order_release);
   return base_ + (start - 1) * 4096;
 }
 
@@ -259,16 +269,47 @@ void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int
     errno = ENOMEM;
     return nullptr;
   }
-  // Copy what was ever written; untouched pages stay untouched.
+  // Copy what was ever written; untouched pages stay untouched. In an
+  // unwatched chunk the kernel's page tables say which pages hold data; the
+  // lock keeps the evictor from watching it meanwhile (once watched, a page
+  // it takes away is faulted back by the copy).
   const std::uint64_t from_vpn = vpn_of(old);
+  std::vector<unsigned char> has(old_pages, 0);
+  {
+    std::unique_lock<std::mutex> g(watch_mu_, std::defer_lock);
+    if (lazy_) g.lock();
+    for (std::uint64_t i = 0; i < old_pages;) {
+      const std::uint64_t idx = a + i, n = std::min(old_pages - i, kChunkPages - (idx - 1) % kChunkPages);
+      if (!watched(idx)) present_in(idx, n, &has[i]);
+      else
+        for (std::uint64_t k = i; k < i + n; ++k)
+          has[k] = ps::kind(rt_.pt[from_vpn + k].load(std::memory_order_acquire)) != Kind::Untouched;
+      i += n;
+    }
+  }
   for (std::uint64_t i = 0; i < old_pages; ++i)
-    if (ps::kind(rt_.pt[from_vpn + i].load(std::memory_order_acquire)) != Kind::Untouched)
-      std::memcpy(to + i * 4096, static_cast<char*>(old) + i * 4096, 4096);
+    if (has[i]) std::memcpy(to + i * 4096, static_cast<char*>(old) + i * 4096, 4096);
   unmap(old, old_len);
   return to;
 }
 
 void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release) {
+  if (lazy_ && !rt_.forked_child) {
+    // Unwatched chunks: the kernel's pages, no page-table state; drop them here.
+    bool all_unwatched = true;
+    std::lock_guard<std::mutex> g(watch_mu_);
+    for (std::uint64_t i = 0; i < pages;) {
+      const std::uint64_t idx = first_vpn - first_vpn_ + 1 + i;
+      const std::uint64_t n = std::min(pages - i, kChunkPages - (idx - 1) % kChunkPages);
+      if (!watched(idx)) detail::kernel_madvise(page_addr(first_vpn + i), n * 4096, MADV_DONTNEED);
+      else all_unwatched = false;
+      i += n;
+    }
+    if (all_unwatched) {  // nothing for the evictor to do
+      if (release) release_range(first_vpn, pages);
+      return;
+    }
+  }
   if (rt_.forked_child) {  // no evictor: this process's pages are local
     detail::kernel_madvise(page_addr(first_vpn), pages * 4096, MADV_DONTNEED);
     for (std::uint64_t v = first_vpn; v < first_vpn + pages; ++v) rt_.pt[v].store(0, std::memory_order_release);
@@ -277,6 +318,115 @@ void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool relea
   }
   std::uint64_t ticket = rt_.evictor->free_range(first_vpn, pages, release);
   if (!release) rt_.evictor->wait_freed(ticket);  // MADV_DONTNEED: zeros from the next access on
+}
+
+void Region::present_in(std::uint64_t index, std::uint64_t pages, unsigned char* out) {
+  if (mincore(base_ + (index - 1) * 4096, pages * 4096, out) != 0)
+    detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
+  for (std::uint64_t i = 0; i < pages; ++i) out[i] &= 1;
+}
+
+std::uint64_t Region::scan_unwatched() {
+  const std::uint64_t t0 = detail::now_ns();
+  const std::uint64_t end = used_end_.load(std::memory_order_acquire);  // 1-based, exclusive
+  const std::uint64_t chunks = std::min(nchunks_, (end + kChunkPages - 2) / kChunkPages);
+  std::uint64_t total = 0;
+  for (std::uint64_t c = 0; c < chunks;) {
+    if (watched_[c].load(std::memory_order_acquire)) {
+      present_[c] = 0;
+      ++c;
+      continue;
+    }
+    std::uint64_t e = c + 1;  // one mincore over a run of unwatched chunks
+    while (e < chunks && e - c < 512 && !watched_[e].load(std::memory_order_acquire)) ++e;
+    mincore_buf_.resize((e - c) * kChunkPages);
+    if (mincore(base_ + c * kChunkPages * 4096, (e - c) * kChunkPages * 4096, mincore_buf_.data()) != 0)
+      detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
+    for (std::uint64_t k = c; k < e; ++k) {
+      unsigned n = 0;
+      const unsigned char* v = mincore_buf_.data() + (k - c) * kChunkPages;
+      for (std::uint64_t i = 0; i < kChunkPages; ++i) n += v[i] & 1;
+      present_[k] = static_cast<std::uint16_t>(n);
+      total += n;
+    }
+    c = e;
+  }
+  rt_.hw_scans.fetch_add(1, std::memory_order_relaxed);
+  rt_.hw_scan_ns.fetch_add(detail::now_ns() - t0, std::memory_order_relaxed);
+  return total;
+}
+
+void Region::watch_chunks(std::uint64_t c, std::uint64_t n, std::vector<std::uint64_t>& vpns) {
+  // From the registration on, a missing page of these chunks faults to us; the
+  // ones present now are the kernel's, and leave through the evictor's
+  // write-back path. A page the handler fills between the two steps is
+  // tracked already: its CAS fails.
+  char* at = base_ + c * kChunkPages * 4096;
+  try {
+    register_range(uffd_.fd, at, n * kChunkPages * 4096, true);
+  } catch (const Error& e) {
+    detail::fatal("%s", e.what());
+  }
+  for (std::uint64_t k = c; k < c + n; ++k) {
+    watched_[k].store(1, std::memory_order_release);
+    present_[k] = 0;
+  }
+  // Nothing was ever handed out past used_end_: nothing is present there.
+  const std::uint64_t end_chunk = std::min(c + n, (used_end_.load(std::memory_order_acquire) + kChunkPages - 2) / kChunkPages);
+  if (end_chunk <= c) return;
+  mincore_buf_.resize((end_chunk - c) * kChunkPages);
+  if (mincore(at, (end_chunk - c) * kChunkPages * 4096, mincore_buf_.data()) != 0)
+    detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
+  const std::uint64_t vpn0 = first_vpn_ + c * kChunkPages;
+  const std::size_t before = vpns.size();
+  for (std::uint64_t i = 0; i < (end_chunk - c) * kChunkPages; ++i) {
+    if (!(mincore_buf_[i] & 1)) continue;
+    std::uint64_t s = rt_.pt[vpn0 + i].load(std::memory_order_acquire);
+    if (ps::kind(s) == Kind::Untouched &&
+        rt_.pt[vpn0 + i].compare_exchange_strong(s, ps::make(Kind::Evicting, 0, ps::kDirty | ps::kAccessed),
+                                                std::memory_order_acq_rel))
+      vpns.push_back(vpn0 + i);
+  }
+  rt_.hw_chunks_watched.fetch_add(n, std::memory_order_relaxed);
+  rt_.hw_kernel_pages.fetch_add(vpns.size() - before, std::memory_order_relaxed);
+}
+
+std::size_t Region::watch_next(std::vector<std::uint64_t>& vpns) {
+  const std::uint64_t end = used_end_.load(std::memory_order_acquire);
+  const std::uint64_t chunks = std::min(nchunks_, (end + kChunkPages - 2) / kChunkPages);
+  for (std::uint64_t k = 0; k < chunks; ++k) {
+    const std::uint64_t c = (watch_cursor_ + k) % chunks;
+    if (present_[c] == 0 || watched_[c].load(std::memory_order_relaxed)) continue;
+    watch_cursor_ = c + 1;
+    const std::size_t before = vpns.size();
+    std::lock_guard<std::mutex> g(watch_mu_);
+    watch_chunks(c, 1, vpns);
+    return vpns.size() - before;
+  }
+  return 0;
+}
+
+std::size_t Region::throttle(std::vector<std::uint64_t>& vpns) {
+  std::uint64_t from = 0;  // the highest chunk holding kernel pages at the last scan
+  for (std::uint64_t c = nchunks_; c-- > 0;)
+    if (present_[c] != 0) {
+      from = c;
+      break;
+    }
+  const std::size_t before = vpns.size();
+  std::lock_guard<std::mutex> g(watch_mu_);
+  for (std::uint64_t c = from; c < nchunks_;) {
+    if (watched_[c].load(std::memory_order_relaxed)) {
+      ++c;
+      continue;
+    }
+    std::uint64_t e = c + 1;
+    while (e < nchunks_ && e - c < 512 && !watched_[e].load(std::memory_order_relaxed)) ++e;
+    watch_chunks(c, e - c, vpns);
+    c = e;
+  }
+  throttled_.store(true, std::memory_order_relaxed);
+  return vpns.size() - before;
 }
 
 void Region::release_range(std::uint64_t first_vpn, std::uint64_t pages) {
@@ -352,6 +502,7 @@ unsigned Region::claim_ahead(detail::Core& c, std::uint64_t vpn, std::int64_t st
   const std::uint64_t end = first_vpn_ + bytes_ / 4096;
   for (std::uint64_t p = vpn + stride; n < max && p >= first_vpn_ && p < end && c.spare_frame == 0;
        p += stride) {
+    if (!watched(p - first_vpn_ + 1)) break;  // the kernel fills pages there, not us
     std::uint64_t s = rt_.pt[p].load(std::memory_order_acquire);
     if (ps::kind(s) != Kind::Remote && ps::kind(s) != Kind::Untouched) break;
     if (!rt_.pt[p].compare_exchange_strong(s, ps::make(Kind::Fetching, 0, 0), std::memory_order_acq_rel)) break;
@@ -623,6 +774,7 @@ void Region::fork_prepare() {
           }
         },
         [] {});
+  watch_mu_.lock();
   mu_.lock();
   pages_.lock();
 }
@@ -630,12 +782,14 @@ void Region::fork_prepare() {
 void Region::fork_parent() {
   pages_.unlock();
   mu_.unlock();
+  watch_mu_.unlock();
   parking_.release();
 }
 
 void Region::fork_child() {
   pages_.unlock();
   mu_.unlock();
+  watch_mu_.unlock();
   // The inherited descriptors belong to the parent (its userfaultfd acts on the
   // parent's memory): close them and serve this process's copy of the region.
   close(uffd_.fd);
@@ -644,9 +798,22 @@ void Region::fork_child() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   parking_.forget();
   handler_ = nullptr;  // the parent's handler thread does not exist here
+  // Only watched chunks can hold far or untracked-missing pages; unwatched
+  // ones are plain memory here as in the parent. A process that never watched
+  // a chunk (a shell that forks and execs) needs no userfaultfd at all.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // (first chunk, chunks)
+  for (std::uint64_t c = 0; c < nchunks_; ++c)
+    if (!lazy_ || watched_[c].load(std::memory_order_relaxed)) {
+      if (!runs.empty() && runs.back().first + runs.back().second == c) ++runs.back().second;
+      else runs.emplace_back(c, 1);
+    }
+  if (runs.empty()) {
+    uffd_.fd = -1;
+    return;
+  }
   try {
     uffd_ = open_uffd(false, uffd_.user_mode_only);  // the parent's privileges
-    register_range(uffd_.fd, base_, bytes_);
+    for (auto [c, n] : runs) register_range(uffd_.fd, base_ + c * kChunkPages * 4096, n * kChunkPages * 4096);
   } catch (const Error& e) {
     detail::fatal("forked child: %s", e.what());
   }

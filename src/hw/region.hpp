@@ -90,6 +90,22 @@ class Region {
   void unmap_written(const Leaving& l);
   void drop_page(std::uint64_t vpn);  // a freed page leaves the region
 
+  // First touches by the kernel (FARMEM_HW_FIRST_TOUCH=kernel). A 2 MiB chunk
+  // starts unwatched: not registered with userfaultfd, so the kernel fills its
+  // pages on first touch, and none of them is tracked in the page table (they
+  // read Untouched there). The evictor counts them (scan_unwatched) against the
+  // budget, and when it needs room it watches the oldest chunk that holds any
+  // (watch_next): registers it, and marks its present pages Evicting, frameless,
+  // for the usual write-back path. A watched chunk stays watched.
+  bool lazy() const { return lazy_; }
+  std::uint64_t scan_unwatched();  // pages present in unwatched chunks, by mincore
+  std::size_t watch_next(std::vector<std::uint64_t>& vpns);  // appends the marked pages
+  // The program fills memory faster than the evictor takes it: watch every
+  // chunk from the highest one holding kernel pages on, so new memory faults
+  // to us (and waits for frames) from now on, as with FARMEM_HW_FIRST_TOUCH=runtime.
+  std::size_t throttle(std::vector<std::uint64_t>& vpns);
+  bool throttled() const { return throttled_.load(std::memory_order_relaxed); }
+
   // fork(): the handler thread parks and block bookkeeping is locked while the
   // process is copied. In the child, a new userfaultfd and handler serve the
   // region from the memory server's snapshot, locally, with no eviction.
@@ -117,6 +133,15 @@ class Region {
   void fill_from_frame(std::uint64_t vpn, std::uint32_t frame);  // move, or copy + empty slot
   static constexpr std::uint64_t kBlockPages = 512;  // write-protect ranges stay within one 2 MiB block
   void drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool release);
+  static constexpr std::uint64_t kChunkPages = 512;  // the unit of watching (2 MiB)
+  bool watched(std::uint64_t index) const {  // index: 1-based page index, as blocks_
+    return !lazy_ || watched_[(index - 1) / kChunkPages].load(std::memory_order_acquire);
+  }
+  // Pages of [index, index+pages), all in one unwatched chunk, that hold data (mincore).
+  void present_in(std::uint64_t index, std::uint64_t pages, unsigned char* out);
+  // Registers chunks [c, c+n) (all unwatched) and marks the pages present in
+  // them Evicting, frameless, appending them to vpns. Caller holds watch_mu_.
+  void watch_chunks(std::uint64_t c, std::uint64_t n, std::vector<std::uint64_t>& vpns);
   void start_handler(void (Region::*loop)());
 
   detail::Runtime& rt_;
@@ -137,6 +162,15 @@ class Region {
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
   bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
   std::unique_ptr<net::QueuePair> child_qp_;
+  bool lazy_ = false;                                  // FARMEM_HW_FIRST_TOUCH=kernel
+  std::unique_ptr<std::atomic<std::uint8_t>[]> watched_;  // per chunk: registered with userfaultfd
+  std::uint64_t nchunks_ = 0;
+  std::atomic<std::uint64_t> used_end_{0};  // one past the highest page index ever handed out
+  std::mutex watch_mu_;  // watching a chunk vs dropping or copying its unwatched pages
+  std::vector<std::uint16_t> present_;  // evictor: pages present per unwatched chunk, last scan
+  std::vector<unsigned char> mincore_buf_;  // evictor
+  std::uint64_t watch_cursor_ = 0;          // evictor: next chunk watch_next() looks at
+  std::atomic<bool> throttled_{false};
 };
 
 // The process's region, created on first use (from the runtime's configuration);

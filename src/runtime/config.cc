@@ -107,6 +107,11 @@ Config Config::from_env() {
     if (c.hw_dirty != "track" && c.hw_dirty != "all")
       throw Error(std::string("FARMEM_HW_DIRTY='") + v + "' is not track or all");
   }
+  if (const char* v = env("FARMEM_HW_FIRST_TOUCH")) {
+    c.hw_first_touch = lower(trim(v));
+    if (c.hw_first_touch != "kernel" && c.hw_first_touch != "runtime")
+      throw Error(std::string("FARMEM_HW_FIRST_TOUCH='") + v + "' is not kernel or runtime");
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;

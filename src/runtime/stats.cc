@@ -111,7 +111,14 @@ std::string stats_json() {
             ",\"hw_evicted\":" + std::to_string(s.hw_evicted) +
             ",\"hw_evict_avg_ns_per_page\":{\"write_protect\":" + avg(s.hw_protect_ns, s.hw_evicted) +
             ",\"write_back\":" + avg(s.hw_writeback_ns, s.hw_evicted) +
-            ",\"unmap\":" + avg(s.hw_unmap_ns, s.hw_evicted) + "}}";
+            ",\"unmap\":" + avg(s.hw_unmap_ns, s.hw_evicted) + "}";
+    if (r->lazy())
+      line += ",\"hw_kernel_first_touch\":{\"chunks_watched\":" + std::to_string(rt->hw_chunks_watched.load()) +
+              ",\"pages_taken\":" + std::to_string(rt->hw_kernel_pages.load()) +
+              ",\"scans\":" + std::to_string(rt->hw_scans.load()) +
+              ",\"scan_avg_ns\":" + avg(rt->hw_scan_ns.load(), rt->hw_scans.load()) +
+              ",\"throttled\":" + (r->throttled() ? "true" : "false") + "}";
+    line += "}";
   }
   return line;
 }

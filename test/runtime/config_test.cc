@@ -81,6 +81,12 @@ TEST_CASE("the environment is read and validated") {
   CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not track or all"));
   setenv("FARMEM_HW_DIRTY", "track", 1);
   CHECK(Config::from_env().hw_dirty == "track");
+  CHECK(Config::from_env().hw_first_touch == "kernel");
+  setenv("FARMEM_HW_FIRST_TOUCH", "later", 1);
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not kernel or runtime"));
+  setenv("FARMEM_HW_FIRST_TOUCH", "Runtime", 1);
+  CHECK(Config::from_env().hw_first_touch == "runtime");
+  unsetenv("FARMEM_HW_FIRST_TOUCH");
   unsetenv("FARMEM_HW_DIRTY");
   unsetenv("FARMEM_LOCAL_MEM");
   unsetenv("FARMEM_SHM_DELAY_NS");
