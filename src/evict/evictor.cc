@@ -324,6 +324,8 @@ bool Evictor::account_unwatched() {
     // fault path's stall limit as much as a frame released by a write-back.
     rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
+  if (reserved_.size() > rt_.hw_reserved_max.load(std::memory_order_relaxed))
+    rt_.hw_reserved_max.store(reserved_.size(), std::memory_order_relaxed);
   // Look again before the program could have filled the free frames left, at
   // the kernel's first-touch rate (about 1 GB/s): between 1 and 50 ms.
   const std::uint64_t headroom_ns = std::uint64_t{free_.size()} * kPageSize;
@@ -352,10 +354,10 @@ bool Evictor::select_batch() {
   Batch b;
   b.victims.reserve(rt_.cfg.evict_batch);
   const std::uint64_t n = rt_.nframes;
-  // Kernel-filled pages of unwatched chunks and tracked pages leave in
-  // proportion to how many each holds (the chunk oldest in address order first).
-  const std::uint64_t tracked = n - std::min<std::uint64_t>(n, free_.size() + reserved_.size());
-  const bool unwatched_first = unwatched_ > 0 && unwatched_ >= tracked;
+  // Kernel-filled pages of unwatched chunks leave first (the chunk lowest in
+  // address order first): they were never taken back since the kernel filled
+  // them, where a tracked page was faulted in, so touched again, since.
+  const bool unwatched_first = unwatched_scanned_ > 0;
   if (unwatched_first) take_unwatched(b);
   for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < rt_.cfg.evict_batch;
        ++scanned) {

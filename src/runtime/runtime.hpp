@@ -71,6 +71,7 @@ struct Runtime {
   // FARMEM_HW_FIRST_TOUCH=kernel: chunks watched, kernel-filled pages they
   // held, mincore scans and their time (evictor only writes these).
   std::atomic<std::uint64_t> hw_chunks_watched{0}, hw_kernel_pages{0}, hw_scans{0}, hw_scan_ns{0};
+  std::atomic<std::uint64_t> hw_reserved_max{0};  // most frames ever held back for kernel-filled pages
   std::atomic<std::uint64_t> evictions{0}, writebacks{0}, clean_drops{0}, shootdowns{0},
       discarded_pages{0}, evictor_rescues{0}, to_remote{0}, discarded_remote{0};
   // Frames the evictor has freed, ever: a core waiting for a frame knows the

@@ -117,6 +117,7 @@ std::string stats_json() {
               ",\"pages_taken\":" + std::to_string(rt->hw_kernel_pages.load()) +
               ",\"scans\":" + std::to_string(rt->hw_scans.load()) +
               ",\"scan_avg_ns\":" + avg(rt->hw_scan_ns.load(), rt->hw_scans.load()) +
+              ",\"reserved_frames_max\":" + std::to_string(rt->hw_reserved_max.load()) +
               ",\"throttled\":" + (r->throttled() ? "true" : "false") + "}";
     line += "}";
   }
