@@ -9,9 +9,19 @@
 //   readv_64      process_vm_readv, 64 random pages a call (uthreads' batched misses)
 //   writev_64     process_vm_writev, 64 random pages a call (the evictor's write-back)
 //   writev_64c    process_vm_writev, 64 pages to one contiguous remote range
+// and the kernel page-table work the transparent path (farmem-run) makes:
+//   first_touch   a write to a never-used anonymous page (the kernel's fault)
+//   uffd_copy_1   UFFDIO_COPY of one page into a userfaultfd-registered range
+//   zap_1         MADV_DONTNEED of one page (a TLB shootdown)
+// These moved most between days on this VM (docs/benchmarks.md); -1 where
+// userfaultfd cannot be opened.
 //
 // Prints one JSON object: the median ns per page of each, over --repeat rounds.
+#include <linux/userfaultfd.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -100,6 +110,41 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Page-table operations on `n` pages of a fresh anonymous range, in random
+// order: out[0] first touch, out[1] UFFDIO_COPY (-1 without userfaultfd),
+// out[2] MADV_DONTNEED of one page. ns per page.
+void page_table_ns(long n, double* out) {
+  const std::size_t bytes = static_cast<std::size_t>(n) * kPage;
+  char* r = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (r == MAP_FAILED) die("cannot map the page-table test range");
+  madvise(r, bytes, MADV_NOHUGEPAGE);
+  std::vector<long> order(n);
+  for (long i = 0; i < n; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
+  auto t0 = std::chrono::steady_clock::now();
+  for (long i : order) r[i * kPage] = 1;
+  out[0] = ns_since(t0) / n;
+  t0 = std::chrono::steady_clock::now();
+  for (long i : order) madvise(r + i * kPage, kPage, MADV_DONTNEED);
+  out[2] = ns_since(t0) / n;
+  out[1] = -1;
+  const int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  uffdio_api api{UFFD_API, 0, 0};
+  uffdio_register reg{{reinterpret_cast<std::uint64_t>(r), bytes}, UFFDIO_REGISTER_MODE_MISSING, 0};
+  if (fd >= 0 && ioctl(fd, UFFDIO_API, &api) == 0 && ioctl(fd, UFFDIO_REGISTER, &reg) == 0) {
+    alignas(4096) static char src[kPage];
+    std::memset(src, 3, kPage);
+    t0 = std::chrono::steady_clock::now();
+    for (long i : order) {
+      uffdio_copy c{reinterpret_cast<std::uint64_t>(r + i * kPage), reinterpret_cast<std::uint64_t>(src), kPage, 0, 0};
+      if (ioctl(fd, UFFDIO_COPY, &c) != 0) die("UFFDIO_COPY failed");
+    }
+    out[1] = ns_since(t0) / n;
+  }
+  if (fd >= 0) close(fd);
+  munmap(r, bytes);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,8 +193,11 @@ int main(int argc, char** argv) {
   b.pool_pages = b.store_pages / 4;
   b.pool = map_anon(b.pool_pages * kPage);
 
-  std::vector<double> r[5];
+  std::vector<double> r[8];
   for (int k = 0; k < repeat; ++k) {
+    double pt[3];
+    page_table_ns(std::min<long>(pages, 16384), pt);
+    for (int j = 0; j < 3; ++j) r[5 + j].push_back(pt[j]);
     r[0].push_back(b.memcpy_ns(pages));
     r[1].push_back(b.readv_1_ns(pages));
     r[2].push_back(b.batch_ns(pages, false, false));
@@ -160,8 +208,9 @@ int main(int argc, char** argv) {
   waitpid(b.server, nullptr, 0);
   std::printf(
       "{\"store_bytes\":%llu,\"pages\":%ld,\"repeat\":%d,\"memcpy_ns\":%.1f,\"readv_1_ns\":%.1f,"
-      "\"readv_64_ns\":%.1f,\"writev_64_ns\":%.1f,\"writev_64c_ns\":%.1f}\n",
+      "\"readv_64_ns\":%.1f,\"writev_64_ns\":%.1f,\"writev_64c_ns\":%.1f,\"first_touch_ns\":%.1f,"
+      "\"uffd_copy_1_ns\":%.1f,\"zap_1_ns\":%.1f}\n",
       static_cast<unsigned long long>(store_bytes), pages, repeat, median(r[0]), median(r[1]), median(r[2]),
-      median(r[3]), median(r[4]));
+      median(r[3]), median(r[4]), median(r[5]), median(r[6]), median(r[7]));
   return 0;
 }

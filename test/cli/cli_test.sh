@@ -132,7 +132,7 @@ expect_error "fork while a scope is held" "fork\(\) waited 20 s for the evictor.
 
 # farmem-copy-floor: a small run prints every measurement, bad input is refused.
 if out=$(timeout 120 "$COPY_FLOOR" --store 16M --pages 2000 --repeat 1) &&
-  /usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); ks=["memcpy_ns","readv_1_ns","readv_64_ns","writev_64_ns","writev_64c_ns"]; sys.exit(0 if all(d[k] > 0 for k in ks) else 1)' "$out"; then
+  /usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); ks=["memcpy_ns","readv_1_ns","readv_64_ns","writev_64_ns","writev_64c_ns","first_touch_ns","zap_1_ns"]; sys.exit(0 if all(d[k] > 0 for k in ks) and d["uffd_copy_1_ns"] != 0 else 1)' "$out"; then
   echo "ok   copy floor: $out"
 else
   echo "FAIL copy floor: $out"; fails=$((fails + 1))
