@@ -125,6 +125,11 @@ void Evictor::release_frame(std::uint32_t f) {
   if (f == 0) return;  // a kernel-filled page from an unwatched chunk held none
   rt_.owner[f].store(0, std::memory_order_relaxed);
   free_.push_back(f);
+  count_frame_freed();
+}
+
+// Progress for the fault path's stall limit (fault.cc): a frame is back.
+void Evictor::count_frame_freed() {
   rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
@@ -304,11 +309,7 @@ bool Evictor::account_unwatched() {
     unwatched_scanned_ = r->scan_unwatched();
     anon_at_scan_ = anon;
     unwatched_ = unwatched_scanned_ + vpns.size();
-    if (!b.victims.empty()) {
-      b.gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;
-      pending_pages_ += b.victims.size();
-      pending_.push_back(std::move(b));
-    }
+    if (!b.victims.empty()) shoot_down(std::move(b));
     changed = true;
   }
   while (reserved_.size() < target && !free_.empty()) {
@@ -320,9 +321,7 @@ bool Evictor::account_unwatched() {
     free_.push_back(reserved_.back());
     reserved_.pop_back();
     changed = true;
-    // A frame given back for a kernel page that left: progress, for the
-    // fault path's stall limit as much as a frame released by a write-back.
-    rt_.frames_released.store(rt_.frames_released.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    count_frame_freed();  // given back for a kernel page that left
   }
   if (reserved_.size() > rt_.hw_reserved_max.load(std::memory_order_relaxed))
     rt_.hw_reserved_max.store(reserved_.size(), std::memory_order_relaxed);
@@ -377,12 +376,17 @@ bool Evictor::select_batch() {
   }
   if (b.victims.empty() && !unwatched_first) take_unwatched(b);
   if (b.victims.empty()) return false;
-  // The shootdown: cores flush their TLBs when they see the new generation.
+  shoot_down(std::move(b));
+  return true;
+}
+
+// The shootdown: cores flush their TLBs when they see the new generation; the
+// batch waits among the pending ones for their acknowledgements.
+void Evictor::shoot_down(Batch&& b) {
   b.gen = detail::g_shootdown_gen.fetch_add(1, std::memory_order_seq_cst) + 1;
   rt_.shootdowns.fetch_add(1, std::memory_order_relaxed);
   pending_pages_ += b.victims.size();
   pending_.push_back(std::move(b));
-  return true;
 }
 
 bool Evictor::acked(std::uint64_t gen) const {

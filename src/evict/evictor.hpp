@@ -66,6 +66,8 @@ class Evictor {
   void idle_wait(unsigned idle_rounds);
   std::vector<std::uint64_t> collect_hazards() const;
   void release_frame(std::uint32_t f);
+  void count_frame_freed();
+  void shoot_down(Batch&& b);
   void publish_free_count();
   // FARMEM_HW_FIRST_TOUCH=kernel: pages the kernel filled in unwatched chunks
   // of the transparent region hold budget too. The evictor estimates them from

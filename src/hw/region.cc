@@ -230,6 +230,19 @@ bool Region::discard(void* p, std::uint64_t len) {
   return true;
 }
 
+namespace {
+// Calls f(index, n, offset) for each piece of [index, index+pages) that lies
+// within one 2 MiB chunk (index: 1-based page index; offset: from index).
+template <class F>
+void each_chunk_piece(std::uint64_t index, std::uint64_t pages, std::uint64_t chunk_pages, F f) {
+  for (std::uint64_t i = 0; i < pages;) {
+    const std::uint64_t idx = index + i, n = std::min(pages - i, chunk_pages - (idx - 1) % chunk_pages);
+    f(idx, n, i);
+    i += n;
+  }
+}
+}  // namespace
+
 void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int flags) {
   detail::InternalAlloc internal;
   old_len = (old_len + 4095) & ~std::uint64_t{4095};
@@ -278,14 +291,12 @@ void* Region::remap(void* old, std::uint64_t old_len, std::uint64_t new_len, int
   {
     std::unique_lock<std::mutex> g(watch_mu_, std::defer_lock);
     if (lazy_) g.lock();
-    for (std::uint64_t i = 0; i < old_pages;) {
-      const std::uint64_t idx = a + i, n = std::min(old_pages - i, kChunkPages - (idx - 1) % kChunkPages);
+    each_chunk_piece(a, old_pages, kChunkPages, [&](std::uint64_t idx, std::uint64_t n, std::uint64_t i) {
       if (!watched(idx)) present_in(idx, n, &has[i]);
       else
         for (std::uint64_t k = i; k < i + n; ++k)
           has[k] = ps::kind(rt_.pt[from_vpn + k].load(std::memory_order_acquire)) != Kind::Untouched;
-      i += n;
-    }
+    });
   }
   for (std::uint64_t i = 0; i < old_pages; ++i)
     if (has[i]) std::memcpy(to + i * 4096, static_cast<char*>(old) + i * 4096, 4096);
@@ -298,13 +309,11 @@ void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool relea
     // Unwatched chunks: the kernel's pages, no page-table state; drop them here.
     bool all_unwatched = true;
     std::lock_guard<std::mutex> g(watch_mu_);
-    for (std::uint64_t i = 0; i < pages;) {
-      const std::uint64_t idx = first_vpn - first_vpn_ + 1 + i;
-      const std::uint64_t n = std::min(pages - i, kChunkPages - (idx - 1) % kChunkPages);
-      if (!watched(idx)) detail::kernel_madvise(page_addr(first_vpn + i), n * 4096, MADV_DONTNEED);
-      else all_unwatched = false;
-      i += n;
-    }
+    each_chunk_piece(first_vpn - first_vpn_ + 1, pages, kChunkPages,
+                     [&](std::uint64_t idx, std::uint64_t n, std::uint64_t i) {
+                       if (!watched(idx)) detail::kernel_madvise(page_addr(first_vpn + i), n * 4096, MADV_DONTNEED);
+                       else all_unwatched = false;
+                     });
     if (all_unwatched) {  // nothing for the evictor to do
       if (release) release_range(first_vpn, pages);
       return;
@@ -320,6 +329,11 @@ void Region::drop_pages(std::uint64_t first_vpn, std::uint64_t pages, bool relea
   if (!release) rt_.evictor->wait_freed(ticket);  // MADV_DONTNEED: zeros from the next access on
 }
 
+std::uint64_t Region::used_chunks() const {
+  const std::uint64_t end = used_end_.load(std::memory_order_acquire);  // 1-based, exclusive
+  return std::min(nchunks_, (end + kChunkPages - 2) / kChunkPages);
+}
+
 void Region::present_in(std::uint64_t index, std::uint64_t pages, unsigned char* out) {
   if (mincore(base_ + (index - 1) * 4096, pages * 4096, out) != 0)
     detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
@@ -328,8 +342,7 @@ void Region::present_in(std::uint64_t index, std::uint64_t pages, unsigned char*
 
 std::uint64_t Region::scan_unwatched() {
   const std::uint64_t t0 = detail::now_ns();
-  const std::uint64_t end = used_end_.load(std::memory_order_acquire);  // 1-based, exclusive
-  const std::uint64_t chunks = std::min(nchunks_, (end + kChunkPages - 2) / kChunkPages);
+  const std::uint64_t chunks = used_chunks();
   std::uint64_t total = 0;
   for (std::uint64_t c = 0; c < chunks;) {
     if (watched_[c].load(std::memory_order_acquire)) {
@@ -340,12 +353,11 @@ std::uint64_t Region::scan_unwatched() {
     std::uint64_t e = c + 1;  // one mincore over a run of unwatched chunks
     while (e < chunks && e - c < 512 && !watched_[e].load(std::memory_order_acquire)) ++e;
     mincore_buf_.resize((e - c) * kChunkPages);
-    if (mincore(base_ + c * kChunkPages * 4096, (e - c) * kChunkPages * 4096, mincore_buf_.data()) != 0)
-      detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
+    present_in(c * kChunkPages + 1, (e - c) * kChunkPages, mincore_buf_.data());
     for (std::uint64_t k = c; k < e; ++k) {
       unsigned n = 0;
       const unsigned char* v = mincore_buf_.data() + (k - c) * kChunkPages;
-      for (std::uint64_t i = 0; i < kChunkPages; ++i) n += v[i] & 1;
+      for (std::uint64_t i = 0; i < kChunkPages; ++i) n += v[i];
       present_[k] = static_cast<std::uint16_t>(n);
       total += n;
     }
@@ -372,15 +384,14 @@ void Region::watch_chunks(std::uint64_t c, std::uint64_t n, std::vector<std::uin
     present_[k] = 0;
   }
   // Nothing was ever handed out past used_end_: nothing is present there.
-  const std::uint64_t end_chunk = std::min(c + n, (used_end_.load(std::memory_order_acquire) + kChunkPages - 2) / kChunkPages);
+  const std::uint64_t end_chunk = std::min(c + n, used_chunks());
   if (end_chunk <= c) return;
   mincore_buf_.resize((end_chunk - c) * kChunkPages);
-  if (mincore(at, (end_chunk - c) * kChunkPages * 4096, mincore_buf_.data()) != 0)
-    detail::fatal("mincore on the transparent region failed: %s", std::strerror(errno));
+  present_in(c * kChunkPages + 1, (end_chunk - c) * kChunkPages, mincore_buf_.data());
   const std::uint64_t vpn0 = first_vpn_ + c * kChunkPages;
   const std::size_t before = vpns.size();
   for (std::uint64_t i = 0; i < (end_chunk - c) * kChunkPages; ++i) {
-    if (!(mincore_buf_[i] & 1)) continue;
+    if (!mincore_buf_[i]) continue;
     std::uint64_t s = rt_.pt[vpn0 + i].load(std::memory_order_acquire);
     if (ps::kind(s) == Kind::Untouched &&
         rt_.pt[vpn0 + i].compare_exchange_strong(s, ps::make(Kind::Evicting, 0, ps::kDirty | ps::kAccessed),
@@ -392,8 +403,7 @@ void Region::watch_chunks(std::uint64_t c, std::uint64_t n, std::vector<std::uin
 }
 
 std::size_t Region::watch_next(std::vector<std::uint64_t>& vpns) {
-  const std::uint64_t end = used_end_.load(std::memory_order_acquire);
-  const std::uint64_t chunks = std::min(nchunks_, (end + kChunkPages - 2) / kChunkPages);
+  const std::uint64_t chunks = used_chunks();
   for (std::uint64_t k = 0; k < chunks; ++k) {
     const std::uint64_t c = (watch_cursor_ + k) % chunks;
     if (present_[c] == 0 || watched_[c].load(std::memory_order_relaxed)) continue;

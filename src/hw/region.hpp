@@ -137,7 +137,8 @@ class Region {
   bool watched(std::uint64_t index) const {  // index: 1-based page index, as blocks_
     return !lazy_ || watched_[(index - 1) / kChunkPages].load(std::memory_order_acquire);
   }
-  // Pages of [index, index+pages), all in one unwatched chunk, that hold data (mincore).
+  std::uint64_t used_chunks() const;  // chunks up to the last page ever handed out
+  // Pages of [index, index+pages) that hold data (mincore: 1 or 0 each).
   void present_in(std::uint64_t index, std::uint64_t pages, unsigned char* out);
   // Registers chunks [c, c+n) (all unwatched) and marks the pages present in
   // them Evicting, frameless, appending them to vpns. Caller holds watch_mu_.
