@@ -13,6 +13,12 @@
 //   first_touch   a write to a never-used anonymous page (the kernel's fault)
 //   uffd_copy_1   UFFDIO_COPY of one page into a userfaultfd-registered range
 //   zap_1         MADV_DONTNEED of one page (a TLB shootdown)
+//   uffd_fault_thread  one userfaultfd fault served by a handler thread with
+//                 UFFDIO_COPY (the shim's mode): trap, message, copy, wake-up
+//   uffd_fault_spin    the same, the handler thread polling without sleeping
+//   uffd_fault_sigbus  the same fault in SIGBUS mode, served in the handler
+// The two faults are the floor of a transparent miss before any byte is
+// fetched or any page evicted: no design of the user-space path goes below it.
 // These moved most between days on this VM (docs/benchmarks.md); -1 where
 // userfaultfd cannot be opened.
 //
@@ -25,6 +31,8 @@
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +43,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "farmem/runtime.hpp"
@@ -145,6 +154,84 @@ void page_table_ns(long n, double* out) {
   munmap(r, bytes);
 }
 
+
+// One uffd fault at a time on `n` missing pages in random order, served with
+// UFFDIO_COPY of one page: by a handler thread blocked in poll()
+// (mode Thread), by one that reads without sleeping (Spin) or by a SIGBUS
+// handler in the faulting thread (Sigbus). ns per fault,
+// -1 where userfaultfd or its SIGBUS feature cannot be had.
+int g_sigbus_uffd = -1;
+alignas(4096) char g_fill[kPage];
+
+void on_sigbus(int, siginfo_t* si, void*) {
+  const auto a = reinterpret_cast<std::uint64_t>(si->si_addr) & ~std::uint64_t{kPage - 1};
+  uffdio_copy c{a, reinterpret_cast<std::uint64_t>(g_fill), kPage, 0, 0};
+  if (ioctl(g_sigbus_uffd, UFFDIO_COPY, &c) != 0 && errno != EEXIST) _exit(3);
+}
+
+enum class Serve { Thread, Spin, Sigbus };
+
+double uffd_fault_ns(long n, Serve how) {
+  const bool sigbus = how == Serve::Sigbus;
+  const int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0) return -1;
+  uffdio_api api{UFFD_API, sigbus ? static_cast<std::uint64_t>(UFFD_FEATURE_SIGBUS) : 0, 0};
+  const std::size_t bytes = static_cast<std::size_t>(n) * kPage;
+  char* r = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (r == MAP_FAILED) die("cannot map the fault test range");
+  madvise(r, bytes, MADV_NOHUGEPAGE);
+  uffdio_register reg{{reinterpret_cast<std::uint64_t>(r), bytes}, UFFDIO_REGISTER_MODE_MISSING, 0};
+  if (ioctl(fd, UFFDIO_API, &api) != 0 || ioctl(fd, UFFDIO_REGISTER, &reg) != 0) {
+    close(fd);
+    munmap(r, bytes);
+    return -1;
+  }
+  std::memset(g_fill, 5, kPage);
+  std::vector<long> order(n);
+  for (long i = 0; i < n; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(11));
+  struct sigaction sa{}, old{};
+  std::thread handler;
+  int stop[2] = {-1, -1};
+  if (sigbus) {
+    g_sigbus_uffd = fd;
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGBUS, &sa, &old);
+  } else {
+    if (pipe(stop) != 0) die("pipe failed");
+    handler = std::thread([fd, rd = stop[0], spin = how == Serve::Spin] {
+      pollfd p[2] = {{fd, POLLIN, 0}, {rd, POLLIN, 0}};
+      for (;;) {
+        if (poll(p, 2, spin ? 0 : -1) < 0) continue;
+        if (p[1].revents) return;
+        uffd_msg m;
+        while (read(fd, &m, sizeof m) == sizeof m) {
+          if (m.event != UFFD_EVENT_PAGEFAULT) continue;
+          const std::uint64_t a = m.arg.pagefault.address & ~std::uint64_t{kPage - 1};
+          uffdio_copy c{a, reinterpret_cast<std::uint64_t>(g_fill), kPage, 0, 0};
+          if (ioctl(fd, UFFDIO_COPY, &c) != 0 && errno != EEXIST) die("UFFDIO_COPY failed in the handler");
+        }
+      }
+    });
+  }
+  volatile char sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (long i : order) sink = sink + r[i * kPage];
+  const double ns = ns_since(t0) / n;
+  if (sigbus) {
+    sigaction(SIGBUS, &old, nullptr);
+  } else {
+    (void)!write(stop[1], "x", 1);
+    handler.join();
+    close(stop[0]);
+    close(stop[1]);
+  }
+  close(fd);
+  munmap(r, bytes);
+  return ns;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,11 +280,14 @@ int main(int argc, char** argv) {
   b.pool_pages = b.store_pages / 4;
   b.pool = map_anon(b.pool_pages * kPage);
 
-  std::vector<double> r[8];
+  std::vector<double> r[11];
   for (int k = 0; k < repeat; ++k) {
     double pt[3];
     page_table_ns(std::min<long>(pages, 16384), pt);
     for (int j = 0; j < 3; ++j) r[5 + j].push_back(pt[j]);
+    r[8].push_back(uffd_fault_ns(std::min<long>(pages, 16384), Serve::Thread));
+    r[9].push_back(uffd_fault_ns(std::min<long>(pages, 16384), Serve::Sigbus));
+    r[10].push_back(uffd_fault_ns(std::min<long>(pages, 16384), Serve::Spin));
     r[0].push_back(b.memcpy_ns(pages));
     r[1].push_back(b.readv_1_ns(pages));
     r[2].push_back(b.batch_ns(pages, false, false));
@@ -209,8 +299,10 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"store_bytes\":%llu,\"pages\":%ld,\"repeat\":%d,\"memcpy_ns\":%.1f,\"readv_1_ns\":%.1f,"
       "\"readv_64_ns\":%.1f,\"writev_64_ns\":%.1f,\"writev_64c_ns\":%.1f,\"first_touch_ns\":%.1f,"
-      "\"uffd_copy_1_ns\":%.1f,\"zap_1_ns\":%.1f}\n",
+      "\"uffd_copy_1_ns\":%.1f,\"zap_1_ns\":%.1f,\"uffd_fault_thread_ns\":%.1f,\"uffd_fault_sigbus_ns\":%.1f,"
+      "\"uffd_fault_spin_ns\":%.1f}\n",
       static_cast<unsigned long long>(store_bytes), pages, repeat, median(r[0]), median(r[1]), median(r[2]),
-      median(r[3]), median(r[4]), median(r[5]), median(r[6]), median(r[7]));
+      median(r[3]), median(r[4]), median(r[5]), median(r[6]), median(r[7]), median(r[8]),
+      median(r[9]), median(r[10]));
   return 0;
 }
