@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
-          libboost-context-dev libmimalloc-dev catch2
+          libboost-context-dev libmimalloc-dev catch2 libisal-dev
           libibverbs-dev librdmacm-dev libdpdk-dev)
 
 missing=()

@@ -10,18 +10,18 @@
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
-#include "net/dpdk_proto.hpp"
-#include "net/rdma_logic.hpp"
-#include "net/wire.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
+#include "transport/rdma/rdma_logic.hpp"
+#include "transport/wire.hpp"
 #include "server/capacity.hpp"
 #include "server/listener.hpp"
-#include "server/shm_server.hpp"
-#include "server/tcp_server.hpp"
+#include "transport/shm/shm_server.hpp"
+#include "transport/tcp/tcp_server.hpp"
 #if FARMEM_HAVE_RDMA
-#include "server/rdma_server.hpp"
+#include "transport/rdma/rdma_server.hpp"
 #endif
 #if FARMEM_HAVE_DPDK
-#include "server/dpdk_server.hpp"
+#include "transport/dpdk/dpdk_server.hpp"
 #endif
 
 namespace {

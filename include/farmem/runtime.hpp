@@ -34,7 +34,10 @@ struct Config {
   // fault's cost, and the evictor counts them with mincore) or "runtime" (the
   // whole region is registered at start; every first touch is a userfaultfd fault).
   std::string hw_first_touch = "kernel";
-  std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT
+  std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT, or a pool:
+                                       // several tcp:// URIs separated by commas
+  std::string redundancy = "none";     // a pool's: none, replicas:N or ec:K+M (K data, M parity pieces)
+  std::uint64_t server_timeout_ms = 0;  // a server silent this long is lost; 0 = 5000 in a pool, 10000 alone
   std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)
   std::string server_path;             // farmem-server binary; empty = search

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 #include "runtime/parking.hpp"
 
 namespace farmem::detail {

@@ -19,7 +19,7 @@
 #include "evict/evictor.hpp"
 #include "farmem/runtime.hpp"
 #include "mem/page_state.hpp"
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
 #include "sched/sched.hpp"

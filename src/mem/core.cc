@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "mem/page_state.hpp"
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/runtime.hpp"
 

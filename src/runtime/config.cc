@@ -8,6 +8,7 @@
 #include <string>
 
 #include "farmem/runtime.hpp"
+#include "tier/redundancy.hpp"
 
 namespace farmem {
 namespace {
@@ -35,6 +36,20 @@ std::uint64_t parse_u64(const char* name, const char* v) {
   if (s.empty() || s[0] == '-' || errno || *end)
     throw Error(std::string(name) + "='" + v + "' is not a non-negative integer");
   return x;
+}
+
+// A duration in milliseconds: "500ms", "5s" or a plain number of milliseconds.
+std::uint64_t parse_ms(const char* name, const char* v) {
+  std::string s = lower(trim(v));
+  std::uint64_t scale = 1;
+  if (s.size() > 2 && s.compare(s.size() - 2, 2, "ms") == 0) s.resize(s.size() - 2);
+  else if (s.size() > 1 && s.back() == 's') s.pop_back(), scale = 1000;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long x = std::strtoull(s.c_str(), &end, 10);
+  if (s.empty() || s[0] == '-' || errno || *end || x == 0 || x > 3600000 / scale)
+    throw Error(std::string(name) + "='" + v + "' is not a duration; write e.g. 5s or 500ms (up to an hour)");
+  return x * scale;
 }
 
 }  // namespace
@@ -113,6 +128,11 @@ Config Config::from_env() {
       throw Error(std::string("FARMEM_HW_FIRST_TOUCH='") + v + "' is not kernel or runtime");
   }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
+  if (const char* v = env("FARMEM_REDUNDANCY")) {
+    c.redundancy = lower(trim(v));
+    tier::parse_scheme(c.redundancy);  // a bad value is named now
+  }
+  if (const char* v = env("FARMEM_SERVER_TIMEOUT")) c.server_timeout_ms = parse_ms("FARMEM_SERVER_TIMEOUT", v);
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
   if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;

@@ -1,7 +1,8 @@
 // Thin wrappers over the kernel calls every subsystem uses: the monotonic
 // clock, futex wait/wake on a 32-bit atomic word, and madvise straight to the
 // kernel (the preload shim interposes madvise() to serve the region's pages;
-// the runtime itself must never go through it).
+// the runtime itself must never go through it), and error text that reads no
+// locale.
 #pragma once
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -10,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 
 namespace farmem::detail {
 
@@ -32,6 +34,14 @@ inline int kernel_madvise(void* addr, std::uint64_t len, int advice) {
 
 inline void futex_wake(std::atomic<std::uint32_t>* w, int waiters = 1) {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(w), FUTEX_WAKE_PRIVATE, waiters, nullptr, nullptr, 0);
+}
+
+// errno's text without translation. strerror() reads the program's locale,
+// which under the preload shim lives in the far region: a runtime thread that
+// serves the region's faults would fault on it and wait for itself.
+inline const char* errno_text(int e) {
+  const char* t = strerrordesc_np(e);
+  return t ? t : "unknown error";
 }
 
 }  // namespace farmem::detail

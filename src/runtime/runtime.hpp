@@ -9,7 +9,7 @@
 #include "farmem/detail/core.hpp"
 #include "farmem/runtime.hpp"
 #include "mem/far_alloc.hpp"
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 #include "runtime/os.hpp"
 
 namespace farmem::evict {

@@ -99,6 +99,9 @@ std::string stats_json() {
                 (unsigned long long)s.fault_p50_ns, (unsigned long long)s.fault_p99_ns,
                 (unsigned long long)s.fault_max_ns);
   std::string line = buf;
+  detail::Runtime* rtp = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (rtp != nullptr && rtp->transport)
+    if (std::string t = rtp->transport->stats_json(); !t.empty()) line.insert(line.size() - 1, "," + t);
   // Which transparent-fault path this kernel gave us (issue: say which is used).
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
   if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {

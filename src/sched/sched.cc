@@ -27,7 +27,7 @@
 
 #include "farmem/far.hpp"
 #include "mem/page_state.hpp"
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 #include "runtime/runtime.hpp"

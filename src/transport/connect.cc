@@ -8,18 +8,20 @@
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
-#include "net/dpdk_transport.hpp"
-#include "net/queue_pair.hpp"
-#include "net/rdma_logic.hpp"
-#include "net/rdma_transport.hpp"
-#include "net/shm_transport.hpp"
-#include "net/tcp_transport.hpp"
+#include "transport/dpdk/dpdk_transport.hpp"
+#include "transport/queue_pair.hpp"
+#include "transport/rdma/rdma_logic.hpp"
+#include "transport/rdma/rdma_transport.hpp"
+#include "transport/shm/shm_transport.hpp"
+#include "transport/tcp/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
+#include "tier/pool.hpp"
 
 namespace farmem::net {
 namespace {
 
 std::unique_ptr<Transport> connect_now(const Config& cfg) {
+  if (tier::is_pool(cfg)) return tier::connect_pool(cfg);  // several servers, or redundancy
   if (cfg.backend == "shm") return connect_shm(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
   if (cfg.backend.rfind("rdma://", 0) == 0) {
@@ -110,6 +112,10 @@ class DeferredTransport final : public Transport {
   std::string describe() const override {
     Transport* t = real_.load(std::memory_order_acquire);
     return t ? t->describe() : cfg_.backend + " (not started: nothing has gone far)";
+  }
+  std::string stats_json() const override {
+    Transport* t = real_.load(std::memory_order_acquire);
+    return t ? t->stats_json() : std::string();
   }
   bool connected() const override { return real_.load(std::memory_order_acquire) != nullptr; }
   void register_local(void* base, std::size_t len) override {

@@ -17,6 +17,18 @@ namespace farmem::net {
 
 struct Completion {
   std::uint64_t cookie;
+  // Only a pool member (MemberOptions) reports a failure; a lone transport ends
+  // the process with one line instead, as there is no other copy to read.
+  bool failed = false;
+};
+
+// A transport that is one server of a pool (tier/pool.cc) survives its server:
+// when the server closes the connection or is silent for timeout_ns, its queue
+// pairs complete what is pending as failed and fail whatever comes after.
+struct MemberOptions {
+  std::string uri;
+  std::uint64_t capacity = 0;  // bytes to reserve on this server
+  std::uint64_t timeout_ns = 0;
 };
 
 // Moves up to max finished cookies from a transport's done queue into out.
@@ -24,6 +36,14 @@ inline std::size_t take_completions(std::deque<std::uint64_t>& done, Completion*
   std::size_t n = 0;
   for (; n < max && !done.empty(); ++n) {
     out[n] = {done.front()};
+    done.pop_front();
+  }
+  return n;
+}
+inline std::size_t take_completions(std::deque<Completion>& done, Completion* out, std::size_t max) {
+  std::size_t n = 0;
+  for (; n < max && !done.empty(); ++n) {
+    out[n] = done.front();
     done.pop_front();
   }
   return n;
@@ -62,9 +82,11 @@ class Transport {
   // True if register_local() pinned that memory: its pages must then stay where
   // they are (no UFFDIO_MOVE of frames, which the transparent region does).
   virtual bool pins_local_memory() const { return false; }
-  // False while a deferred transport (net/connect.cc) has not connected yet:
+  // False while a deferred transport (transport/connect.cc) has not connected yet:
   // no page has gone far.
   virtual bool connected() const { return true; }
+  // Extra statistics for the FARMEM_STATS line: "" or `"name":{...}`.
+  virtual std::string stats_json() const { return {}; }
 
   // fork(): before it, arrange for the child to read far memory as it is now
   // (returns false if this transport cannot); after it, keep or adopt that.
@@ -73,7 +95,7 @@ class Transport {
   virtual void fork_child() {}
 };
 
-// The transport named by cfg.backend (net/connect.cc). With cfg.lazy_connect
+// The transport named by cfg.backend (transport/connect.cc). With cfg.lazy_connect
 // (the preload shim) any but rdma starts on the first transfer; otherwise it
 // connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);

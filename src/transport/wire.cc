@@ -1,6 +1,6 @@
 // Header validation for the wire protocol: the one place that decides whether
 // bytes from the network are a well-formed message.
-#include "net/wire.hpp"
+#include "transport/wire.hpp"
 
 #include <fstream>
 #include <sstream>
@@ -41,12 +41,12 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
     case Op::Read:
     case Op::Discard:
       if (h.length != 0) return fail(Errc::BadMessage, "unexpected payload");
-      if (h.size == 0 || h.size % 4096 || h.offset % 4096)
+      if (h.size == 0 || h.size % kUnit || h.offset % kUnit)
         return fail(Errc::BadMessage, "unaligned range");
       if (op == Op::Read && h.size > kMaxPayload) return fail(Errc::BadMessage, "read too large");
       return Errc::Ok;
     case Op::Write:
-      if (h.size != h.length || h.size == 0 || h.size % 4096 || h.offset % 4096)
+      if (h.size != h.length || h.size == 0 || h.size % kUnit || h.offset % kUnit)
         return fail(Errc::BadMessage, "bad write size");
       return Errc::Ok;
     case Op::Usage:

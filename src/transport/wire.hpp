@@ -13,6 +13,9 @@ inline constexpr std::uint32_t kMagic = 0x50574d46;  // "FMWP"
 inline constexpr std::uint16_t kVersion = 1;
 inline constexpr std::uint32_t kMaxPayload = 1u << 20;  // 1 MiB: 256 pages
 inline constexpr std::uint32_t kMaxToken = 4096;
+// Reads, writes and discards are whole multiples of this, at offsets aligned to
+// it: a page, or a piece of one (a pool cuts a page in up to 8 for erasure coding).
+inline constexpr std::uint32_t kUnit = 512;
 
 enum class Op : std::uint16_t {
   Hello = 1,    // offset: requested capacity; size: 0 new session / 1 attach; id: session to attach; payload: token

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/dpdk_proto.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
 
 using namespace farmem::net::dpdk;
 

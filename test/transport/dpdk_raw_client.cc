@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/dpdk_port.hpp"
-#include "net/dpdk_proto.hpp"
-#include "net/wire.hpp"
+#include "transport/dpdk/dpdk_port.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
+#include "transport/wire.hpp"
 #include "runtime/os.hpp"
 
 using namespace farmem::net::dpdk;

@@ -10,10 +10,10 @@
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
-#include "net/rdma_logic.hpp"
+#include "transport/rdma/rdma_logic.hpp"
 #if FARMEM_HAVE_RDMA
-#include "net/rdma_verbs.hpp"
-#include "net/rdma_wr.hpp"
+#include "transport/rdma/rdma_verbs.hpp"
+#include "transport/rdma/rdma_wr.hpp"
 #endif
 
 namespace rd = farmem::net::rdma;

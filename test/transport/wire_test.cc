@@ -4,7 +4,7 @@
 
 #include <random>
 
-#include "net/wire.hpp"
+#include "transport/wire.hpp"
 
 namespace wire = farmem::net::wire;
 
@@ -13,6 +13,11 @@ TEST_CASE("well-formed requests and replies validate") {
   CHECK(wire::validate(wire::make(wire::Op::Read, 1, 8192, 4096, 0), false, nullptr) == wire::Errc::Ok);
   CHECK(wire::validate(wire::make(wire::Op::Write, 2, 0, 8192, 8192), false, nullptr) == wire::Errc::Ok);
   CHECK(wire::validate(wire::make(wire::Op::Discard, 3, 4096, 4096, 0), false, nullptr) == wire::Errc::Ok);
+  // A pool's erasure-coded pieces: half and eighth pages at their own alignment.
+  CHECK(wire::validate(wire::make(wire::Op::Read, 4, 2048, 2048, 0), false, nullptr) == wire::Errc::Ok);
+  CHECK(wire::validate(wire::make(wire::Op::Write, 5, 512, 512, 512), false, nullptr) == wire::Errc::Ok);
+  CHECK(wire::validate(wire::make(wire::Op::Read, 6, 256, 512, 0), false, nullptr) != wire::Errc::Ok);
+  CHECK(wire::validate(wire::make(wire::Op::Write, 7, 0, 1000, 1000), false, nullptr) != wire::Errc::Ok);
   CHECK(wire::validate(wire::make(wire::Op::Usage, 4, 0, 0, 0), false, nullptr) == wire::Errc::Ok);
   CHECK(wire::validate(wire::make(wire::Op::Reply, 1, 0, 4096, 4096), true, nullptr) == wire::Errc::Ok);
   CHECK(wire::validate(wire::make(wire::Op::Error, 1, 0, 0, 3, 2), true, nullptr) == wire::Errc::Ok);
@@ -62,8 +67,8 @@ TEST_CASE("fuzz: random and bit-flipped headers never validate into nonsense") {
     REQUIRE(h.length <= wire::kMaxPayload);
     auto op = static_cast<wire::Op>(h.op);
     if (!from_server && (op == wire::Op::Read || op == wire::Op::Write || op == wire::Op::Discard)) {
-      REQUIRE(h.size % 4096 == 0);
-      REQUIRE(h.offset % 4096 == 0);
+      REQUIRE(h.size % wire::kUnit == 0);
+      REQUIRE(h.offset % wire::kUnit == 0);
       REQUIRE(h.size > 0);
     }
     if (!from_server && op == wire::Op::Write) REQUIRE(h.size == h.length);

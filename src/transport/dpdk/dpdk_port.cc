@@ -1,6 +1,6 @@
 // DPDK device layer: EAL start-up once per process, mbuf pools, memif or
 // ethdev ports with one queue pair per lane, frame building, the loss knob.
-#include "net/dpdk_port.hpp"
+#include "transport/dpdk/dpdk_port.hpp"
 
 #include <pthread.h>
 #include <sched.h>

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "net/dpdk_proto.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
 
 struct rte_mbuf;
 struct rte_mempool;

@@ -1,7 +1,7 @@
 // The dpdk:// protocol logic that does not need a device: URI parsing, frame
 // encoding and validation, the client's request table and the server's
 // duplicate window (see dpdk_proto.hpp).
-#include "net/dpdk_proto.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
 
 #include <algorithm>
 #include <cstdio>

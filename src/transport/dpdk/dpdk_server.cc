@@ -8,7 +8,7 @@
 // Malformed packets are counted and dropped. Every 100 ms it takes the main
 // thread's requests (listener.cc: print a usage line, stop). Idle, it yields
 // and then sleeps.
-#include "server/dpdk_server.hpp"
+#include "transport/dpdk/dpdk_server.hpp"
 
 #include <sched.h>
 #include <sys/mman.h>
@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/dpdk_port.hpp"
-#include "net/dpdk_proto.hpp"
+#include "transport/dpdk/dpdk_port.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
 #include "runtime/os.hpp"
 
 namespace farmem::server {

@@ -6,7 +6,7 @@
 // to be accepted. Lost packets are retransmitted after a timeout (doubling);
 // the server executes writes once per seq, so nothing is lost or applied twice.
 // A server silent for 10 s ends the process with one line.
-#include "net/dpdk_transport.hpp"
+#include "transport/dpdk/dpdk_transport.hpp"
 
 #include <sched.h>
 #include <sys/random.h>
@@ -25,9 +25,9 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/dpdk_port.hpp"
-#include "net/dpdk_proto.hpp"
-#include "net/wire.hpp"
+#include "transport/dpdk/dpdk_port.hpp"
+#include "transport/dpdk/dpdk_proto.hpp"
+#include "transport/wire.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 

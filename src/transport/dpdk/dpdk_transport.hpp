@@ -1,7 +1,7 @@
 #pragma once
 #include <memory>
 
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 
 namespace farmem::net {
 // A transport to farmem-server over DPDK (cfg.backend = dpdk://...); throws farmem::Error.

@@ -1,7 +1,7 @@
 // The device-independent half of the rdma:// transport (see rdma_logic.hpp):
 // URI and knob parsing, SHA-256 for the token digest, private-data encoding
 // and validation, and selective-signaling accounting.
-#include "net/rdma_logic.hpp"
+#include "transport/rdma/rdma_logic.hpp"
 
 #include <algorithm>
 #include <cctype>

@@ -11,7 +11,7 @@
 #include <deque>
 #include <string>
 
-#include "net/wire.hpp"
+#include "transport/wire.hpp"
 
 namespace farmem::net::rdma {
 

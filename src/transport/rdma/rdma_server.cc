@@ -9,7 +9,7 @@
 // over SEND/RECV). The token digest travels in the connect request's private
 // data; a wrong one is rejected with a reason (rdma_reject). The memory is
 // deregistered and unmapped when the session's last connection goes.
-#include "server/rdma_server.hpp"
+#include "transport/rdma/rdma_server.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -29,9 +29,9 @@
 #include <string>
 #include <vector>
 
-#include "net/rdma_logic.hpp"
-#include "net/rdma_verbs.hpp"
-#include "net/wire.hpp"
+#include "transport/rdma/rdma_logic.hpp"
+#include "transport/rdma/rdma_verbs.hpp"
+#include "transport/wire.hpp"
 
 namespace farmem::server {
 namespace {

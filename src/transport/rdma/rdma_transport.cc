@@ -22,12 +22,12 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/queue_pair.hpp"
-#include "net/rdma_logic.hpp"
-#include "net/rdma_transport.hpp"
-#include "net/rdma_verbs.hpp"
-#include "net/rdma_wr.hpp"
-#include "net/wire.hpp"
+#include "transport/queue_pair.hpp"
+#include "transport/rdma/rdma_logic.hpp"
+#include "transport/rdma/rdma_transport.hpp"
+#include "transport/rdma/rdma_verbs.hpp"
+#include "transport/rdma/rdma_wr.hpp"
+#include "transport/wire.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -229,7 +229,7 @@ class RdmaQueuePair final : public QueuePair {
                                                 wrs_.data(), sges_.data());
       ibv_send_wr* bad = nullptr;
       if (int rc = ibv_post_send(conn_->id->qp, head, &bad); rc != 0)
-        dead(std::string("ibv_post_send: ") + std::strerror(rc));
+        dead(std::string("ibv_post_send: ") + detail::errno_text(rc));
       i += n;
     }
     pending_.clear();

@@ -2,7 +2,7 @@
 #pragma once
 #include <memory>
 
-#include "net/queue_pair.hpp"
+#include "transport/queue_pair.hpp"
 
 namespace farmem::net {
 // A transport to farmem-server --listen rdma://HOST:PORT; throws farmem::Error.

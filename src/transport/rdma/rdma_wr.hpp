@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "net/rdma_logic.hpp"
+#include "transport/rdma/rdma_logic.hpp"
 
 namespace farmem::net::rdma {
 

@@ -2,7 +2,7 @@
 // space (so it never counts as the client's resident memory) and answers control
 // requests. The client reads and writes pages directly with process_vm_*; this
 // process only maps, reclaims and reports. It exits when the client goes away.
-#include "server/shm_server.hpp"
+#include "transport/shm/shm_server.hpp"
 
 #include <poll.h>
 #include <signal.h>
@@ -17,7 +17,7 @@
 #include <fstream>
 #include <string>
 
-#include "net/shm_wire.hpp"
+#include "transport/shm/shm_wire.hpp"
 
 namespace farmem::server {
 namespace {

@@ -23,9 +23,9 @@
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
-#include "net/queue_pair.hpp"
-#include "net/shm_transport.hpp"
-#include "net/shm_wire.hpp"
+#include "transport/queue_pair.hpp"
+#include "transport/shm/shm_transport.hpp"
+#include "transport/shm/shm_wire.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -147,7 +147,7 @@ class ShmQueuePair final : public QueuePair {
           detail::fatal("the memory server (pid %d) is gone; far memory is lost: restart the "
                         "application", static_cast<int>(pid_));
         detail::fatal("cannot %s the memory server (pid %d): %s", write ? "write to" : "read from",
-                      static_cast<int>(pid_), std::strerror(errno));
+                      static_cast<int>(pid_), detail::errno_text(errno));
       }
       if (static_cast<std::size_t>(got) != want) {
         // Partial transfer: the iovec where it stopped is retried from its start

@@ -5,7 +5,7 @@
 // malformed one gets an Error reply and the connection is closed. The main
 // thread (listener.cc) asks it through its Control to print a usage line or to
 // stop; its sessions' capacity comes from the server-wide CapacityAccount.
-#include "server/tcp_server.hpp"
+#include "transport/tcp/tcp_server.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "net/wire.hpp"
+#include "transport/wire.hpp"
 
 namespace farmem::server {
 namespace {
@@ -145,8 +145,12 @@ void Server::accept_all() {
   }
 }
 
+// Pieces of pages (a pool's erasure coding) are smaller than a page: a write
+// marks every page it touches, a discard clears only the pages it covers whole.
 void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
-  for (std::uint64_t p = off / 4096; p < (off + len) / 4096; ++p) {
+  const std::uint64_t first = written ? off / 4096 : (off + 4095) / 4096;
+  const std::uint64_t end = written ? (off + len + 4095) / 4096 : (off + len) / 4096;
+  for (std::uint64_t p = first; p < end; ++p) {
     std::uint64_t& w = s.written[p / 64];
     std::uint64_t bit = std::uint64_t{1} << (p % 64);
     if (written && !(w & bit)) { w |= bit; ++s.used_pages; }
@@ -232,7 +236,8 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
       break;
     case wire::Op::Discard:
-      madvise(s.base + h.offset, size, MADV_DONTNEED);
+      if (std::uint64_t a = (h.offset + 4095) & ~std::uint64_t{4095}, e = (h.offset + size) & ~std::uint64_t{4095}; a < e)
+        madvise(s.base + a, e - a, MADV_DONTNEED);
       mark(s, h.offset, size, false);
       reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
       break;

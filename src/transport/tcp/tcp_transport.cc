@@ -2,7 +2,9 @@
 // TCP connection per core (queue pair), all attached to one server session;
 // requests are pipelined (many pages in flight) and a batch of posts goes out
 // in one writev. Replies land straight in their frames. A dead or silent
-// server ends the process with a clear message (never a hang, never stale data).
+// server ends the process with a clear message (never a hang, never stale data),
+// unless the transport is one server of a pool: then its queue pairs report
+// every request as failed and the pool reads and writes elsewhere.
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -21,9 +23,9 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
-#include "net/queue_pair.hpp"
-#include "net/tcp_transport.hpp"
-#include "net/wire.hpp"
+#include "transport/queue_pair.hpp"
+#include "transport/tcp/tcp_transport.hpp"
+#include "transport/wire.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 
@@ -41,6 +43,7 @@ struct Endpoint {
 
 Endpoint parse_uri(const std::string& uri) {
   const std::string prefix = "tcp://";
+  if (uri.rfind(prefix, 0) != 0) throw Error("FARMEM_BACKEND=" + uri + " is not tcp://HOST:PORT");
   std::string rest = uri.substr(prefix.size());
   std::size_t colon = rest.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
@@ -82,11 +85,11 @@ int dial(const Endpoint& ep) {
       if (r == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
       if (r == 1 && err == 0) r = 0;
       else {
-        why = r == 0 ? "timed out" : std::strerror(err ? err : errno);
+        why = r == 0 ? "timed out" : detail::errno_text(err ? err : errno);
         r = -1;
       }
     } else if (r != 0) {
-      why = std::strerror(errno);
+      why = detail::errno_text(errno);
     }
     if (r == 0) {
       freeaddrinfo(res);
@@ -143,17 +146,24 @@ wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::ui
 
 class TcpQueuePair final : public QueuePair {
  public:
-  TcpQueuePair(int fd, std::string uri) : fd_(fd), uri_(std::move(uri)) {
-    fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
+  // survive: a pool member (fails requests instead of ending the process);
+  // fd < 0: a member whose server could not be reached, failed from the start.
+  TcpQueuePair(int fd, std::string uri, bool survive, std::uint64_t silence_ns)
+      : fd_(fd), uri_(std::move(uri)), survive_(survive), silence_ns_(silence_ns), dead_(fd < 0) {
+    if (fd_ >= 0) fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
   }
-  ~TcpQueuePair() override { close(fd_); }
+  ~TcpQueuePair() override {
+    if (fd_ >= 0) close(fd_);
+  }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    if (dead_) return fail_now(cookie);
     std::uint64_t id = next_id_++;
     pending_[id] = {static_cast<char*>(local), len, cookie};
     queue_header(wire::make(wire::Op::Read, id, off, static_cast<std::uint32_t>(len), 0));
   }
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    if (dead_) return fail_now(cookie);
     std::uint64_t id = next_id_++;
     pending_[id] = {nullptr, 0, cookie};
     queue_header(wire::make(wire::Op::Write, id, off, static_cast<std::uint32_t>(len), static_cast<std::uint32_t>(len)));
@@ -163,14 +173,17 @@ class TcpQueuePair final : public QueuePair {
     // Send everything; while the socket is full, keep reading replies so the
     // server never blocks on us (and we never deadlock with it).
     std::size_t i = 0;
-    while (i < out_.size()) {
+    while (i < out_.size() && !dead_) {
       msghdr m{};
       m.msg_iov = &out_[i];
       m.msg_iovlen = std::min<std::size_t>(out_.size() - i, 512);
       ssize_t n = sendmsg(fd_, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno != EAGAIN) dead(std::strerror(errno));
+        if (errno != EAGAIN) {
+          dead(detail::errno_text(errno));
+          break;
+        }
         receive();
         pollfd p{fd_, POLLOUT | POLLIN, 0};
         ::poll(&p, 1, 100);
@@ -189,7 +202,7 @@ class TcpQueuePair final : public QueuePair {
     headers_.clear();
   }
   std::size_t poll(Completion* out, std::size_t max) override {
-    if (done_.empty()) {
+    if (done_.empty() && !dead_) {
       receive();
       if (done_.empty() && !pending_.empty()) check_silence();
     }
@@ -197,7 +210,7 @@ class TcpQueuePair final : public QueuePair {
   }
 
   void wait(unsigned timeout_us) override {
-    if (pending_.empty()) return;
+    if (pending_.empty() || dead_) return;
     pollfd p{fd_, POLLIN, 0};
     timespec ts{0, static_cast<long>(timeout_us) * 1000};
     ppoll(&p, 1, &ts, nullptr);
@@ -217,16 +230,31 @@ class TcpQueuePair final : public QueuePair {
     if (pending_.size() == 1) progress_ns_ = now_ns();
   }
 
-  [[noreturn]] void dead(const std::string& why) {
-    detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
-                  "when the server is back",
-                  uri_.c_str(), why.c_str());
+  void fail_now(std::uint64_t cookie) { done_.push_back({cookie, true}); }
+
+  // The server is gone. Alone, that ends the process; in a pool, every request
+  // in flight and every later one completes as failed.
+  void dead(const std::string& why) {
+    if (!survive_)
+      detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
+                    "when the server is back",
+                    uri_.c_str(), why.c_str());
+    if (dead_) return;
+    dead_ = true;
+    for (auto& [id, p] : pending_) fail_now(p.cookie);
+    pending_.clear();
+    out_.clear();
+    headers_.clear();
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
   }
 
   void check_silence() {
-    if (now_ns() - progress_ns_ > kSilenceLimitNs)
+    if (now_ns() - progress_ns_ <= silence_ns_) return;
+    if (!survive_)
       detail::fatal("the memory server %s has not answered for %llu s; giving up", uri_.c_str(),
-                    static_cast<unsigned long long>(kSilenceLimitNs / 1000000000ull));
+                    static_cast<unsigned long long>(silence_ns_ / 1000000000ull));
+    dead("no answer for " + std::to_string(silence_ns_ / 1000000) + " ms");
   }
 
   // Reads whatever has arrived; completes requests whose replies are whole.
@@ -238,51 +266,59 @@ class TcpQueuePair final : public QueuePair {
       } else {
         n = recv(fd_, cur_.dst + body_got_, cur_.len - body_got_, MSG_DONTWAIT);
       }
-      if (n == 0) dead("connection closed by the server");
+      if (n == 0) return dead("connection closed by the server");
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
-        dead(std::strerror(errno));
+        return dead(detail::errno_text(errno));
       }
       progress_ns_ = now_ns();
       if (hdr_got_ < sizeof hdr_) {
         hdr_got_ += static_cast<std::size_t>(n);
         if (hdr_got_ < sizeof hdr_) continue;
-        on_header();
+        if (!on_header()) return;
       } else {
         body_got_ += static_cast<std::size_t>(n);
       }
       if (hdr_got_ == sizeof hdr_ && body_got_ == cur_.len) {
-        done_.push_back(cur_.cookie);
+        done_.push_back({cur_.cookie});
         hdr_got_ = 0;
         body_got_ = 0;
       }
     }
   }
 
-  void on_header() {
+  // False when the reply killed the connection.
+  bool on_header() {
     std::string why;
-    if (wire::validate(hdr_, true, &why) != wire::Errc::Ok) dead("malformed reply: " + why);
+    if (wire::validate(hdr_, true, &why) != wire::Errc::Ok) return dead("malformed reply: " + why), false;
     if (static_cast<wire::Op>(hdr_.op) == wire::Op::Error) {
       std::string msg(hdr_.length, '\0');
       fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
       read_full(fd_, msg.data(), msg.size(), 2000);
-      dead("the server said: " + msg);
+      return dead("the server said: " + msg), false;
     }
     auto it = pending_.find(hdr_.id);
-    if (it == pending_.end()) dead("reply to a request we did not send");
+    if (it == pending_.end()) return dead("reply to a request we did not send"), false;
     cur_ = it->second;
     pending_.erase(it);
-    if (hdr_.length != cur_.len) dead("reply of the wrong size");
+    if (hdr_.length != cur_.len) {
+      pending_[hdr_.id] = cur_;  // failed with the rest
+      return dead("reply of the wrong size"), false;
+    }
     body_got_ = 0;
+    return true;
   }
 
   int fd_;
   std::string uri_;
+  bool survive_;
+  std::uint64_t silence_ns_;
+  bool dead_;
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, Pending> pending_;
   std::deque<wire::Header> headers_;
   std::vector<iovec> out_;
-  std::deque<std::uint64_t> done_;
+  std::deque<Completion> done_;
   wire::Header hdr_{};
   std::size_t hdr_got_ = 0, body_got_ = 0;
   Pending cur_{nullptr, 0, 0};
@@ -291,11 +327,21 @@ class TcpQueuePair final : public QueuePair {
 
 class TcpTransport final : public Transport {
  public:
-  explicit TcpTransport(const Config& cfg) : ep_(parse_uri(cfg.backend)), token_(read_token(cfg)) {
+  TcpTransport(const Config& cfg, const MemberOptions* member)
+      : ep_(parse_uri(member ? member->uri : cfg.backend)),
+        token_(read_token(cfg)),
+        survive_(member != nullptr),
+        silence_ns_(member ? member->timeout_ns
+                           : cfg.server_timeout_ms ? cfg.server_timeout_ms * 1000000ull : kSilenceLimitNs) {
     ctl_ = dial(ep_);
-    wire::Header r = hello(ctl_, ep_, token_, cfg.far_mem_bytes, 0);
-    session_ = r.id;
-    capacity_ = r.offset;
+    try {
+      wire::Header r = hello(ctl_, ep_, token_, member ? member->capacity : cfg.far_mem_bytes, 0);
+      session_ = r.id;
+      capacity_ = r.offset;
+    } catch (...) {
+      close(ctl_);
+      throw;
+    }
   }
   ~TcpTransport() override { shutdown(); }
 
@@ -307,14 +353,16 @@ class TcpTransport final : public Transport {
       hello(fd, ep_, token_, capacity_, session_);
     } catch (const Error& e) {
       if (fd >= 0) close(fd);
-      detail::fatal("lost the memory server %s (a new core could not attach: %s)", ep_.uri.c_str(), e.what());
+      if (!survive_)
+        detail::fatal("lost the memory server %s (a new core could not attach: %s)", ep_.uri.c_str(), e.what());
+      fd = -1;  // a queue pair that fails everything: the pool goes elsewhere
     }
-    return std::make_unique<TcpQueuePair>(fd, ep_.uri);
+    return std::make_unique<TcpQueuePair>(fd, ep_.uri, survive_, silence_ns_);
   }
   void discard(std::uint64_t off, std::uint64_t len) override {
     std::lock_guard<std::mutex> g(mu_);
     for (std::uint64_t done = 0; done < len && ctl_ >= 0;) {
-      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{4095};
+      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{wire::kUnit - 1};
       if (n == 0) break;
       request(wire::make(wire::Op::Discard, 0, off + done, static_cast<std::uint32_t>(n), 0));
       done += n;
@@ -333,10 +381,16 @@ class TcpTransport final : public Transport {
   std::string describe() const override { return ep_.uri; }
 
  private:
+  // A pool member whose control connection broke answers 0 from then on.
   wire::Header request(const wire::Header& h) {
     wire::Header r{};
-    if (send(ctl_, &h, sizeof h, MSG_NOSIGNAL) != sizeof h || !read_full(ctl_, &r, sizeof r, 10000))
-      detail::fatal("lost the memory server %s (control connection)", ep_.uri.c_str());
+    if (send(ctl_, &h, sizeof h, MSG_NOSIGNAL) != sizeof h ||
+        !read_full(ctl_, &r, sizeof r, static_cast<int>(silence_ns_ / 1000000))) {
+      if (!survive_) detail::fatal("lost the memory server %s (control connection)", ep_.uri.c_str());
+      close(ctl_);
+      ctl_ = -1;
+      return r;
+    }
     if (static_cast<wire::Op>(r.op) == wire::Op::Error) {
       std::string msg(r.length, '\0');
       read_full(ctl_, msg.data(), msg.size(), 2000);
@@ -347,6 +401,8 @@ class TcpTransport final : public Transport {
 
   Endpoint ep_;
   std::string token_;
+  bool survive_;
+  std::uint64_t silence_ns_;
   int ctl_ = -1;
   std::uint64_t session_ = 0, capacity_ = 0;
   std::mutex mu_;
@@ -354,6 +410,10 @@ class TcpTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> connect_tcp(const Config& cfg) { return std::make_unique<TcpTransport>(cfg); }
+std::unique_ptr<Transport> connect_tcp(const Config& cfg) { return std::make_unique<TcpTransport>(cfg, nullptr); }
+
+std::unique_ptr<Transport> connect_tcp_member(const Config& cfg, const MemberOptions& member) {
+  return std::make_unique<TcpTransport>(cfg, &member);
+}
 
 }  // namespace farmem::net

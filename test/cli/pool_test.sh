@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# End to end: a far-memory pool over real farmem-server processes on loopback.
+# A 2 GiB far array at 10% local memory with ec:2+1 over 4 servers, one killed
+# with SIGKILL mid-run: every word verified, the pool rebuilds the lost pieces.
+# An unmodified program (sort) under farmem-run with replicas:2 over 3 servers,
+# one killed mid-run: byte-identical output. Bad pools: one line, non-zero exit.
+# (The smaller failure cases also run under the sanitizers: test/far/pool_test.cc.)
+set -uo pipefail
+BENCH=$1
+SERVER=$2
+RUN=${3:-}
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
+
+# start_servers N: N farmem-servers on free ports; sets URIS (comma-separated) and SPIDS.
+start_servers() {
+  URIS=""
+  SPIDS=()
+  for i in $(seq "$1"); do
+    "$SERVER" --listen tcp://127.0.0.1:0 --capacity 64G >"$tmp/s$i.out" 2>"$tmp/s$i.err" &
+    SPIDS+=($!)
+    pids+=($!)
+    local port=""
+    for _ in $(seq 100); do
+      port=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/s$i.out")
+      [[ -n $port ]] && break
+      sleep 0.05
+    done
+    [[ -n $port ]] || { echo "server did not start: $(cat "$tmp/s$i.err")"; exit 1; }
+    URIS+="${URIS:+,}tcp://127.0.0.1:$port"
+  done
+}
+stop_servers() { for p in "${SPIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+
+# 1. 2 GiB at 10% local, ec:2+1 over 4 servers, one killed mid-run.
+start_servers 4
+( sleep 8; kill -9 "${SPIDS[1]}" ) &
+killer=$!
+out=$(FARMEM_STATS=1 FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=ec:2+1 FARMEM_FAR_MEM=3G timeout 500 "$BENCH" \
+      --working-set 2G --local-mem 10% --ops 150000 --uthreads 32 --json 2>"$tmp/e1")
+rc=$?
+wait $killer
+stats=$(grep farmem_stats "$tmp/e1")
+if [[ $rc -eq 0 ]] && grep -q '"verified":true' <<<"$out" && grep -q '"servers_down":1' <<<"$stats" &&
+   grep -q '"pages_repaired":[1-9]' <<<"$stats" && grep -q 'is down' "$tmp/e1"; then
+  ok "2 GiB at 10% local, ec:2+1 over 4 servers, one killed: verified, $(grep -o '"pages_repaired":[0-9]*' <<<"$stats")"
+else bad "ec:2+1 with a server killed (rc $rc): $out $(grep -v measured "$tmp/e1")"; fi
+stop_servers
+
+# 2. An unmodified program under farmem-run, replicas:2 over 3 servers, one killed mid-run.
+if [[ -n $RUN ]]; then
+  seq 1 1500000 | shuf --random-source=<(yes) >"$tmp/nums.txt"
+  want=$(LC_ALL=C sort -n "$tmp/nums.txt" | md5sum)
+  start_servers 3
+  ( sleep 3; kill -9 "${SPIDS[2]}" ) &
+  killer=$!
+  got=$(FARMEM_REDUNDANCY=replicas:2 timeout 500 "$RUN" --local-mem 24M --backend "$URIS" --stats -- \
+        env LC_ALL=C sort -n -S 1G --parallel=1 "$tmp/nums.txt" 2>"$tmp/e2" | md5sum)
+  wait $killer
+  if [[ $got == "$want" ]] && grep -q 'is down' "$tmp/e2" && grep -q '"servers_down":1' "$tmp/e2"; then
+    ok "sort under farmem-run, replicas:2 over 3 servers, one killed: identical output"
+  else bad "sort under farmem-run with a server killed: $got vs $want; $(tail -3 "$tmp/e2")"; fi
+  stop_servers
+fi
+
+# 3. Bad pools: one line naming the problem, non-zero exit, no hang.
+start_servers 2
+check_error() {  # NAME PATTERN ENV...
+  local name=$1 pattern=$2
+  shift 2
+  err=$(env "$@" timeout 60 "$BENCH" --working-set 64M --ops 1000 2>&1 >/dev/null)
+  rc=$?
+  if [[ $rc -ne 0 && $rc -ne 124 && $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then
+    ok "$name: $err"
+  else bad "$name (rc $rc): $err"; fi
+}
+check_error "ec:2+1 over 2 servers" "add servers or lower the redundancy" FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=ec:2+1
+check_error "ec:3+1" "K must be 1, 2, 4 or 8" FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=ec:3+1
+check_error "shm in a pool" "cannot be a pool member" FARMEM_BACKEND=shm,$URIS
+check_error "an empty entry" "has an empty entry" "FARMEM_BACKEND=$URIS,"
+check_error "an unreachable server" "cannot connect to the memory server tcp://127.0.0.1:1" \
+  FARMEM_BACKEND=$URIS,tcp://127.0.0.1:1 FARMEM_REDUNDANCY=replicas:2
+check_error "a bad timeout" "FARMEM_SERVER_TIMEOUT" FARMEM_BACKEND=$URIS FARMEM_SERVER_TIMEOUT=soon
+stop_servers
+
+exit $((fails > 0))

@@ -1,0 +1,166 @@
+// A far-memory pool against real farmem-server processes on loopback: every
+// page written is read back exact (against a shadow copy) while a server is
+// killed, or stopped for longer than the timeout, and the pool restores its
+// redundancy by itself; losing more servers than the redundancy covers ends
+// the program with one line and exit status 1. One scenario per process (the
+// runtime starts once): meson runs each by its tag. Sizes shrink under sanitizers.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "far/test_support.hpp"
+#include "farmem/far.hpp"
+
+using namespace farmem;
+
+namespace {
+
+struct Server {
+  pid_t pid = -1;
+  std::string uri;
+};
+
+// Starts farmem-server (FARMEM_SERVER, set by meson) on a free loopback port.
+Server start_server() {
+  const char* path = std::getenv("FARMEM_SERVER");
+  REQUIRE(path != nullptr);
+  int out[2];
+  REQUIRE(pipe(out) == 0);
+  Server s;
+  s.pid = fork();
+  REQUIRE(s.pid >= 0);
+  if (s.pid == 0) {
+    dup2(out[1], 1);
+    close(out[0]);
+    execl(path, path, "--listen", "tcp://127.0.0.1:0", "--capacity", "8G", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  char buf[256];
+  while (text.find('\n') == std::string::npos) {
+    ssize_t n = read(out[0], buf, sizeof buf);
+    REQUIRE(n > 0);
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  close(out[0]);
+  const std::size_t at = text.find("tcp://");
+  REQUIRE(at != std::string::npos);
+  s.uri = text.substr(at, text.find(',', at) - at);
+  return s;
+}
+
+struct Servers {
+  std::vector<Server> all;
+  explicit Servers(unsigned n) {
+    for (unsigned i = 0; i < n; ++i) all.push_back(start_server());
+  }
+  ~Servers() {
+    for (Server& s : all) {
+      kill(s.pid, SIGCONT);
+      kill(s.pid, SIGKILL);
+      waitpid(s.pid, nullptr, 0);
+    }
+  }
+  std::string backend() const {
+    std::string b;
+    for (const Server& s : all) b += (b.empty() ? "" : ",") + s.uri;
+    return b;
+  }
+};
+
+bool stats_say(const std::string& what) { return stats_json().find(what) != std::string::npos; }
+
+// Writes versions of random words of a far array at 10% local memory, with a
+// shadow copy; `event` runs once, a third of the way; then checks every word.
+// Returns the number of wrong words.
+std::uint64_t run_workload(const std::string& backend, const std::string& redundancy, unsigned timeout_ms,
+                           const std::function<void()>& event) {
+  const std::uint64_t bytes = test::test_bytes(256ull << 20, 32ull << 20);
+  const std::uint64_t ops = test::kSanitized ? 60000 : 400000;
+  Config cfg = Config::from_env();
+  cfg.backend = backend;
+  cfg.redundancy = redundancy;
+  cfg.server_timeout_ms = timeout_ms;
+  cfg.local_mem_bytes = std::max<std::uint64_t>(bytes / 10, 8ull << 20);
+  cfg.far_mem_bytes = 2 * bytes;
+  init(cfg);
+  std::uint64_t bad = 0;
+  {
+    FarArray<std::uint64_t> a(bytes / 8);
+    std::vector<std::uint32_t> version(a.size(), 0);
+    for (std::uint64_t i = 0; i < a.size(); ++i) a.store(i, test::mix(i, 0));
+    test::Rng rng(7);
+    for (std::uint64_t k = 0; k < ops; ++k) {
+      if (k == ops / 3) event();
+      const std::uint64_t i = rng.next() % a.size();
+      if (a.load(i) != test::mix(i, version[i])) ++bad;
+      a.store(i, test::mix(i, ++version[i]));
+    }
+    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
+    // Once the pool says its redundancy is back, every page reads right again
+    // (now partly from the rebuilt pieces).
+    for (int t = 0; t < 600 && !stats_say("\"redundancy_restored\":true"); ++t)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    INFO(stats_json());
+    CHECK(stats_say("\"servers_down\":1"));
+    CHECK(stats_say("\"redundancy_restored\":true"));
+    CHECK_FALSE(stats_say("\"pages_repaired\":0,"));
+    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
+  }
+  shutdown();
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy restored", "[ec_kill]") {
+  Servers s(4);
+  const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&] { kill(s.all[1].pid, SIGKILL); });
+  CHECK(bad == 0);
+}
+
+TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",
+          "[replicas_stop]") {
+  Servers s(3);
+  const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 500, [&] { kill(s.all[2].pid, SIGSTOP); });
+  CHECK(bad == 0);
+}
+
+TEST_CASE("ec:2+1 over 3 servers: losing two ends the program with one line and exit status 1", "[lost]") {
+  Servers s(3);
+  int err[2];
+  REQUIRE(pipe(err) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(err[1], 2);
+    close(err[0]);
+    run_workload(s.backend(), "ec:2+1", 500, [&] {
+      kill(s.all[0].pid, SIGKILL);
+      kill(s.all[2].pid, SIGKILL);
+    });
+    _exit(0);  // not reached: the pool must stop the program
+  }
+  close(err[1]);
+  std::string text;
+  char buf[512];
+  for (ssize_t n; (n = read(err[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+  close(err[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  INFO(text);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK(text.find("far memory lost: memory servers ") != std::string::npos);
+  CHECK(text.find(s.all[0].uri) != std::string::npos);
+  CHECK(text.find(s.all[2].uri) != std::string::npos);
+}
