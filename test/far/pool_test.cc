@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,8 +29,8 @@ struct Server {
   std::string uri;
 };
 
-// Starts farmem-server (FARMEM_SERVER, set by meson) on a free loopback port.
-Server start_server() {
+// Starts farmem-server (FARMEM_SERVER, set by meson) on a loopback port (0: a free one).
+Server start_server(const std::string& port = "0") {
   const char* path = std::getenv("FARMEM_SERVER");
   REQUIRE(path != nullptr);
   int out[2];
@@ -40,7 +41,8 @@ Server start_server() {
   if (s.pid == 0) {
     dup2(out[1], 1);
     close(out[0]);
-    execl(path, path, "--listen", "tcp://127.0.0.1:0", "--capacity", "8G", static_cast<char*>(nullptr));
+    const std::string listen = "tcp://127.0.0.1:" + port;
+    execl(path, path, "--listen", listen.c_str(), "--capacity", "8G", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(out[1]);
@@ -83,7 +85,7 @@ bool stats_say(const std::string& what) { return stats_json().find(what) != std:
 // shadow copy; `event` runs once, a third of the way; then checks every word.
 // Returns the number of wrong words.
 std::uint64_t run_workload(const std::string& backend, const std::string& redundancy, unsigned timeout_ms,
-                           const std::function<void()>& event) {
+                           const std::function<void(int)>& event, const std::string& expect = "\"servers_down\":1") {
   const std::uint64_t bytes = test::test_bytes(256ull << 20, 32ull << 20);
   const std::uint64_t ops = test::kSanitized ? 60000 : 400000;
   Config cfg = Config::from_env();
@@ -100,7 +102,7 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
     for (std::uint64_t i = 0; i < a.size(); ++i) a.store(i, test::mix(i, 0));
     test::Rng rng(7);
     for (std::uint64_t k = 0; k < ops; ++k) {
-      if (k == ops / 3) event();
+      if (k % (ops / 6) == 0 && k > 0) event(static_cast<int>(k / (ops / 6)));  // sixths 1-5
       const std::uint64_t i = rng.next() % a.size();
       if (a.load(i) != test::mix(i, version[i])) ++bad;
       a.store(i, test::mix(i, ++version[i]));
@@ -111,7 +113,7 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
     for (int t = 0; t < 600 && !stats_say("\"redundancy_restored\":true"); ++t)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     INFO(stats_json());
-    CHECK(stats_say("\"servers_down\":1"));
+    CHECK(stats_say(expect));
     CHECK(stats_say("\"redundancy_restored\":true"));
     CHECK_FALSE(stats_say("\"pages_repaired\":0,"));
     for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
@@ -124,14 +126,18 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
 
 TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy restored", "[ec_kill]") {
   Servers s(4);
-  const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&] { kill(s.all[1].pid, SIGKILL); });
+  const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&](int sixth) {
+    if (sixth == 2) kill(s.all[1].pid, SIGKILL);
+  });
   CHECK(bad == 0);
 }
 
 TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",
           "[replicas_stop]") {
   Servers s(3);
-  const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 500, [&] { kill(s.all[2].pid, SIGSTOP); });
+  const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 500, [&](int sixth) {
+    if (sixth == 2) kill(s.all[2].pid, SIGSTOP);
+  });
   CHECK(bad == 0);
 }
 
@@ -144,7 +150,8 @@ TEST_CASE("ec:2+1 over 3 servers: losing two ends the program with one line and 
   if (child == 0) {
     dup2(err[1], 2);
     close(err[0]);
-    run_workload(s.backend(), "ec:2+1", 500, [&] {
+    run_workload(s.backend(), "ec:2+1", 500, [&](int sixth) {
+      if (sixth != 2) return;
       kill(s.all[0].pid, SIGKILL);
       kill(s.all[2].pid, SIGKILL);
     });
@@ -163,4 +170,49 @@ TEST_CASE("ec:2+1 over 3 servers: losing two ends the program with one line and 
   CHECK(text.find("far memory lost: memory servers ") != std::string::npos);
   CHECK(text.find(s.all[0].uri) != std::string::npos);
   CHECK(text.find(s.all[2].uri) != std::string::npos);
+}
+
+TEST_CASE("a pool file: a server joins, one retires and its pieces move, one comes back as new", "[membership]") {
+  Servers s(4);
+  char path[] = "/tmp/farmem-pool-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  auto write_pool = [&](const std::vector<std::string>& uris) {  // replaced whole, as an operator's editor would
+    const std::string tmp = std::string(path) + ".new";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    std::fprintf(f, "# farmem pool\n");
+    for (const std::string& u : uris) std::fprintf(f, "%s\n", u.c_str());
+    std::fclose(f);
+    REQUIRE(std::rename(tmp.c_str(), path) == 0);
+  };
+  const auto& a = s.all;
+  write_pool({a[0].uri, a[1].uri, a[2].uri});
+  const std::string port2 = a[2].uri.substr(a[2].uri.rfind(':') + 1);
+  auto wait_for = [&](const std::string& what) {
+    for (int t = 0; t < 300 && !stats_say(what); ++t) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    INFO(stats_json());
+    CHECK(stats_say(what));
+  };
+  const std::uint64_t bad = run_workload(
+      std::string("@") + path, "replicas:2", 500,
+      [&](int sixth) {
+        if (sixth == 1) {  // a fourth server joins
+          write_pool({a[0].uri, a[1].uri, a[2].uri, a[3].uri});
+          wait_for("\"servers_joined\":1");
+        } else if (sixth == 2) {  // the first leaves: its pieces move before it goes
+          write_pool({a[1].uri, a[2].uri, a[3].uri});
+          wait_for("\"servers_retired\":1");
+          kill(a[0].pid, SIGKILL);  // gone for real: nothing may need it now
+        } else if (sixth == 3) {  // the third dies and comes back empty on its port
+          kill(a[2].pid, SIGKILL);
+          waitpid(a[2].pid, nullptr, 0);
+          s.all[2] = start_server(port2);
+        } else if (sixth == 5) {
+          wait_for("\"servers_joined\":2");
+        }
+      },
+      "\"servers_up\":3");
+  CHECK(bad == 0);
+  unlink(path);
 }

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench/pool_compare.sh -- one memory server against a pool of three with
+# FARMEM_REDUNDANCY none, replicas:2 and ec:2+1, interleaved, farmem-bench
+# (far pointers, uniform) over tcp on loopback: median ops/s, fault p50/p99,
+# bytes sent per page evicted, server memory per GiB of far data. Then the
+# time to restore redundancy: ec:2+1 over 4 servers with one killed mid-run.
+#   bench/pool_compare.sh [--rounds 3] [--working-set 512M] [--local 25%] [--ops 200000]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/build/bench/farmem-bench
+SERVER=$ROOT/build/apps/farmem-server/farmem-server
+ROUNDS=3 WS=512M LOCAL=25% OPS=200000
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --working-set) WS=$2; shift 2 ;;
+    --local) LOCAL=$2; shift 2 ;;
+    --ops) OPS=$2; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "pool_compare.sh: unknown option $1; see --help" >&2; exit 2 ;;
+  esac
+done
+[[ -x $BENCH && -x $SERVER ]] || { echo "pool_compare.sh: build first (./run.sh or scripts/setup.sh)" >&2; exit 2; }
+/usr/bin/python3 - "$BENCH" "$SERVER" "$ROUNDS" "$WS" "$LOCAL" "$OPS" <<'PY'
+import json, os, re, signal, statistics, subprocess, sys, threading, time
+bench, server, rounds, ws, local, ops = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+procs = []
+
+def start(n):
+    uris = []
+    for _ in range(n):
+        p = subprocess.Popen([server, "--listen", "tcp://127.0.0.1:0", "--capacity", "64G"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(p)
+        m = re.search(r"listening on (tcp://127\.0\.0\.1:\d+)", p.stdout.readline())
+        uris.append(m.group(1))
+    return uris
+
+def stop():
+    for p in procs:
+        p.kill(); p.wait()
+    procs.clear()
+
+def server_used():
+    # Each server prints a usage line on SIGUSR1: the bytes its sessions hold.
+    total = 0
+    for p in procs:
+        if p.poll() is not None: continue
+        p.send_signal(signal.SIGUSR1)
+        total += json.loads(p.stdout.readline())["used_bytes"]
+    return total
+
+def run(uris, redundancy, kill_after=None):
+    env = {**os.environ, "FARMEM_BACKEND": ",".join(uris), "FARMEM_STATS": "1", "FARMEM_FAR_MEM": "2G"}
+    if redundancy: env["FARMEM_REDUNDANCY"] = redundancy
+    if kill_after is not None:
+        threading.Timer(kill_after, lambda: procs[1].kill()).start()
+    b = subprocess.Popen([bench, "--working-set", ws, "--local-mem", local, "--ops", ops, "--json"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err, used = [], None
+    for line in b.stderr:  # progress lines come during the measured ops: every page has gone far by then
+        err.append(line)
+        if used is None and "measured" in line and kill_after is None: used = server_used()
+    out = b.stdout.read()
+    assert b.wait() == 0, "".join(err)
+    res = json.loads(out)
+    st = json.loads([l for l in err if l.startswith('{"farmem_stats"')][-1])
+    assert res["verified"], "not verified"
+    return res, st, used
+
+configs = [("1 server", 1, None), ("3 servers, none", 3, "none"),
+           ("3 servers, replicas:2", 3, "replicas:2"), ("3 servers, ec:2+1", 3, "ec:2+1")]
+rows = {c[0]: [] for c in configs}
+for r in range(rounds):
+    for name, n, red in configs:
+        uris = start(n)
+        try:
+            res, st, used = run(uris, red)
+        finally:
+            stop()
+        pool = st.get("pool", {})
+        sent = pool.get("bytes_out", st["bytes_out"])
+        written = max(1, st["writebacks"])
+        rows[name].append((res["ops_per_sec"], res["fault_p50_ns"], res["fault_p99_ns"], sent / written,
+                           used / res["working_set_bytes"] if used is not None else None))
+        print(f"  [round {r + 1}/{rounds}] {name}: {res['ops_per_sec']:.0f} ops/s", file=sys.stderr)
+
+print(f"farmem-bench --mode sw, uniform, {ws} at {local} local, {ops} ops, tcp on loopback; medians of {rounds}")
+print()
+print("| config | ops/s | vs 1 server | fault p50 | fault p99 | bytes sent per page written back | server memory per GiB of working set |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+base = statistics.median(x[0] for x in rows["1 server"])
+for name, _, _ in configs:
+    v = rows[name]
+    med = lambda i: statistics.median(x[i] for x in v)
+    mem = [x[4] for x in v if x[4] is not None]
+    print(f"| {name} | {med(0):.0f} | {med(0) / base:.2f}x | {med(1) / 1000:.0f} us | {med(2) / 1000:.0f} us | "
+          f"{med(3):.0f} | " + (f"{statistics.median(mem):.2f} GiB |" if mem else "(no progress line: run longer) |"))
+
+uris = start(4)
+try:
+    t0 = time.time()
+    res, st, _ = run(uris, "ec:2+1", kill_after=4)
+finally:
+    stop()
+p = st["pool"]
+print()
+print(f"ec:2+1 over 4 servers, one killed after 4 s: {p['pages_repaired']} pages rebuilt in "
+      f"{p['last_repair_ms']} ms ({p['pages_repaired'] * 4096 / max(1, p['last_repair_ms']) / 1000:.1f} MB/s of pages), "
+      f"redundancy restored: {p['redundancy_restored']}, degraded reads {p['degraded_reads']}, "
+      f"run {res['ops_per_sec']:.0f} ops/s, verified {res['verified']}")
+PY
