@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench/pool_compare.sh -- one memory server against a pool of three with
-# FARMEM_REDUNDANCY none, replicas:2 and ec:2+1, interleaved, farmem-bench
-# (far pointers, uniform) over tcp on loopback: median ops/s, fault p50/p99,
-# bytes sent per page evicted, server memory per GiB of far data. Then the
-# time to restore redundancy: ec:2+1 over 4 servers with one killed mid-run.
+# FARMEM_REDUNDANCY none, replicas:2 and ec:2+1 (with and without the spare
+# read), interleaved, farmem-bench (far pointers, uniform) over tcp on
+# loopback: median ops/s, fault p50/p99, bytes sent per page written back,
+# server memory per GiB of working set. Then the time to restore redundancy:
+# ec:2+1 over 4 servers with one killed mid-run.
 #   bench/pool_compare.sh [--rounds 3] [--working-set 512M] [--local 25%] [--ops 200000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,7 @@ while [[ $# -gt 0 ]]; do
     --working-set) WS=$2; shift 2 ;;
     --local) LOCAL=$2; shift 2 ;;
     --ops) OPS=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "pool_compare.sh: unknown option $1; see --help" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +53,9 @@ def server_used():
 
 def run(uris, redundancy, kill_after=None):
     env = {**os.environ, "FARMEM_BACKEND": ",".join(uris), "FARMEM_STATS": "1", "FARMEM_FAR_MEM": "2G"}
+    if redundancy and redundancy.endswith(" nospare"):
+        redundancy = redundancy.split()[0]
+        env["FARMEM_EC_SPARE_READ"] = "0"
     if redundancy: env["FARMEM_REDUNDANCY"] = redundancy
     if kill_after is not None:
         threading.Timer(kill_after, lambda: procs[1].kill()).start()
@@ -69,7 +73,8 @@ def run(uris, redundancy, kill_after=None):
     return res, st, used
 
 configs = [("1 server", 1, None), ("3 servers, none", 3, "none"),
-           ("3 servers, replicas:2", 3, "replicas:2"), ("3 servers, ec:2+1", 3, "ec:2+1")]
+           ("3 servers, replicas:2", 3, "replicas:2"), ("3 servers, ec:2+1", 3, "ec:2+1"),
+           ("3 servers, ec:2+1, FARMEM_EC_SPARE_READ=0", 3, "ec:2+1 nospare")]
 rows = {c[0]: [] for c in configs}
 for r in range(rounds):
     for name, n, red in configs:

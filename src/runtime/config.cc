@@ -133,6 +133,11 @@ Config Config::from_env() {
     tier::parse_scheme(c.redundancy);  // a bad value is named now
   }
   if (const char* v = env("FARMEM_SERVER_TIMEOUT")) c.server_timeout_ms = parse_ms("FARMEM_SERVER_TIMEOUT", v);
+  if (const char* v = env("FARMEM_EC_SPARE_READ")) {
+    const std::string b = lower(trim(v));
+    if (b != "0" && b != "1") throw Error(std::string("FARMEM_EC_SPARE_READ='") + v + "' is not 1 or 0");
+    c.ec_spare_read = b == "1";
+  }
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
   if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;

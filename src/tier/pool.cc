@@ -17,6 +17,7 @@
 
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
+#include "runtime/runtime.hpp"
 #include "tier/pool_impl.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 
@@ -81,7 +82,8 @@ std::vector<std::string> Pool::listed() const {
   return uris;
 }
 
-Pool::Pool(const Config& cfg) : scheme(parse_scheme(cfg.redundancy)), cfg_(cfg) {
+Pool::Pool(const Config& cfg)
+    : scheme(parse_scheme(cfg.redundancy)), spare_read(cfg.ec_spare_read && scheme.k > 1), cfg_(cfg) {
   if (!cfg.backend.empty() && cfg.backend[0] == '@') {
     pool_file_ = cfg.backend.substr(1);
     if (pool_file_.empty()) throw Error("FARMEM_BACKEND=@ names no pool file; write @/path/to/pool.txt");
@@ -110,6 +112,18 @@ Pool::Pool(const Config& cfg) : scheme(parse_scheme(cfg.redundancy)), cfg_(cfg) 
   loc = map_table<std::atomic<std::uint64_t>>(npages);
   sums = map_table<std::atomic<std::uint32_t>>(npages);
   repair_ = std::thread([this] { repair_loop(); });
+  membership_ = std::thread([this] { membership_loop(); });
+}
+
+void Pool::membership_loop() {
+  farmem::detail::g_internal_alloc = 1;  // under the shim: never allocate from the region
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> g(mu_);
+      if (cv_.wait_for(g, std::chrono::seconds(1), [&] { return stop_; })) return;
+    }
+    reconcile();
+  }
 }
 
 Pool::~Pool() {
@@ -126,6 +140,7 @@ void Pool::shutdown() {
   }
   cv_.notify_all();
   if (repair_.joinable()) repair_.join();
+  if (membership_.joinable()) membership_.join();
   std::lock_guard<std::mutex> g(mu_);
   for (auto& t : transports_) t->shutdown();
 }
@@ -173,6 +188,7 @@ void Pool::server_failed(unsigned s, std::uint32_t gen) {
   do {
     if (st == State::Down || st == State::Empty) return;
   } while (!m.state.compare_exchange_weak(st, State::Down, std::memory_order_acq_rel));
+  m.t.load()->shutdown();  // its control connection: a server that was only stopped frees our session
   const unsigned up = static_cast<unsigned>(__builtin_popcount(up_mask()));
   std::string uri;
   {
@@ -236,21 +252,22 @@ bool Pool::add_server(const std::string& uri) {
     ++repair_wanted_;  // pages written with too few servers can now be completed
     up = static_cast<unsigned>(__builtin_popcount(up_mask()));
   }
+  cv_.notify_all();
   joined.fetch_add(1, std::memory_order_relaxed);
   std::fprintf(stderr, "farmem: memory server %s joined the pool (%u up)\n", uri.c_str(), up);
   return true;
 }
 
-// Once a second (repair thread): brings the members in line with the servers
+// Once a second (membership thread): brings the members in line with the servers
 // listed, when the pool file changed, and every few seconds to retry listed
 // servers that are not up (one that came back joins as new: its old pieces
 // were rebuilt elsewhere or are lost to us anyway).
-void Pool::reconcile(bool force) {
+void Pool::reconcile() {
   const std::uint64_t now = farmem::detail::now_ns();
   const std::int64_t stamp = pool_file_.empty() ? 0 : file_stamp(pool_file_);
   const bool changed = !pool_file_.empty() && stamp != file_stamp_;
   const bool retry = now - last_retry_ns_ > 5000000000ull;
-  if (!force && !changed && !retry) return;
+  if (!changed && !retry) return;
   if (retry) last_retry_ns_ = now;
   std::vector<std::string> uris;
   try {
@@ -274,6 +291,7 @@ void Pool::reconcile(bool force) {
         ++repair_wanted_;
         std::fprintf(stderr, "farmem: memory server %s is leaving the pool; moving its pieces to the others\n",
                      uris_[s].c_str());
+        cv_.notify_all();
       } else if (st == State::Retiring && is_listed(uris_[s])) {
         m.state.store(State::Up, std::memory_order_release);
       }
@@ -342,7 +360,7 @@ std::string Pool::stats_json() const {
          ",\"servers_retired\":" + u(retired) + ",\"server_used_bytes\":" + std::to_string(used) +
          ",\"redundancy\":\"" + scheme.name() + "\",\"pieces_written\":" + u(pieces_written) +
          ",\"pieces_read\":" + u(pieces_read) + ",\"bytes_out\":" + u(bytes_out) + ",\"bytes_in\":" + u(bytes_in) +
-         ",\"degraded_reads\":" + u(degraded_reads) + ",\"checksum_retries\":" + u(checksum_retries) +
+         ",\"degraded_reads\":" + u(degraded_reads) + ",\"spare_wins\":" + u(spare_wins) + ",\"checksum_retries\":" + u(checksum_retries) +
          ",\"degraded_writes\":" + u(degraded_writes) + ",\"pages_repaired\":" + u(repaired_pages) +
          ",\"repair_running\":" + (running ? "true" : "false") +
          ",\"redundancy_restored\":" + (restored ? "true" : "false") + ",\"last_repair_ms\":" + std::to_string(last) +

@@ -57,6 +57,7 @@ class Pool final : public net::Transport {
   std::string stats_json() const override;
 
   const Scheme scheme;
+  const bool spare_read;  // FARMEM_EC_SPARE_READ
   std::uint64_t npages = 0;
   std::atomic<std::uint64_t>* loc = nullptr;
   std::atomic<std::uint32_t>* sums = nullptr;
@@ -91,14 +92,15 @@ class Pool final : public net::Transport {
   }
 
   std::atomic<std::uint64_t> pieces_written{0}, pieces_read{0}, bytes_out{0}, bytes_in{0}, degraded_reads{0},
-      degraded_writes{0}, checksum_retries{0}, repaired_pages{0}, joined{0}, retired{0};
+      degraded_writes{0}, checksum_retries{0}, repaired_pages{0}, joined{0}, retired{0}, spare_wins{0};
 
  private:
   // membership (pool.cc)
   std::vector<std::string> listed() const;
-  void reconcile(bool force);
+  void reconcile();
   bool add_server(const std::string& uri);
   void after_repair_scan(bool restored, std::uint64_t seq_at_start);
+  void membership_loop();
   std::string uri_of(unsigned s) const;
   // repair (repair.cc)
   void repair_loop();
@@ -125,6 +127,9 @@ class Pool final : public net::Transport {
   bool restored_ = true;         // the last scan left every page with all its pieces
   std::uint64_t last_repair_ms_ = 0;
   std::thread repair_;
+  // Looks at the servers listed once a second; a thread of its own because
+  // connecting to a server that hangs can take the handshake's 5 s.
+  std::thread membership_;
 };
 
 // One thread's queue pair over the pool: a member queue pair per slot, made
@@ -156,6 +161,8 @@ class PoolQueuePair final : public net::QueuePair {
     std::uint32_t tried = 0;         // read: pieces asked for so far, or failed
     std::uint32_t servers_used = 0;  // write: servers holding a piece of this write
     bool into_scratch = false;       // read: pieces go to the scratch buffer to be decoded
+    bool spare = false;              // read: K+1 pieces asked, the first K to arrive taken
+    bool done = false;               // completed, a spare piece still in flight
     std::uint32_t direct = 0;        // read: pieces sent straight into the frame
     unsigned attempts = 0;
     std::uint32_t sum = 0;
@@ -169,6 +176,7 @@ class PoolQueuePair final : public net::QueuePair {
   bool place_piece(unsigned op, unsigned piece);
   void plan_read(unsigned op);
   void finish(unsigned op, bool failed = false);
+  void release(unsigned op);
   void on_piece(unsigned op, unsigned piece, unsigned server, bool failed);
   void read_done(unsigned op);
   void abandon(unsigned s);

@@ -43,7 +43,7 @@ unsigned PoolQueuePair::new_op() {
   Op& o = ops_[i];
   o.used = true;
   o.outstanding = o.got = o.tried = o.servers_used = o.direct = 0;
-  o.into_scratch = false;
+  o.into_scratch = o.spare = o.done = false;
   o.attempts = 0;
   ++active_;
   return i;
@@ -195,9 +195,21 @@ void PoolQueuePair::plan_read(unsigned op) {
   bool data_all = o.tried == 0;
   for (unsigned piece = 0; piece < sc.k && data_all; ++piece) data_all = available(piece);
   if (data_all) {
+    // Hydra's rule: ask one parity piece too and take the first K that arrive,
+    // so one slow server does not set the fault's time. All go to the scratch
+    // buffer then: a late piece must never land in a frame already handed out.
+    unsigned spare = sc.pieces();
+    for (unsigned piece = sc.k; p_.spare_read && piece < sc.pieces() && spare == sc.pieces(); ++piece)
+      if (available(piece)) spare = piece;
+    o.spare = spare < sc.pieces();
+    o.into_scratch = o.spare;
     for (unsigned piece = 0; piece < sc.k; ++piece) {
       o.tried |= 1u << piece;
       send_piece(op, piece, piece_server(o.loc, piece) - 1, false);
+    }
+    if (o.spare) {
+      o.tried |= 1u << spare;
+      send_piece(op, spare, piece_server(o.loc, spare) - 1, false);
     }
     return;
   }
@@ -221,7 +233,15 @@ void PoolQueuePair::plan_read(unsigned op) {
 void PoolQueuePair::finish(unsigned op, bool failed) {
   Op& o = ops_[op];
   ready_.push_back({o.cookie, failed});
-  o.used = false;
+  if (o.outstanding != 0) {
+    o.done = true;  // a spare piece is still on its way: the op is freed when it lands
+    return;
+  }
+  release(op);
+}
+
+void PoolQueuePair::release(unsigned op) {
+  ops_[op].used = false;
   --active_;
   free_.push_back(op);
 }
@@ -238,9 +258,16 @@ void PoolQueuePair::read_done(unsigned op) {
         have[n] = piece;
         pieces[n++] = o.scratch.data() + piece * sc.piece_bytes();
       }
-    if (n < sc.k || !codec_.decode(have, pieces, o.local)) p_.pages_lost(o.page, o.loc);
+    if (n < sc.k) p_.pages_lost(o.page, o.loc);
+    if (have[sc.k - 1] == sc.k - 1) std::memcpy(o.local, o.scratch.data(), kPage);  // the data pieces: no decode
+    else if (!codec_.decode(have, pieces, o.local)) p_.pages_lost(o.page, o.loc);
+    else if (o.spare) p_.spare_wins.fetch_add(1, std::memory_order_relaxed);
   }
   if (page_checksum(o.local) == o.sum) return finish(op);
+  if (o.outstanding != 0) {
+    o.spare = false;  // check again with every piece in, before reading others
+    return;
+  }
   // Not the page we wrote: a torn or stale piece. Read it again from other pieces.
   p_.checksum_retries.fetch_add(1, std::memory_order_relaxed);
   if (++o.attempts > sc.pieces())
@@ -260,6 +287,11 @@ void PoolQueuePair::on_piece(unsigned op, unsigned piece, unsigned server, bool 
   Op& o = ops_[op];
   --o.outstanding;
   --inflight_[server];
+  if (o.done) {  // the spare of a read already handed out
+    if (failed) p_.server_failed(server, qp_gen_[server]);
+    if (o.outstanding == 0) release(op);
+    return;
+  }
   if (failed) {
     p_.server_failed(server, qp_gen_[server]);
     if (o.write) {
@@ -274,18 +306,19 @@ void PoolQueuePair::on_piece(unsigned op, unsigned piece, unsigned server, bool 
       std::memcpy(o.scratch.data() + piece * p_.scheme.piece_bytes(), o.local + piece * p_.scheme.piece_bytes(),
                   p_.scheme.piece_bytes());
   }
-  if (o.outstanding != 0) return;
-  if (o.write) {
-    if (__builtin_popcount(o.got) < p_.scheme.k) p_.pages_lost(o.page, o.loc);
-    if (__builtin_popcount(o.got) < p_.scheme.pieces()) p_.degraded_writes.fetch_add(1, std::memory_order_relaxed);
-    p_.sums[o.page].store(o.sum, std::memory_order_relaxed);
-    p_.note_written(o.page);
-    p_.loc[o.page].store(o.loc, std::memory_order_release);  // also gives up ownership
-    return finish(op);
+  if (!o.write) {
+    const unsigned got = static_cast<unsigned>(__builtin_popcount(o.got));
+    if (got >= p_.scheme.k && (o.outstanding == 0 || o.spare)) return read_done(op);
+    if (o.outstanding == 0) plan_read(op);
+    return;
   }
-  const unsigned need = p_.scheme.k;
-  if (static_cast<unsigned>(__builtin_popcount(o.got)) >= need) read_done(op);
-  else plan_read(op);
+  if (o.outstanding != 0) return;
+  if (__builtin_popcount(o.got) < p_.scheme.k) p_.pages_lost(o.page, o.loc);
+  if (__builtin_popcount(o.got) < p_.scheme.pieces()) p_.degraded_writes.fetch_add(1, std::memory_order_relaxed);
+  p_.sums[o.page].store(o.sum, std::memory_order_relaxed);
+  p_.note_written(o.page);
+  p_.loc[o.page].store(o.loc, std::memory_order_release);  // also gives up ownership
+  finish(op);
 }
 
 // The pool marked server s down: whatever this queue pair has in flight there

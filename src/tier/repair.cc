@@ -1,7 +1,6 @@
 // Restoring redundancy: after a server is lost (or retires from the pool
 // file), every page with a piece there is read, decoded, and its missing
-// pieces written to up servers that hold none of its pieces. The same thread
-// watches the pool's membership once a second (pool.cc).
+// pieces written to up servers that hold none of its pieces.
 #include <sched.h>
 
 #include "runtime/os.hpp"
@@ -60,15 +59,8 @@ void Pool::repair_loop() {
     std::uint64_t seq;
     {
       std::unique_lock<std::mutex> g(mu_);
-      // Wake for a loss at once, and once a second to look at the membership.
-      cv_.wait_for(g, std::chrono::seconds(1), [&] { return stop_ || repair_wanted_ > 0; });
+      cv_.wait(g, [&] { return stop_ || repair_wanted_ > 0; });
       if (stop_) return;
-    }
-    reconcile(false);
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      if (stop_) return;
-      if (repair_wanted_ == 0) continue;
       repair_wanted_ = 0;
       repair_running_ = true;
       seq = failures_;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end: a far-memory pool over real farmem-server processes on loopback.
 # A 2 GiB far array at 10% local memory with ec:2+1 over 4 servers, one killed
-# with SIGKILL mid-run: every word verified, the pool rebuilds the lost pieces.
+# with SIGKILL mid-run, and with replicas:2 over 3, one stopped with SIGSTOP
+# past the timeout: every word verified, the pool rebuilds the lost pieces.
 # An unmodified program (sort) under farmem-run with replicas:2 over 3 servers,
 # one killed mid-run: byte-identical output. Bad pools: one line, non-zero exit.
 # (The smaller failure cases also run under the sanitizers: test/far/pool_test.cc.)
@@ -44,6 +45,22 @@ if [[ $rc -eq 0 ]] && grep -q '"verified":true' <<<"$out" && grep -q '"servers_d
    grep -q '"pages_repaired":[1-9]' <<<"$stats" && grep -q 'is down' "$tmp/e1"; then
   ok "2 GiB at 10% local, ec:2+1 over 4 servers, one killed: verified, $(grep -o '"pages_repaired":[0-9]*' <<<"$stats")"
 else bad "ec:2+1 with a server killed (rc $rc): $out $(grep -v measured "$tmp/e1")"; fi
+stop_servers
+
+# 1b. 2 GiB at 10% local, replicas:2 over 3 servers, one stopped (SIGSTOP) for
+#     longer than the timeout, then let go (it stays out; its pieces were rebuilt).
+start_servers 3
+( sleep 8; kill -STOP "${SPIDS[0]}"; sleep 6; kill -CONT "${SPIDS[0]}" ) &
+killer=$!
+out=$(FARMEM_STATS=1 FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=replicas:2 FARMEM_FAR_MEM=3G FARMEM_SERVER_TIMEOUT=1s \
+      timeout 500 "$BENCH" --working-set 2G --local-mem 10% --ops 150000 --uthreads 32 --json 2>"$tmp/e1b")
+rc=$?
+wait $killer
+stats=$(grep farmem_stats "$tmp/e1b")
+if [[ $rc -eq 0 ]] && grep -q '"verified":true' <<<"$out" && grep -q '"servers_down":1' <<<"$stats" &&
+   grep -q '"pages_repaired":[1-9]' <<<"$stats" && grep -q 'no answer within 1000 ms' "$tmp/e1b"; then
+  ok "2 GiB at 10% local, replicas:2 over 3 servers, one stopped: verified, $(grep -o '"pages_repaired":[0-9]*' <<<"$stats")"
+else bad "replicas:2 with a server stopped (rc $rc): $out $(grep -v measured "$tmp/e1b")"; fi
 stop_servers
 
 # 2. An unmodified program under farmem-run, replicas:2 over 3 servers, one killed mid-run.

@@ -101,6 +101,12 @@ TEST_CASE("the environment is read and validated") {
   setenv("FARMEM_SERVER_TIMEOUT", "0", 1);
   CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("is not a duration"));
   unsetenv("FARMEM_SERVER_TIMEOUT");
+  CHECK(Config::from_env().ec_spare_read);
+  setenv("FARMEM_EC_SPARE_READ", "0", 1);
+  CHECK_FALSE(Config::from_env().ec_spare_read);
+  setenv("FARMEM_EC_SPARE_READ", "sometimes", 1);
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not 1 or 0"));
+  unsetenv("FARMEM_EC_SPARE_READ");
   unsetenv("FARMEM_HW_DIRTY");
   unsetenv("FARMEM_LOCAL_MEM");
   unsetenv("FARMEM_SHM_DELAY_NS");
