@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "farmem/runtime.hpp"
@@ -184,6 +185,8 @@ class PoolQueuePair final : public net::QueuePair {
   Pool& p_;
   Codec codec_;
   std::unique_ptr<net::QueuePair> qps_[kMaxServers];
+  // Queue pairs of servers whose slot took a new one while pieces were in flight.
+  std::vector<std::pair<unsigned, std::unique_ptr<net::QueuePair>>> orphans_;
   std::uint32_t qp_gen_[kMaxServers] = {};
   std::uint32_t inflight_[kMaxServers] = {};
   std::uint32_t dirty_ = 0;

@@ -11,6 +11,12 @@ namespace farmem::tier::impl {
 net::QueuePair& PoolQueuePair::qp(unsigned s) {
   const std::uint32_t gen = p_.member(s).gen.load(std::memory_order_acquire);
   if (!qps_[s] || qp_gen_[s] != gen) {  // first use, or the slot took a new server
+    if (qps_[s] && inflight_[s]) {
+      // Pieces still in flight to the slot's old server: keep polling its queue
+      // pair until they fail (it is gone) and go elsewhere.
+      qps_[s]->submit();
+      orphans_.emplace_back(s, std::move(qps_[s]));
+    }
     qps_[s] = p_.member(s).t.load(std::memory_order_acquire)->create_qp();
     qp_gen_[s] = gen;
   }
@@ -19,7 +25,7 @@ net::QueuePair& PoolQueuePair::qp(unsigned s) {
 
 void PoolQueuePair::submit() {
   for (unsigned s = 0, n = p_.slots(); s < n; ++s)
-    if (dirty_ & (1u << s)) qps_[s]->submit();
+    if ((dirty_ & (1u << s)) && qps_[s]) qps_[s]->submit();
   dirty_ = 0;
 }
 
@@ -325,6 +331,7 @@ void PoolQueuePair::on_piece(unsigned op, unsigned piece, unsigned server, bool 
 // fails now (its connection may be open but silent, as with a stopped server).
 void PoolQueuePair::abandon(unsigned s) {
   qps_[s].reset();  // closes the connection: a late reply cannot land in a reused op
+  dirty_ &= ~(1u << s);
   std::vector<std::pair<unsigned, unsigned>> lost;
   for (unsigned op = 0; op < ops_.size(); ++op) {
     if (!ops_[op].used) continue;
@@ -339,22 +346,26 @@ void PoolQueuePair::abandon(unsigned s) {
 
 std::size_t PoolQueuePair::poll(net::Completion* out, std::size_t max) {
   if (ready_.empty() && active_ != 0) {
-    net::Completion got[64];
-    for (unsigned s = 0, n = p_.slots(); s < n; ++s) {
-      if (!qps_[s] || inflight_[s] == 0) continue;
-      const Pool::Member& m = p_.member(s);
-      if (m.state.load(std::memory_order_acquire) == State::Down || m.gen.load(std::memory_order_acquire) != qp_gen_[s]) {
-        abandon(s);  // lost (marked by another queue pair, or it went silent)
-        continue;
-      }
-      for (std::size_t n; (n = qps_[s]->poll(got, 64)) != 0;)
+    auto reap = [&](unsigned s, net::QueuePair& q) {
+      net::Completion got[64];
+      for (std::size_t n; (n = q.poll(got, 64)) != 0;)
         for (std::size_t k = 0; k < n; ++k) {
           const unsigned op = static_cast<unsigned>(got[k].cookie / 16), piece = static_cast<unsigned>(got[k].cookie % 16);
           if (sent_piece_server_[op * 16 + piece] != s + 1) continue;  // abandoned already
           sent_piece_server_[op * 16 + piece] = 0;
           on_piece(op, piece, s, got[k].failed);
         }
+    };
+    for (unsigned s = 0, slots = p_.slots(); s < slots; ++s) {
+      if (!qps_[s] || inflight_[s] == 0) continue;
+      const Pool::Member& m = p_.member(s);
+      if (m.state.load(std::memory_order_acquire) == State::Down || m.gen.load(std::memory_order_acquire) != qp_gen_[s]) {
+        abandon(s);  // lost (marked by another queue pair, or it went silent)
+        continue;
+      }
+      reap(s, *qps_[s]);
     }
+    for (auto& [s, q] : orphans_) reap(s, *q);
     submit();  // pieces re-sent elsewhere
   }
   return net::take_completions(ready_, out, max);

@@ -85,9 +85,10 @@ bool stats_say(const std::string& what) { return stats_json().find(what) != std:
 // shadow copy; `event` runs once, a third of the way; then checks every word.
 // Returns the number of wrong words.
 std::uint64_t run_workload(const std::string& backend, const std::string& redundancy, unsigned timeout_ms,
-                           const std::function<void(int)>& event, const std::string& expect = "\"servers_down\":1") {
-  const std::uint64_t bytes = test::test_bytes(256ull << 20, 32ull << 20);
-  const std::uint64_t ops = test::kSanitized ? 60000 : 400000;
+                           const std::function<void(int)>& event, const std::string& expect = "") {
+  // Small: the multi-GiB cases are in test/cli/pool_test.sh.
+  const std::uint64_t bytes = test::test_bytes(128ull << 20, 32ull << 20);
+  const std::uint64_t ops = test::kSanitized ? 60000 : 200000;
   Config cfg = Config::from_env();
   cfg.backend = backend;
   cfg.redundancy = redundancy;
@@ -110,10 +111,14 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
     for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
     // Once the pool says its redundancy is back, every page reads right again
     // (now partly from the rebuilt pieces).
-    for (int t = 0; t < 600 && !stats_say("\"redundancy_restored\":true"); ++t)
+    for (int t = 0; t < 600 && !(stats_say("\"redundancy_restored\":true") && (expect.empty() || stats_say(expect)));
+         ++t)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     INFO(stats_json());
-    CHECK(stats_say(expect));
+    // At least the server the scenario took away is down (on a loaded machine a
+    // slow one may be taken for lost too: that is survivable, and not a failure here).
+    if (expect.empty()) CHECK_FALSE(stats_say("\"servers_down\":0,"));
+    else CHECK(stats_say(expect));
     CHECK(stats_say("\"redundancy_restored\":true"));
     CHECK_FALSE(stats_say("\"pages_repaired\":0,"));
     for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
@@ -135,7 +140,7 @@ TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy r
 TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",
           "[replicas_stop]") {
   Servers s(3);
-  const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 500, [&](int sixth) {
+  const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 1000, [&](int sixth) {
     if (sixth == 2) kill(s.all[2].pid, SIGSTOP);
   });
   CHECK(bad == 0);
@@ -195,7 +200,7 @@ TEST_CASE("a pool file: a server joins, one retires and its pieces move, one com
     CHECK(stats_say(what));
   };
   const std::uint64_t bad = run_workload(
-      std::string("@") + path, "replicas:2", 500,
+      std::string("@") + path, "replicas:2", 2000,
       [&](int sixth) {
         if (sixth == 1) {  // a fourth server joins
           write_pool({a[0].uri, a[1].uri, a[2].uri, a[3].uri});
