@@ -18,6 +18,7 @@
 #include "evict/evictor.hpp"
 #include "hw/region.hpp"
 #include "runtime/fatal.hpp"
+#include "tier/pool.hpp"
 
 namespace farmem {
 namespace detail {
@@ -184,9 +185,8 @@ void check_config(Config& cfg) {
     throw Error("far memory size " + mib(cfg.far_mem_bytes) +
                 " is out of range; set FARMEM_FAR_MEM between 16M and 64T");
   if (cfg.backend.empty()) cfg.backend = "shm";
-  // A pool's members are checked when it connects: a comma list or @FILE.
-  const bool pool = cfg.backend.find(',') != std::string::npos || cfg.backend[0] == '@';
-  if (!pool && cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0 && cfg.backend.rfind("rdma://", 0) != 0 &&
+  // A pool's members are checked when it connects.
+  if (!tier::names_pool(cfg.backend) && cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0 && cfg.backend.rfind("rdma://", 0) != 0 &&
       cfg.backend.rfind("dpdk://", 0) != 0) {
     throw Error("FARMEM_BACKEND=" + cfg.backend +
                 " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT, dpdk://... or several tcp:// "

@@ -99,11 +99,10 @@ std::string stats_json() {
                 (unsigned long long)s.fault_p50_ns, (unsigned long long)s.fault_p99_ns,
                 (unsigned long long)s.fault_max_ns);
   std::string line = buf;
-  detail::Runtime* rtp = detail::g_runtime_ptr.load(std::memory_order_acquire);
-  if (rtp != nullptr && rtp->transport)
-    if (std::string t = rtp->transport->stats_json(); !t.empty()) line.insert(line.size() - 1, "," + t);
-  // Which transparent-fault path this kernel gave us (issue: say which is used).
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (rt != nullptr && rt->transport)
+    if (std::string t = rt->transport->stats_json(); !t.empty()) line.insert(line.size() - 1, "," + t);
+  // Which transparent-fault path this kernel gave us (issue: say which is used).
   if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {
     line.pop_back();
     auto avg = [](std::uint64_t ns, std::uint64_t n) { return std::to_string(n ? ns / n : 0); };

@@ -100,13 +100,7 @@ Pool::Pool(const Config& cfg)
   opt_.timeout_ns = (cfg.server_timeout_ms ? cfg.server_timeout_ms : 5000) * 1000000ull;
   for (const std::string& u : uris) {
     opt_.uri = u;
-    transports_.push_back(net::connect_tcp_member(cfg_, opt_));  // throws naming the server
-    const unsigned s = slots_.load();
-    uris_[s] = u;
-    members_[s].t.store(transports_.back().get());
-    members_[s].clear.store(false);
-    members_[s].state.store(State::Up);
-    slots_.store(s + 1, std::memory_order_release);
+    adopt(slots_.load(), u, net::connect_tcp_member(cfg_, opt_));  // throws naming the server
   }
   last_retry_ns_ = farmem::detail::now_ns();
   loc = map_table<std::atomic<std::uint64_t>>(npages);
@@ -219,6 +213,18 @@ void Pool::pages_lost(std::uint64_t page, std::uint64_t w) {
                         w ? " had too few pieces left" : " cannot be written");
 }
 
+// Puts a connected server into slot s, up (under mu_, or while constructing):
+// a new generation, so queue pairs open new connections to it.
+void Pool::adopt(unsigned s, const std::string& uri, std::unique_ptr<net::Transport> t) {
+  transports_.push_back(std::move(t));
+  uris_[s] = uri;
+  members_[s].t.store(transports_.back().get(), std::memory_order_release);
+  members_[s].clear.store(false);
+  members_[s].gen.fetch_add(1, std::memory_order_acq_rel);
+  members_[s].state.store(State::Up, std::memory_order_release);
+  if (s >= slots_.load()) slots_.store(s + 1, std::memory_order_release);
+}
+
 // Connects `uri` into an empty slot, or a down one no page has a piece in.
 bool Pool::add_server(const std::string& uri) {
   unsigned s = kMaxServers;
@@ -242,13 +248,7 @@ bool Pool::add_server(const std::string& uri) {
   unsigned up;
   {
     std::lock_guard<std::mutex> g(mu_);
-    transports_.push_back(std::move(t));
-    uris_[s] = uri;
-    members_[s].t.store(transports_.back().get(), std::memory_order_release);
-    members_[s].clear.store(false);
-    members_[s].gen.fetch_add(1, std::memory_order_acq_rel);
-    members_[s].state.store(State::Up, std::memory_order_release);
-    if (s >= slots_.load()) slots_.store(s + 1, std::memory_order_release);
+    adopt(s, uri, std::move(t));
     ++repair_wanted_;  // pages written with too few servers can now be completed
     up = static_cast<unsigned>(__builtin_popcount(up_mask()));
   }
@@ -369,9 +369,12 @@ std::string Pool::stats_json() const {
 
 }  // namespace impl
 
+bool names_pool(const std::string& backend) {
+  return backend.find(',') != std::string::npos || (!backend.empty() && backend[0] == '@');
+}
+
 bool is_pool(const Config& cfg) {
-  return cfg.backend.find(',') != std::string::npos || (!cfg.backend.empty() && cfg.backend[0] == '@') ||
-         (cfg.redundancy != "none" && !cfg.redundancy.empty());
+  return names_pool(cfg.backend) || (cfg.redundancy != "none" && !cfg.redundancy.empty());
 }
 
 std::unique_ptr<net::Transport> connect_pool(const Config& cfg) { return std::make_unique<impl::Pool>(cfg); }

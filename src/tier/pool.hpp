@@ -9,7 +9,9 @@
 
 namespace farmem::tier {
 
-// True if cfg.backend names a pool (several URIs) or asks for redundancy.
+// True if `backend` names a pool: several URIs separated by commas, or @FILE.
+bool names_pool(const std::string& backend);
+// True if cfg.backend names a pool or cfg asks for redundancy.
 bool is_pool(const Config& cfg);
 // Connects to every server of the pool; throws farmem::Error naming the problem.
 std::unique_ptr<net::Transport> connect_pool(const Config& cfg);

@@ -100,6 +100,7 @@ class Pool final : public net::Transport {
   std::vector<std::string> listed() const;
   void reconcile();
   bool add_server(const std::string& uri);
+  void adopt(unsigned s, const std::string& uri, std::unique_ptr<net::Transport> t);
   void after_repair_scan(bool restored, std::uint64_t seq_at_start);
   void membership_loop();
   std::string uri_of(unsigned s) const;

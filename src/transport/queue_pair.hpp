@@ -31,19 +31,13 @@ struct MemberOptions {
   std::uint64_t timeout_ns = 0;
 };
 
-// Moves up to max finished cookies from a transport's done queue into out.
-inline std::size_t take_completions(std::deque<std::uint64_t>& done, Completion* out, std::size_t max) {
+// Moves up to max finished entries (cookies, or completions that may say
+// failed) from a transport's done queue into out.
+template <class Done>
+std::size_t take_completions(std::deque<Done>& done, Completion* out, std::size_t max) {
   std::size_t n = 0;
   for (; n < max && !done.empty(); ++n) {
-    out[n] = {done.front()};
-    done.pop_front();
-  }
-  return n;
-}
-inline std::size_t take_completions(std::deque<Completion>& done, Completion* out, std::size_t max) {
-  std::size_t n = 0;
-  for (; n < max && !done.empty(); ++n) {
-    out[n] = done.front();
+    out[n] = Completion{done.front()};
     done.pop_front();
   }
   return n;

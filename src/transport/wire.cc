@@ -2,8 +2,12 @@
 // bytes from the network are a well-formed message.
 #include "transport/wire.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "farmem/runtime.hpp"
 
 namespace farmem::net::wire {
 
@@ -16,6 +20,15 @@ bool read_token_file(const std::string& path, std::string* token) {
   while (!token->empty() && (token->back() == '\n' || token->back() == '\r' || token->back() == ' '))
     token->pop_back();
   return true;
+}
+
+std::string read_client_token(const std::string& path, std::size_t max) {
+  if (path.empty()) return {};
+  std::string t;
+  if (!read_token_file(path, &t)) throw Error("cannot read FARMEM_TOKEN_FILE=" + path + ": " + std::strerror(errno));
+  if (t.size() > max)
+    throw Error("FARMEM_TOKEN_FILE=" + path + " holds more than " + std::to_string(max) + " bytes");
+  return t;
 }
 
 Errc validate(const Header& h, bool from_server, std::string* why) {

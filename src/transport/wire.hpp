@@ -58,6 +58,9 @@ inline Header make(Op op, std::uint64_t id, std::uint64_t offset, std::uint32_t 
 // Reads a shared-token file (client FARMEM_TOKEN_FILE, server --token-file):
 // its contents without trailing newlines and spaces. False (errno set) if unreadable.
 bool read_token_file(const std::string& path, std::string* token);
+// A client's token: FARMEM_TOKEN_FILE's (path), or "" without one. Throws
+// farmem::Error when it cannot be read or holds more than max bytes.
+std::string read_client_token(const std::string& path, std::size_t max);
 
 // Checks a received header before anything trusts it. Returns Ok or why not.
 // `from_server` selects which ops are legal in that direction.

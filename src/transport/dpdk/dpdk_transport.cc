@@ -322,15 +322,6 @@ class DpdkQueuePair final : public QueuePair {
   std::size_t taken_ = 0;
 };
 
-std::string read_token(const Config& cfg) {
-  if (cfg.token_file.empty()) return {};
-  std::string t;
-  if (!wire::read_token_file(cfg.token_file, &t))
-    throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
-  if (t.size() > kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 1024 bytes");
-  return t;
-}
-
 class DpdkTransport final : public Transport {
  public:
   explicit DpdkTransport(const Config& cfg) : sh_(shared_for(parse_uri(cfg.backend, false))) {
@@ -339,7 +330,7 @@ class DpdkTransport final : public Transport {
     // The hello runs on lane 0 with session 0; the reply carries the new session
     // and echoes our nonce (a stale reply on lane 0 cannot pass for it).
     Lane hello(sh_, 0, 0, 1);
-    hello.hello_token = read_token(cfg);
+    hello.hello_token = wire::read_client_token(cfg.token_file, kMaxToken);
     hello.hello_nonce = nonce;
     auto noop = [](RequestTable::Request&) {};
     hello.post(Op::Hello, cfg.far_mem_bytes, sh_.uri.queues, nullptr, 0, noop);

@@ -42,15 +42,6 @@ constexpr std::uint64_t kSilenceLimitNs = 10ull * 1000 * 1000 * 1000;
 constexpr std::uint8_t kAckTimeout = 14;  // 4.096 us << 14 = 67 ms per try, 7 retries: ~0.5 s to notice a dead peer
 constexpr std::size_t kCtlMsg = sizeof(wire::Header);
 
-std::string read_token(const Config& cfg) {
-  if (cfg.token_file.empty()) return {};
-  std::string t;
-  if (!wire::read_token_file(cfg.token_file, &t))
-    throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
-  if (t.size() > wire::kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 4096 bytes");
-  return t;
-}
-
 void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 // One librdmacm connection with its own event channel, completion channel,
@@ -322,7 +313,7 @@ class RdmaTransport final : public Transport {
   explicit RdmaTransport(const Config& cfg)
       : ep_(rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND")),
         tuning_(rdma::parse_tuning(std::getenv("FARMEM_RDMA_QUEUE_DEPTH"), std::getenv("FARMEM_RDMA_SIGNAL_EVERY"))),
-        token_(rdma::token_digest(read_token(cfg))) {
+        token_(rdma::token_digest(wire::read_client_token(cfg.token_file, wire::kMaxToken))) {
     if (std::string why = rdma::no_device_reason(); !why.empty())
       throw Error(ep_.uri + ": " + why + "; use tcp://HOST:PORT (farmem-server --listen tcp://...) or " +
                   rdma::kSoftRoceHint);

@@ -56,15 +56,6 @@ Endpoint parse_uri(const std::string& uri) {
   return {host, port, uri};
 }
 
-std::string read_token(const Config& cfg) {
-  if (cfg.token_file.empty()) return {};
-  std::string t;
-  if (!wire::read_token_file(cfg.token_file, &t))
-    throw Error("cannot read FARMEM_TOKEN_FILE=" + cfg.token_file + ": " + std::strerror(errno));
-  if (t.size() > wire::kMaxToken) throw Error("FARMEM_TOKEN_FILE=" + cfg.token_file + " holds more than 4096 bytes");
-  return t;
-}
-
 // Connects with a timeout; returns a blocking socket or throws Error.
 int dial(const Endpoint& ep) {
   addrinfo hints{}, *res = nullptr;
@@ -329,7 +320,7 @@ class TcpTransport final : public Transport {
  public:
   TcpTransport(const Config& cfg, const MemberOptions* member)
       : ep_(parse_uri(member ? member->uri : cfg.backend)),
-        token_(read_token(cfg)),
+        token_(wire::read_client_token(cfg.token_file, wire::kMaxToken)),
         survive_(member != nullptr),
         silence_ns_(member ? member->timeout_ns
                            : cfg.server_timeout_ms ? cfg.server_timeout_ms * 1000000ull : kSilenceLimitNs) {
