@@ -2,28 +2,37 @@
 
 namespace farmem::server {
 
-bool CapacityAccount::reserve(std::uint64_t bytes, std::string* refusal) {
+bool CapacityAccount::grant(std::uint64_t bytes) {
   std::lock_guard<std::mutex> g(mu_);
-  const std::uint64_t free = capacity_ - used_.reserved;
-  if (bytes == 0 || bytes > free) {
-    *refusal = "the server has " + std::to_string(free >> 20) + " MiB free of " + std::to_string(capacity_ >> 20) +
-               " MiB; ask for less (FARMEM_FAR_MEM)";
-    return false;
-  }
-  used_.reserved += bytes;
-  ++used_.sessions;
+  if (bytes > capacity_ - used_.granted) return false;
+  used_.granted += bytes;
   return true;
 }
 
-void CapacityAccount::release(std::uint64_t bytes) {
+void CapacityAccount::give_back(std::uint64_t bytes) {
   std::lock_guard<std::mutex> g(mu_);
-  used_.reserved -= bytes;
+  used_.granted -= bytes;
+}
+
+void CapacityAccount::session_opened() {
+  std::lock_guard<std::mutex> g(mu_);
+  ++used_.sessions;
+}
+
+void CapacityAccount::session_closed() {
+  std::lock_guard<std::mutex> g(mu_);
   --used_.sessions;
 }
 
 CapacityAccount::Usage CapacityAccount::usage() const {
   std::lock_guard<std::mutex> g(mu_);
   return used_;
+}
+
+std::string CapacityAccount::describe() const {
+  Usage u = usage();
+  return std::to_string(u.granted >> 20) + " MiB of " + std::to_string(capacity_ >> 20) + " MiB are in use by " +
+         std::to_string(u.sessions) + (u.sessions == 1 ? " session" : " sessions");
 }
 
 }  // namespace farmem::server

@@ -119,9 +119,9 @@ namespace {
 
 void print_server_usage(const char* why, std::size_t listeners, const CapacityAccount& account) {
   CapacityAccount::Usage u = account.usage();
-  std::printf("{\"farmem_server\":\"%s\",\"listeners\":%zu,\"clients\":%zu,\"reserved_bytes\":%llu,"
+  std::printf("{\"farmem_server\":\"%s\",\"listeners\":%zu,\"clients\":%zu,\"granted_bytes\":%llu,"
               "\"capacity_bytes\":%llu}\n",
-              why, listeners, u.sessions, static_cast<unsigned long long>(u.reserved),
+              why, listeners, u.sessions, static_cast<unsigned long long>(u.granted),
               static_cast<unsigned long long>(account.capacity()));
   std::fflush(stdout);
 }

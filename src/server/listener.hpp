@@ -74,7 +74,7 @@ struct Listener {
 // listener on a thread of its own. SIGUSR1 and every stats_interval_s seconds
 // (0: never) ask each listener for its usage line; with several listeners the
 // main thread adds one line for the whole server ("listeners", "clients",
-// "reserved_bytes", "capacity_bytes"), also at exit. SIGTERM/SIGINT stop them
+// "granted_bytes", "capacity_bytes"), also at exit. SIGTERM/SIGINT stop them
 // all; the status is then 0. A listener that ends by itself (one that cannot
 // start, say) stops the others and its status is returned.
 int run_listeners(const std::vector<Listener>& listeners, CapacityAccount& account, const std::string& token,

@@ -2,9 +2,9 @@
 # One farmem-server with several --listen at once: tcp:// plus dpdk:// (a
 # net_memif link, EAL --no-huge --no-pci) served from one process. A client
 # over each transport at the same time, both exact; the one --capacity shared
-# across transports (a client on one holding most of it gets a client on the
-# other refused with the capacity message, both ways, and its memory comes
-# back when it is killed); usage lines per listener plus one for the server;
+# across transports and leased as pages are written (a client on one holding
+# most of it ends a client on the other with "far memory is full", both ways,
+# and its memory comes back when it is killed); usage lines per listener plus one for the server;
 # bad and duplicate --listen (exit 2, one line, nothing started); a listener
 # that cannot start (exit 1, one line naming it, nothing served); SIGTERM
 # ends every listener and the process exits 0. Without DPDK in the build (or
@@ -83,7 +83,7 @@ start_server() {
 
 echo "s3cret-token" >"$tmp/token"
 export FARMEM_TOKEN_FILE=$tmp/token
-CAP=(--capacity 3G --token-file "$tmp/token")
+CAP=(--capacity 1G --token-file "$tmp/token")
 if start_server --listen tcp://127.0.0.1:0 --listen "dpdk://memif$SOCK.sock?clients=2" "${CAP[@]}"; then
   SECOND=dpdk
   SECOND_URI="dpdk://memif$SOCK.sock?clients=2"
@@ -137,6 +137,11 @@ FARMEM_BACKEND=$TCP FARMEM_FAR_MEM=1G timeout 300 "$BENCH" --working-set 384M --
 c1=$!
 pids+=("$c1")
 wait_clients 2
+for _ in $(seq 50); do  # until both have written far pages
+  grep -q '"used_bytes":[1-9]' <<<"$L_TCP" && grep -q '"used_bytes":[1-9]' <<<"$L_SECOND" && break
+  sleep 0.2
+  usage
+done
 during_total=$TOTAL during_tcp=$L_TCP during_second=$L_SECOND
 wait "$c1"; r1=$?
 wait "$c2"; r2=$?
@@ -144,41 +149,51 @@ secs() { sed -n 's/.*"seconds":\([0-9.]*\).*/\1/p' "$1"; }
 if [[ $r1 -eq 0 && $r2 -eq 0 ]] && grep -q '"verified":true' "$tmp/c1" && grep -q '"verified":true' "$tmp/c2"; then
   ok "a client over tcp and one over $SECOND at once, both verified ($((SECONDS - start))s; bench seconds: tcp $(secs "$tmp/c1"), $SECOND $(secs "$tmp/c2"))"
 else bad "clients over both listeners: rc=$r1/$r2 $(cat "$tmp/c1" "$tmp/c2")"; fi
-if grep -q '"clients":2,"reserved_bytes":2147483648,"capacity_bytes":3221225472}' <<<"$during_total" &&
-   grep -q '"clients":1,.*"reserved_bytes":1073741824,"capacity_bytes":3221225472' <<<"$during_tcp" &&
-   grep -q '"clients":1,.*"reserved_bytes":1073741824,"capacity_bytes":3221225472' <<<"$during_second"; then
+if grep -q '"clients":2,"granted_bytes":[1-9][0-9]*,"capacity_bytes":1073741824}' <<<"$during_total" &&
+   grep -q '"clients":1,.*"used_bytes":[1-9][0-9]*,"granted_bytes":[1-9][0-9]*,"capacity_bytes":1073741824' <<<"$during_tcp" &&
+   grep -q '"clients":1,.*"used_bytes":[1-9][0-9]*,"granted_bytes":[1-9][0-9]*,"capacity_bytes":1073741824' <<<"$during_second"; then
   ok "usage while both ran: $during_total / $during_tcp / $during_second"
 else bad "usage while both ran: total=$during_total tcp=$during_tcp second=$during_second"; fi
 
-# 3. One capacity for all listeners: a client on one transport holds 2.5 of the 3 GiB,
-#    one on the other asking 1 GiB is refused with the capacity message; when the
-#    holder is killed its memory comes back and the other fits.
-# capacity_check NAME HOLDER_BACKEND OTHER_BACKEND
+# 3. One capacity for all listeners, leased as pages are written: a client on one
+#    transport holds most of the 1 GiB, one on the other that needs more than is
+#    left ends with the one-line "far memory is full"; when the holder is killed
+#    its memory comes back and the other fits.
+# granted: the server's granted_bytes in its newest usage line.
+granted() { sed -n 's/.*"granted_bytes":\([0-9]*\).*/\1/p' <<<"$TOTAL"; }
+# capacity_check NAME HOLDER_BACKEND OTHER_BACKEND OTHER_URI
 capacity_check() {
-  local name=$1 holder_be=$2 other_be=$3
-  FARMEM_BACKEND=$holder_be FARMEM_FAR_MEM=2560M "$BENCH" --working-set 64M --ops 1000000000 --no-verify \
+  local name=$1 holder_be=$2 other_be=$3 other_uri=$4
+  FARMEM_BACKEND=$holder_be "$BENCH" --working-set 768M --local-mem 64M --ops 1000000000 --no-verify \
     >/dev/null 2>"$tmp/holder.err" &
   local holder=$!
   pids+=("$holder")
-  if ! wait_clients 1; then
-    bad "$name: the holder never got its session: $(cat "$tmp/holder.err")"; kill -9 "$holder"; return
+  local held=0
+  for _ in $(seq 150); do
+    usage
+    held=$(granted); (( held >= 600 << 20 )) && break
+    sleep 0.2
+  done
+  if (( held < 600 << 20 )); then
+    bad "$name: the holder never held 600 MiB: $TOTAL $(cat "$tmp/holder.err")"; kill -9 "$holder"; return
   fi
-  FARMEM_BACKEND=$other_be FARMEM_FAR_MEM=1G timeout 60 "$BENCH" --working-set 64M --ops 1000 \
+  FARMEM_BACKEND=$other_be timeout 60 "$BENCH" --working-set 512M --local-mem 32M --ops 1000 \
     >/dev/null 2>"$tmp/refused.err"
   local rc=$?
   if [[ $rc -ne 0 && $rc -ne 124 ]] &&
-     grep -q "refused us: the server has 512 MiB free of 3072 MiB; ask for less (FARMEM_FAR_MEM)" "$tmp/refused.err"; then
+     grep -q "far memory is full: the memory server $other_uri.* refused a page: the server is full: 1024 MiB of 1024 MiB are in use by 2 sessions" "$tmp/refused.err"; then
     ok "$name: $(head -1 "$tmp/refused.err")"
   else bad "$name: rc=$rc $(cat "$tmp/refused.err")"; fi
   kill -9 "$holder"; wait "$holder" 2>/dev/null
-  if wait_clients 0 && grep -q '"reserved_bytes":0,' <<<"$TOTAL"; then
-    out=$(FARMEM_BACKEND=$other_be FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 64M --ops 5000 --json 2>&1)
+  if wait_clients 0 && grep -q '"granted_bytes":0,' <<<"$TOTAL"; then
+    out=$(FARMEM_BACKEND=$other_be timeout 120 "$BENCH" --working-set 512M --local-mem 32M --ops 5000 --json 2>&1)
     grep -q '"verified":true' <<<"$out" && ok "$name: the holder killed, its memory is back: $TOTAL; the other fits" ||
       bad "$name: after the holder was killed: $out"
   else bad "$name: the killed holder's memory was not reclaimed: $TOTAL"; fi
 }
-capacity_check "tcp holds most, $SECOND refused" "$TCP" "$(second_backend 1)"
-capacity_check "$SECOND holds most, tcp refused" "$(second_backend 1)" "$TCP"
+second_shown() { if [[ $SECOND == dpdk ]]; then echo "dpdk://memif$SOCK.sock"; else echo "$SECOND_URI"; fi; }
+capacity_check "tcp holds most, $SECOND refused" "$TCP" "$(second_backend 1)" "$(second_shown)"
+capacity_check "$SECOND holds most, tcp refused" "$(second_backend 1)" "$TCP" "$TCP"
 
 # 4. SIGTERM stops every listener; the process exits 0 after one exit line per
 #    listener and one for the server.
@@ -187,7 +202,7 @@ timeout 20 tail --pid="$MAIN" -f /dev/null
 wait "$MAIN"; rc=$?
 exits=$(grep -c '"farmem_server":"exit"' "$tmp/main.out")
 last=$(tail -1 "$tmp/main.out")
-if [[ $rc -eq 0 && $exits -eq 3 ]] && grep -q '"farmem_server":"exit","listeners":2,"clients":0,"reserved_bytes":0,' <<<"$last" &&
+if [[ $rc -eq 0 && $exits -eq 3 ]] && grep -q '"farmem_server":"exit","listeners":2,"clients":0,"granted_bytes":0,' <<<"$last" &&
    [[ ! -s $tmp/main.err ]]; then
   ok "SIGTERM: exit 0, $exits exit lines, last: $last"
 else bad "SIGTERM: rc=$rc, $exits exit lines; $(cat "$tmp/main.out" "$tmp/main.err")"; fi

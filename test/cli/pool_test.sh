@@ -5,6 +5,7 @@
 # past the timeout: every word verified, the pool rebuilds the lost pieces.
 # An unmodified program (sort) under farmem-run with replicas:2 over 3 servers,
 # one killed mid-run: byte-identical output. Bad pools: one line, non-zero exit.
+# Capacity: three small servers hold what one cannot; a full pool: one line.
 # (The smaller failure cases also run under the sanitizers: test/far/pool_test.cc.)
 set -uo pipefail
 BENCH=$1
@@ -12,12 +13,12 @@ SERVER=$2
 RUN=${3:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
-# start_servers N: N farmem-servers on free ports; sets URIS (comma-separated) and SPIDS.
+# start_servers N [CAPACITY]: N farmem-servers on free ports; sets URIS (comma-separated) and SPIDS.
 start_servers() {
   URIS=""
   SPIDS=()
   for i in $(seq "$1"); do
-    "$SERVER" --listen tcp://127.0.0.1:0 --capacity 64G >"$tmp/s$i.out" 2>"$tmp/s$i.err" &
+    "$SERVER" --listen tcp://127.0.0.1:0 --capacity "${2:-64G}" >"$tmp/s$i.out" 2>"$tmp/s$i.err" &
     SPIDS+=($!)
     pids+=($!)
     local port=""
@@ -96,6 +97,23 @@ check_error "an empty entry" "has an empty entry" "FARMEM_BACKEND=$URIS,"
 check_error "an unreachable server" "cannot connect to the memory server tcp://127.0.0.1:1" \
   FARMEM_BACKEND=$URIS,tcp://127.0.0.1:1 FARMEM_REDUNDANCY=replicas:2
 check_error "a bad timeout" "FARMEM_SERVER_TIMEOUT" FARMEM_BACKEND=$URIS FARMEM_SERVER_TIMEOUT=soon
+stop_servers
+
+# 4. Capacity adds up, less the redundancy: three 64 MiB servers with ec:2+1 hold
+#    a 96 MiB far array (more than any one of them could), with the default
+#    FARMEM_FAR_MEM; a 256 MiB array fills them: one line, exit 1.
+start_servers 3 64M
+out=$(FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=ec:2+1 timeout 120 "$BENCH" --working-set 96M --local-mem 32M \
+      --ops 20000 --json 2>&1)
+grep -q '"verified":true' <<<"$out" && ok "three 64 MiB servers with ec:2+1 hold a 96 MiB far array" ||
+  bad "three 64 MiB servers with ec:2+1: $out"
+err=$(FARMEM_BACKEND=$URIS FARMEM_REDUNDANCY=ec:2+1 timeout 120 "$BENCH" --working-set 256M --local-mem 32M \
+      --ops 1000 2>&1 >/dev/null)
+rc=$?
+if [[ $rc -ne 0 && $rc -ne 124 && $(wc -l <<<"$err") -eq 1 ]] &&
+   grep -q "far memory is full: the memory server tcp://127.0.0.1:[0-9]* refused a page: the server is full" <<<"$err"; then
+  ok "a full pool: $err"
+else bad "a full pool (rc $rc): $err"; fi
 stop_servers
 
 exit $((fails > 0))

@@ -164,7 +164,7 @@ during=$(usage_line "$MAIN" "$tmp/main.out")
 kill -9 "$victim"; wait "$victim" 2>/dev/null
 sleep 2
 after=$(usage_line "$MAIN" "$tmp/main.out")
-if grep -q '"clients":[1-9]' <<<"$during" && grep -q '"clients":0,.*"used_bytes":0,"reserved_bytes":0' <<<"$after"; then
+if grep -q '"clients":[1-9]' <<<"$during" && grep -q '"clients":0,.*"used_bytes":0,"granted_bytes":0' <<<"$after"; then
   ok "killed client reclaimed (during: $during; after: $after)"
 else bad "killed client: during=$during after=$after"; fi
 out=$(FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 256M --ops 50000 --json 2>&1)

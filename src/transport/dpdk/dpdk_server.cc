@@ -28,6 +28,7 @@
 #include "transport/dpdk/dpdk_port.hpp"
 #include "transport/dpdk/dpdk_proto.hpp"
 #include "runtime/os.hpp"
+#include "server/session_memory.hpp"
 
 namespace farmem::server {
 namespace {
@@ -41,10 +42,8 @@ struct Session {
   std::uint64_t id = 0, nonce = 0;
   unsigned port = 0;  // index into ports_
   std::uint8_t mac[6] = {};
-  char* base = nullptr;
-  std::uint64_t capacity = 0;
-  std::vector<std::uint64_t> written;  // one bit per page: holds data
-  std::uint64_t used_pages = 0;
+  std::unique_ptr<SessionMemory> mem;
+  std::string full;  // set when a write did not fit: every later request gets it (retransmits too)
   unsigned queues = 0;
   std::vector<DedupWindow> lanes;
   std::uint64_t heard_ns = 0;
@@ -70,7 +69,6 @@ class Server {
   void free_session(std::uint64_t id, const char* why);
   void housekeeping(std::uint64_t now);
   void print_usage(const char* why);
-  void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
 
   bool start();
   void stop_ports();
@@ -84,28 +82,19 @@ class Server {
   std::uint64_t malformed_ = 0, duplicates_ = 0, stale_ = 0, injected_drops_ = 0, expired_ = 0, tx_dropped_ = 0;
 };
 
-void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
-  for (std::uint64_t p = off / kPage; p < (off + len) / kPage; ++p) {
-    std::uint64_t& w = s.written[p / 64];
-    std::uint64_t bit = std::uint64_t{1} << (p % 64);
-    if (written && !(w & bit)) { w |= bit; ++s.used_pages; }
-    if (!written && (w & bit)) { w &= ~bit; --s.used_pages; }
-  }
-}
-
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0, reserved = 0;
+  std::uint64_t used = 0, granted = 0;
   unsigned up = 0;
   for (auto& [id, s] : sessions_) {
-    used += s->used_pages * kPage;
-    reserved += s->capacity;
+    used += s->mem->used_bytes();
+    granted += s->mem->used_bytes();
   }
   for (auto& p : ports_) up += p.up;
   std::printf("%s,\"clients\":%zu,\"links_up\":%u,\"used_bytes\":%llu,"
-              "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu,\"duplicates\":%llu,\"stale\":%llu,"
+              "\"granted_bytes\":%llu,\"capacity_bytes\":%llu,\"duplicates\":%llu,\"stale\":%llu,"
               "\"malformed\":%llu,\"expired\":%llu,\"injected_drops\":%llu,\"tx_dropped\":%llu}\n",
               usage_head(why, "dpdk", ctx_, opt_.uri).c_str(), sessions_.size(), up,
-              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(granted),
               static_cast<unsigned long long>(ctx_.account.capacity()),
               static_cast<unsigned long long>(duplicates_), static_cast<unsigned long long>(stale_),
               static_cast<unsigned long long>(malformed_), static_cast<unsigned long long>(expired_),
@@ -133,10 +122,8 @@ void Server::free_session(std::uint64_t id, const char* why) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   Session& s = *it->second;
-  munmap(s.base, s.capacity);
-  ctx_.account.release(s.capacity);
   std::printf("farmem-server: session %016llx ended (%s), %llu MiB reclaimed\n", static_cast<unsigned long long>(id),
-              why, static_cast<unsigned long long>(s.capacity >> 20));
+              why, static_cast<unsigned long long>(s.mem->used_bytes() >> 20));
   std::fflush(stdout);
   sessions_.erase(it);
 }
@@ -181,28 +168,21 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     for (auto& [id, cand] : sessions_)
       if (cand->nonce == h.floor && cand->port == p) s = cand.get();  // a repeated hello
     if (!s) {
-      std::uint64_t want = (h.offset + kPage - 1) / kPage * kPage;
       std::string refusal;
-      if (!ctx_.account.reserve(want, &refusal)) return fail(p, q, src, h, Errc::NoCapacity, refusal);
+      auto mem = SessionMemory::map(ctx_.account, h.offset, &refusal);
+      if (!mem) return fail(p, q, src, h, Errc::NoCapacity, refusal);
       if (uri_.memif)  // one client per memif interface: a new hello replaces a stale session
         for (auto it = sessions_.begin(); it != sessions_.end();) {
           auto next = std::next(it);
           if (it->second->port == p) free_session(it->first, "replaced by a new client on its memif id");
           it = next;
         }
-      void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (base == MAP_FAILED) {
-        ctx_.account.release(want);
-        return fail(p, q, src, h, Errc::NoCapacity, "the server cannot map that much memory");
-      }
       auto ns = std::make_unique<Session>();
       do getrandom(&ns->id, sizeof ns->id, 0); while (ns->id == 0 || sessions_.count(ns->id));
       ns->nonce = h.floor;
       ns->port = p;
       std::memcpy(ns->mac, src, 6);
-      ns->base = static_cast<char*>(base);
-      ns->capacity = want;
-      ns->written.assign((want / kPage + 63) / 64, 0);
+      ns->mem = std::move(mem);
       ns->queues = h.size;
       ns->lanes.assign(h.size, DedupWindow(kWindow));
       s = ns.get();
@@ -210,7 +190,7 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
       if (uri_.memif) ports_[p].active = s->queues;
     }
     s->heard_ns = now_ns();
-    Header r = make(Op::Reply, s->id, h.seq, s->capacity, 0, 0);
+    Header r = make(Op::Reply, s->id, h.seq, s->mem->size(), 0, 0);
     r.slot = h.slot;
     r.lane = h.lane;
     r.attempt = h.attempt;
@@ -224,8 +204,8 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
   Session& s = *it->second;
   if (h.lane >= s.queues) return fail(p, q, src, h, Errc::BadMessage, "lane beyond the session's queues");
   s.heard_ns = now_ns();
-  if ((op == Op::Read || op == Op::Write || op == Op::Discard) &&
-      (h.offset > s.capacity || h.size > s.capacity - h.offset))
+  if (!s.full.empty() && op != Op::Bye) return fail(p, q, src, h, Errc::NoCapacity, s.full);
+  if ((op == Op::Read || op == Op::Write || op == Op::Discard) && !s.mem->in_range(h.offset, h.size))
     return fail(p, q, src, h, Errc::OutOfRange, "range outside the session's far memory");
   DedupWindow::Verdict v = s.lanes[h.lane].check(h.seq, h.floor);
   if (v == DedupWindow::Verdict::Stale) {
@@ -245,22 +225,19 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
   switch (op) {
     case Op::Read:
       r.length = kPage;
-      data = s.base + h.offset;
+      data = s.mem->base() + h.offset;
       break;
     case Op::Write:
       if (first) {
-        std::memcpy(s.base + h.offset, payload, kPage);
-        mark(s, h.offset, kPage, true);
+        if (!s.mem->charge_write(h.offset, kPage, &s.full)) return fail(p, q, src, h, Errc::NoCapacity, s.full);
+        std::memcpy(s.mem->base() + h.offset, payload, kPage);
       }
       break;
     case Op::Discard:
-      if (first) {
-        madvise(s.base + h.offset, h.size, MADV_DONTNEED);
-        mark(s, h.offset, h.size, false);
-      }
+      if (first) s.mem->discard(h.offset, h.size);
       break;
     case Op::Usage:
-      r.offset = s.used_pages * kPage;
+      r.offset = s.mem->used_bytes();
       break;
     case Op::Ping:
       break;

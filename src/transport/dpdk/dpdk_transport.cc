@@ -224,8 +224,12 @@ class Lane {
     if (static_cast<Op>(h.op) == Op::Error) {
       error.assign(payload, std::min<std::size_t>(h.length, 200));
       error_code = static_cast<wire::Errc>(h.status);
-      if (r->op != Op::Hello && r->op != Op::Bye)  // a repeated bye finds the session gone
+      if (r->op != Op::Hello && r->op != Op::Bye) {  // a repeated bye finds the session gone
+        if (static_cast<Errc>(h.status) == Errc::NoCapacity)
+          detail::fatal("far memory is full: the memory server %s refused a page: %s", sh_.uri.text.c_str(),
+                        error.c_str());
         detail::fatal("the memory server %s refused a request: %s", sh_.uri.text.c_str(), error.c_str());
+      }
     } else if (r->op == Op::Read) {
       if (h.length != kPage || h.offset != r->offset) return 0;
       std::memcpy(r->local, payload, kPage);

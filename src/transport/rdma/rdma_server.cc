@@ -214,7 +214,8 @@ void Server::drop_session(Session* s) {
   ibv_dereg_mr(s->mr);
   ibv_dealloc_pd(s->pd);
   munmap(s->base, s->capacity);
-  ctx_.account.release(s->capacity);
+  ctx_.account.give_back(s->capacity);
+  ctx_.account.session_closed();
   sessions_.erase(s->id);
 }
 
@@ -238,13 +239,18 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
   if (!dev) return reject(id, wire::Errc::NoCapacity, "the server cannot create a completion channel");
   Session* s = nullptr;
   if (req.kind == rd::ConnKind::NewSession) {
+    // Registered memory is pinned: an RDMA session takes its whole size at once.
     std::uint64_t want = (req.capacity + 4095) / 4096 * 4096;
-    if (!ctx_.account.reserve(want, &why)) return reject(id, wire::Errc::NoCapacity, why);
+    if (want == 0 || !ctx_.account.grant(want))
+      return reject(id, wire::Errc::NoCapacity,
+                    "the server cannot give " + std::to_string(want >> 20) + " MiB at once (RDMA memory is pinned): " +
+                        ctx_.account.describe() + "; ask for less (FARMEM_FAR_MEM)");
     s = new_session(*dev, want, &why);
     if (!s) {
-      ctx_.account.release(want);
+      ctx_.account.give_back(want);
       return reject(id, wire::Errc::NoCapacity, why);
     }
+    ctx_.account.session_opened();
   } else {
     auto it = sessions_.find(req.session);
     if (it == sessions_.end()) return reject(id, wire::Errc::NoSession, "no such session");
@@ -407,15 +413,15 @@ void Server::on_completions(Device& dev) {
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0, reserved = 0;
+  std::uint64_t used = 0, granted = 0;
   for (auto& [id, s] : sessions_) {
     used += resident_bytes(*s);
-    reserved += s->capacity;
+    granted += s->capacity;
   }
-  std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,\"reserved_bytes\":%llu,"
+  std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,\"granted_bytes\":%llu,"
               "\"capacity_bytes\":%llu}\n",
               usage_head(why, "rdma", ctx_, uri_).c_str(), sessions_.size(), conns_.size(),
-              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(granted),
               static_cast<unsigned long long>(ctx_.account.capacity()));
   std::fflush(stdout);
 }

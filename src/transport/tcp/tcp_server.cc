@@ -4,7 +4,8 @@
 // attaches them all to its session. Every message is validated before use; a
 // malformed one gets an Error reply and the connection is closed. The main
 // thread (listener.cc) asks it through its Control to print a usage line or to
-// stop; its sessions' capacity comes from the server-wide CapacityAccount.
+// stop; its sessions' memory is leased from the server-wide CapacityAccount
+// as they write (session_memory.hpp).
 #include "transport/tcp/tcp_server.hpp"
 
 #include <arpa/inet.h>
@@ -12,7 +13,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "server/session_memory.hpp"
 #include "transport/wire.hpp"
 
 namespace farmem::server {
@@ -34,10 +35,7 @@ namespace wire = net::wire;
 
 struct Session {
   std::uint64_t id = 0;
-  char* base = nullptr;
-  std::uint64_t capacity = 0;
-  std::vector<std::uint64_t> written;  // one bit per page: holds data
-  std::uint64_t used_pages = 0;
+  std::unique_ptr<SessionMemory> mem;
   int conns = 0;
 };
 
@@ -67,7 +65,6 @@ class Server {
   void flush(Conn& c);
   void close_conn(int fd);
   void print_usage(const char* why);
-  void mark(Session& s, std::uint64_t off, std::uint64_t len, bool written);
 
   TcpServerOptions opt_;
   ListenerContext& ctx_;
@@ -113,15 +110,15 @@ bool Server::start_listening() {
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0, reserved = 0;
+  std::uint64_t used = 0, granted = 0;
   for (auto& [id, s] : sessions_) {
-    used += s->used_pages * 4096;
-    reserved += s->capacity;
+    used += s->mem->used_bytes();
+    granted += s->mem->used_bytes();
   }
   std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,"
-              "\"reserved_bytes\":%llu,\"capacity_bytes\":%llu}\n",
+              "\"granted_bytes\":%llu,\"capacity_bytes\":%llu}\n",
               usage_head(why, nullptr, ctx_, uri_).c_str(), sessions_.size(), conns_.size(),
-              static_cast<unsigned long long>(used), static_cast<unsigned long long>(reserved),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(granted),
               static_cast<unsigned long long>(ctx_.account.capacity()));
   std::fflush(stdout);
 }
@@ -147,17 +144,6 @@ void Server::accept_all() {
 
 // Pieces of pages (a pool's erasure coding) are smaller than a page: a write
 // marks every page it touches, a discard clears only the pages it covers whole.
-void Server::mark(Session& s, std::uint64_t off, std::uint64_t len, bool written) {
-  const std::uint64_t first = written ? off / 4096 : (off + 4095) / 4096;
-  const std::uint64_t end = written ? (off + len + 4095) / 4096 : (off + len) / 4096;
-  for (std::uint64_t p = first; p < end; ++p) {
-    std::uint64_t& w = s.written[p / 64];
-    std::uint64_t bit = std::uint64_t{1} << (p % 64);
-    if (written && !(w & bit)) { w |= bit; ++s.used_pages; }
-    if (!written && (w & bit)) { w &= ~bit; --s.used_pages; }
-  }
-}
-
 void Server::reply(Conn& c, const wire::Header& h, const void* data, std::size_t len) {
   const char* hp = reinterpret_cast<const char*>(&h);
   c.out.insert(c.out.end(), hp, hp + sizeof h);
@@ -192,57 +178,52 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       }
       c.session = it->second.get();
     } else {
-      std::uint64_t want = (h.offset + 4095) / 4096 * 4096;
       std::string refusal;
-      if (!ctx_.account.reserve(want, &refusal)) {
+      auto mem = SessionMemory::map(ctx_.account, h.offset, &refusal);
+      if (!mem) {
         fail(c, h.id, wire::Errc::NoCapacity, refusal);
-        return false;
-      }
-      void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (base == MAP_FAILED) {
-        ctx_.account.release(want);
-        fail(c, h.id, wire::Errc::NoCapacity, "the server cannot map that much memory");
         return false;
       }
       auto s = std::make_unique<Session>();
       do getrandom(&s->id, sizeof s->id, 0); while (s->id == 0 || sessions_.count(s->id));
-      s->base = static_cast<char*>(base);
-      s->capacity = want;
-      s->written.assign((want / 4096 + 63) / 64, 0);
+      s->mem = std::move(mem);
       c.session = s.get();
       sessions_[s->id] = std::move(s);
     }
     ++c.session->conns;
-    reply(c, wire::make(wire::Op::Reply, c.session->id, c.session->capacity, 0, 0));
+    reply(c, wire::make(wire::Op::Reply, c.session->id, c.session->mem->size(), 0, 0));
     return true;
   }
   if (!c.session) {
     fail(c, h.id, wire::Errc::BadMessage, "hello first");
     return false;
   }
-  Session& s = *c.session;
+  SessionMemory& s = *c.session->mem;
   std::uint64_t size = h.size;
-  if (op != wire::Op::Usage && (h.offset > s.capacity || size > s.capacity - h.offset)) {
+  if (op != wire::Op::Usage && !s.in_range(h.offset, size)) {
     fail(c, h.id, wire::Errc::OutOfRange, "range outside the session's far memory");
     return false;
   }
   switch (op) {
     case wire::Op::Read:
-      reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, h.size), s.base + h.offset, size);
+      reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, h.size), s.base() + h.offset, size);
       break;
-    case wire::Op::Write:
-      std::memcpy(s.base + h.offset, payload, size);
-      mark(s, h.offset, size, true);
+    case wire::Op::Write: {
+      std::string full;
+      if (!s.charge_write(h.offset, size, &full)) {
+        fail(c, h.id, wire::Errc::NoCapacity, full);
+        return false;
+      }
+      std::memcpy(s.base() + h.offset, payload, size);
       reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
       break;
+    }
     case wire::Op::Discard:
-      if (std::uint64_t a = (h.offset + 4095) & ~std::uint64_t{4095}, e = (h.offset + size) & ~std::uint64_t{4095}; a < e)
-        madvise(s.base + a, e - a, MADV_DONTNEED);
-      mark(s, h.offset, size, false);
+      s.discard(h.offset, size);
       reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, 0));
       break;
     case wire::Op::Usage:
-      reply(c, wire::make(wire::Op::Reply, h.id, s.used_pages * 4096, 0, 0));
+      reply(c, wire::make(wire::Op::Reply, h.id, s.used_bytes(), 0, 0));
       break;
     default:
       fail(c, h.id, wire::Errc::BadMessage, "unexpected op");
@@ -315,8 +296,6 @@ void Server::close_conn(int fd) {
   close(fd);
   conns_.erase(it);
   if (s && --s->conns == 0) {  // last connection of a client: reclaim its memory
-    munmap(s->base, s->capacity);
-    ctx_.account.release(s->capacity);
     sessions_.erase(s->id);
   }
 }

@@ -286,6 +286,10 @@ class TcpQueuePair final : public QueuePair {
       std::string msg(hdr_.length, '\0');
       fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
       read_full(fd_, msg.data(), msg.size(), 2000);
+      // A full server is not a failed one: in a pool its pages could not go
+      // anywhere else either (placement is fixed), so far memory is full.
+      if (static_cast<wire::Errc>(hdr_.status) == wire::Errc::NoCapacity)
+        detail::fatal("far memory is full: the memory server %s refused a page: %s", uri_.c_str(), msg.c_str());
       return dead("the server said: " + msg), false;
     }
     auto it = pending_.find(hdr_.id);
