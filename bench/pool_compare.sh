@@ -4,7 +4,8 @@
 # read), interleaved, farmem-bench (far pointers, uniform) over tcp on
 # loopback: median ops/s, fault p50/p99, bytes sent per page written back,
 # server memory per GiB of working set. Then the time to restore redundancy:
-# ec:2+1 over 4 servers with one killed mid-run.
+# ec:2+1 over 4 servers with one killed mid-run, without a rate limit, at the
+# default FARMEM_REPAIR_RATE and at a low one.
 #   bench/pool_compare.sh [--rounds 3] [--working-set 512M] [--local 25%] [--ops 200000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,8 +52,9 @@ def server_used():
         total += json.loads(p.stdout.readline())["used_bytes"]
     return total
 
-def run(uris, redundancy, kill_after=None):
+def run(uris, redundancy, kill_after=None, repair_rate=None):
     env = {**os.environ, "FARMEM_BACKEND": ",".join(uris), "FARMEM_STATS": "1", "FARMEM_FAR_MEM": "2G"}
+    if repair_rate: env["FARMEM_REPAIR_RATE"] = repair_rate
     if redundancy and redundancy.endswith(" nospare"):
         redundancy = redundancy.split()[0]
         env["FARMEM_EC_SPARE_READ"] = "0"
@@ -102,16 +104,19 @@ for name, _, _ in configs:
     print(f"| {name} | {med(0):.0f} | {med(0) / base:.2f}x | {med(1) / 1000:.0f} us | {med(2) / 1000:.0f} us | "
           f"{med(3):.0f} | " + (f"{statistics.median(mem):.2f} GiB |" if mem else "(no progress line: run longer) |"))
 
-uris = start(4)
-try:
-    t0 = time.time()
-    res, st, _ = run(uris, "ec:2+1", kill_after=4)
-finally:
-    stop()
-p = st["pool"]
 print()
-print(f"ec:2+1 over 4 servers, one killed after 4 s: {p['pages_repaired']} pages rebuilt in "
-      f"{p['last_repair_ms']} ms ({p['pages_repaired'] * 4096 / max(1, p['last_repair_ms']) / 1000:.1f} MB/s of pages), "
-      f"redundancy restored: {p['redundancy_restored']}, degraded reads {p['degraded_reads']}, "
-      f"run {res['ops_per_sec']:.0f} ops/s, verified {res['verified']}")
+print("ec:2+1 over 4 servers, one killed after 4 s, by FARMEM_REPAIR_RATE:")
+print()
+print("| FARMEM_REPAIR_RATE | pages rebuilt | time | rate of pages | run ops/s | degraded reads | restored | verified |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for rate in ("0", "256M", "32M"):
+    uris = start(4)
+    try:
+        res, st, _ = run(uris, "ec:2+1", kill_after=4, repair_rate=rate)
+    finally:
+        stop()
+    p = st["pool"]
+    print(f"| {rate} | {p['pages_repaired']} | {p['repair_ms']} ms | "
+          f"{p['pages_repaired'] * 4096 / max(1, p['repair_ms']) / 1000:.1f} MB/s | {res['ops_per_sec']:.0f} | "
+          f"{p['degraded_reads']} | {p['redundancy_restored']} | {res['verified']} |")
 PY

@@ -138,6 +138,11 @@ Config Config::from_env() {
     if (b != "0" && b != "1") throw Error(std::string("FARMEM_EC_SPARE_READ='") + v + "' is not 1 or 0");
     c.ec_spare_read = b == "1";
   }
+  if (const char* v = env("FARMEM_REPAIR_RATE")) {
+    std::string r = lower(trim(v));
+    if (r.size() > 2 && r.compare(r.size() - 2, 2, "/s") == 0) r.resize(r.size() - 2);
+    c.repair_rate = r == "0" ? 0 : parse_size(r, "FARMEM_REPAIR_RATE");
+  }
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
   if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;

@@ -345,12 +345,13 @@ std::string Pool::stats_json() const {
     retiring += st == State::Retiring;
   }
   bool running, restored;
-  std::uint64_t last;
+  std::uint64_t last, total_ms;
   {
     std::lock_guard<std::mutex> g(mu_);
     running = repair_running_ || repair_wanted_ > 0;
     restored = !running && restored_;
     last = last_repair_ms_;
+    total_ms = repair_ns_ / 1000000;
   }
   auto u = [](const std::atomic<std::uint64_t>& a) { return std::to_string(a.load()); };
   // What the servers hold for us (asked over each one's control connection).
@@ -364,7 +365,7 @@ std::string Pool::stats_json() const {
          ",\"degraded_writes\":" + u(degraded_writes) + ",\"pages_repaired\":" + u(repaired_pages) +
          ",\"repair_running\":" + (running ? "true" : "false") +
          ",\"redundancy_restored\":" + (restored ? "true" : "false") + ",\"last_repair_ms\":" + std::to_string(last) +
-         "}";
+         ",\"repair_ms\":" + std::to_string(total_ms) + "}";
 }
 
 }  // namespace impl

@@ -128,6 +128,7 @@ class Pool final : public net::Transport {
   bool repair_running_ = false;  // a scan is under way
   bool restored_ = true;         // the last scan left every page with all its pieces
   std::uint64_t last_repair_ms_ = 0;
+  std::uint64_t repair_ns_ = 0;  // every scan's time together
   std::thread repair_;
   // Looks at the servers listed once a second; a thread of its own because
   // connecting to a server that hangs can take the handshake's 5 s.

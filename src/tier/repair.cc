@@ -2,6 +2,9 @@
 // file), every page with a piece there is read, decoded, and its missing
 // pieces written to up servers that hold none of its pieces.
 #include <sched.h>
+#include <time.h>
+
+#include <algorithm>
 
 #include "runtime/os.hpp"
 #include "runtime/runtime.hpp"
@@ -29,13 +32,31 @@ bool Pool::claim_for_repair(std::uint64_t page, bool* stuck) {
 }
 
 // Up to kRepairBatch pages at a time are read and written, one round trip each
-// way a batch, which leaves the servers most of their bandwidth for the program.
+// way a batch, and no faster than FARMEM_REPAIR_RATE: the program keeps most of
+// the servers' bandwidth while redundancy comes back.
 void Pool::repair_loop() {
   farmem::detail::g_internal_alloc = 1;  // under the shim: never allocate from the region
   constexpr unsigned kRepairBatch = 64;
   PoolQueuePair qp(*this);
   std::vector<unsigned char> bufs(kRepairBatch * kPage);
   std::vector<std::uint64_t> batch;
+  // The rate limit: a batch of n pages may end no earlier than n pages' worth
+  // of time after the previous one (a scan that was idle earns no credit).
+  const std::uint64_t ns_per_page = cfg_.repair_rate ? kPage * 1'000'000'000ull / cfg_.repair_rate : 0;
+  std::uint64_t next_ns = 0;
+  auto pace = [&](std::size_t n) {
+    if (!ns_per_page) return;
+    const std::uint64_t now = farmem::detail::now_ns();
+    next_ns = std::max(next_ns, now) + n * ns_per_page;
+    for (std::uint64_t t; (t = farmem::detail::now_ns()) < next_ns;) {
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        if (stop_) return;
+      }
+      timespec ts{0, static_cast<long>(std::min<std::uint64_t>(next_ns - t, 10'000'000))};
+      nanosleep(&ts, nullptr);
+    }
+  };
   auto drain = [&](std::size_t n) {
     net::Completion c[kRepairBatch];
     for (std::size_t got = 0; got < n;) {
@@ -53,6 +74,7 @@ void Pool::repair_loop() {
     qp.submit();
     drain(batch.size());  // each write stores its page's new location word, releasing it
     repaired_pages.fetch_add(batch.size(), std::memory_order_relaxed);
+    pace(batch.size());
     batch.clear();
   };
   for (;;) {
@@ -83,6 +105,7 @@ void Pool::repair_loop() {
       repair_running_ = false;
       restored = restored_ = !stuck && repair_wanted_ == 0;
       last_repair_ms_ = (farmem::detail::now_ns() - t0) / 1000000;
+      repair_ns_ += farmem::detail::now_ns() - t0;
       if (stop_) return;
     }
     after_repair_scan(restored, seq);

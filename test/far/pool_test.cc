@@ -84,8 +84,10 @@ bool stats_say(const std::string& what) { return stats_json().find(what) != std:
 // Writes versions of random words of a far array at 10% local memory, with a
 // shadow copy; `event` runs once, a third of the way; then checks every word.
 // Returns the number of wrong words.
+// *final_stats: the statistics line once redundancy is back.
 std::uint64_t run_workload(const std::string& backend, const std::string& redundancy, unsigned timeout_ms,
-                           const std::function<void(int)>& event, const std::string& expect = "") {
+                           const std::function<void(int)>& event, const std::string& expect = "",
+                           std::string* final_stats = nullptr) {
   // Small: the multi-GiB cases are in test/cli/pool_test.sh.
   const std::uint64_t bytes = test::test_bytes(128ull << 20, 32ull << 20);
   const std::uint64_t ops = test::kSanitized ? 60000 : 200000;
@@ -122,6 +124,7 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
     CHECK(stats_say("\"redundancy_restored\":true"));
     CHECK_FALSE(stats_say("\"pages_repaired\":0,"));
     for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
+    if (final_stats) *final_stats = stats_json();
   }
   shutdown();
   return bad;
@@ -129,12 +132,27 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
 
 }  // namespace
 
-TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy restored", "[ec_kill]") {
+std::uint64_t stat(const std::string& json, const std::string& name) {
+  const std::size_t at = json.find("\"" + name + "\":");
+  return at == std::string::npos ? 0 : std::stoull(json.substr(at + name.size() + 3));
+}
+
+TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy restored at the rate asked",
+          "[ec_kill]") {
   Servers s(4);
+  constexpr std::uint64_t kRate = 16ull << 20;  // slow enough to measure, fast enough for a test
+  setenv("FARMEM_REPAIR_RATE", "16M", 1);
+  std::string st;
   const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&](int sixth) {
     if (sixth == 2) kill(s.all[1].pid, SIGKILL);
-  });
+  }, "", &st);
+  unsetenv("FARMEM_REPAIR_RATE");
   CHECK(bad == 0);
+  INFO(st);
+  // The rebuild took at least as long as its pages at 16 MiB/s (less one batch of slack).
+  const std::uint64_t pages = stat(st, "pages_repaired");
+  CHECK(pages > 64);
+  CHECK(stat(st, "repair_ms") * kRate / 1000 >= (pages - 64) * 4096);
 }
 
 TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",

@@ -107,6 +107,14 @@ TEST_CASE("the environment is read and validated") {
   setenv("FARMEM_EC_SPARE_READ", "sometimes", 1);
   CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("not 1 or 0"));
   unsetenv("FARMEM_EC_SPARE_READ");
+  CHECK(Config::from_env().repair_rate == 256ull << 20);
+  setenv("FARMEM_REPAIR_RATE", "64M/s", 1);
+  CHECK(Config::from_env().repair_rate == 64ull << 20);
+  setenv("FARMEM_REPAIR_RATE", "0", 1);
+  CHECK(Config::from_env().repair_rate == 0);
+  setenv("FARMEM_REPAIR_RATE", "fast", 1);
+  CHECK_THROWS_WITH(Config::from_env(), Catch::Contains("FARMEM_REPAIR_RATE"));
+  unsetenv("FARMEM_REPAIR_RATE");
   unsetenv("FARMEM_HW_DIRTY");
   unsetenv("FARMEM_LOCAL_MEM");
   unsetenv("FARMEM_SHM_DELAY_NS");
