@@ -19,7 +19,6 @@
 #include "runtime/os.hpp"
 #include "runtime/runtime.hpp"
 #include "tier/pool_impl.hpp"
-#include "transport/tcp/tcp_transport.hpp"
 
 namespace farmem::tier {
 namespace impl {
@@ -77,8 +76,9 @@ std::vector<std::string> Pool::listed() const {
   if (uris.size() > kMaxServers)
     throw Error(where + " names " + std::to_string(uris.size()) + " servers; a pool takes at most 15");
   for (const std::string& u : uris)
-    if (u.rfind("tcp://", 0) != 0)
-      throw Error(where + ": '" + u + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT for now");
+    if (u.rfind("tcp://", 0) != 0 && u.rfind("dpdk://", 0) != 0)
+      throw Error(where + ": '" + u + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... "
+                  "(rdma:// not yet)");
   return uris;
 }
 
@@ -100,7 +100,7 @@ Pool::Pool(const Config& cfg)
   opt_.timeout_ns = (cfg.server_timeout_ms ? cfg.server_timeout_ms : 5000) * 1000000ull;
   for (const std::string& u : uris) {
     opt_.uri = u;
-    adopt(slots_.load(), u, net::connect_tcp_member(cfg_, opt_));  // throws naming the server
+    adopt(slots_.load(), u, net::connect_member(cfg_, opt_));  // throws naming the server
   }
   last_retry_ns_ = farmem::detail::now_ns();
   loc = map_table<std::atomic<std::uint64_t>>(npages);
@@ -241,7 +241,7 @@ bool Pool::add_server(const std::string& uri) {
   opt.uri = uri;
   std::unique_ptr<net::Transport> t;
   try {
-    t = net::connect_tcp_member(cfg_, opt);
+    t = net::connect_member(cfg_, opt);
   } catch (const Error& e) {
     return false;  // not there (yet): tried again in a few seconds
   }

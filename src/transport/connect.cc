@@ -45,6 +45,23 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
   throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
 }
 
+}  // namespace
+
+std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
+  if (member.uri.rfind("tcp://", 0) == 0) return connect_tcp_member(cfg, member);
+  if (member.uri.rfind("dpdk://", 0) == 0) {
+#if FARMEM_HAVE_DPDK
+    return connect_dpdk_member(cfg, member);
+#else
+    throw Error("'" + member.uri + "': this farmem was built without DPDK; use tcp:// pool members");
+#endif
+  }
+  throw Error("'" + member.uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... "
+              "(rdma:// not yet)");
+}
+
+namespace {
+
 class DeferredTransport;
 
 // A queue pair whose real one is made on its first post. Before that it has

@@ -93,6 +93,9 @@ class Transport {
 // (the preload shim) any but rdma starts on the first transfer; otherwise it
 // connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);
+// One server of a pool (tcp:// or dpdk://), connected now. Throws farmem::Error
+// naming the server, or the fix for a URI that cannot be a member.
+std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member);
 // Checks that cfg.backend can be used (connects and disconnects; for shm, finds
 // the server binary); throws farmem::Error naming the problem.
 void probe(const Config& cfg);

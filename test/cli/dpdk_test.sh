@@ -6,7 +6,7 @@
 # injected packet loss on both sides (retransmission keeps every page exact),
 # a client killed mid-run (server healthy, memory reclaimed), the server killed
 # mid-run (client ends within 15 s), a silent (stopped) client expired after
-# 10 s, clean SIGTERM. Skips (77) without DPDK or
+# 10 s, a pool with dpdk members surviving one's death, clean SIGTERM. Skips (77) without DPDK or
 # when EAL cannot start here.
 set -uo pipefail
 BENCH=$1
@@ -188,7 +188,34 @@ if [[ $rc -ne 0 && $took -le 15 ]] && grep -q "memory server dpdk://memif$SOCK-d
   ok "server killed: client exit $rc after ${took}s: $(head -1 "$tmp/k.err")"
 else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$client" 2>/dev/null; fi
 
-# 10. SIGTERM ends the server cleanly.
+# 10. A pool with dpdk members: two dpdk servers and two tcp ones, ec:2+1 (pieces of
+#     half a page over dpdk), one dpdk server killed mid-run: every word
+#     verified, the server marked down and its pieces rebuilt on the others.
+start_server pa "dpdk://memif$SOCK-pa.sock?clients=1" --capacity 2G
+PA=$SPID
+start_server pb "dpdk://memif$SOCK-pb.sock?clients=1" --capacity 2G
+PB=$SPID
+PT=""
+for t in 1 2; do
+  "$SERVER" --listen tcp://127.0.0.1:0 --capacity 2G >"$tmp/pt$t.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q "listening on" "$tmp/pt$t.out" && break; sleep 0.05; done
+  PT+=,$(sed -n 's/.*listening on \(tcp:\/\/127.0.0.1:[0-9]*\).*/\1/p' "$tmp/pt$t.out")
+done
+( sleep 4; kill -9 "$PB" ) &
+killer=$!
+out=$(FARMEM_STATS=1 FARMEM_BACKEND="dpdk://memif$SOCK-pa.sock,dpdk://memif$SOCK-pb.sock$PT" FARMEM_REDUNDANCY=ec:2+1 \
+      timeout 300 "$BENCH" --working-set 128M --local-mem 25% --ops 200000 --json 2>"$tmp/pool.err")
+rc=$?
+wait "$killer"
+stats=$(grep farmem_stats "$tmp/pool.err")
+if [[ $rc -eq 0 ]] && grep -q '"verified":true' <<<"$out" && grep -q '"servers_down":[1-9]' <<<"$stats" &&
+   grep -q '"pages_repaired":[1-9]' <<<"$stats" && grep -q "memory server dpdk://memif$SOCK-pb.sock is down" "$tmp/pool.err"; then
+  ok "pool of dpdk and tcp servers, ec:2+1, a dpdk server killed: verified, $(grep -o '"pages_repaired":[0-9]*' <<<"$stats")"
+else bad "pool with dpdk members (rc $rc): $out $(grep -v 'measured\|farmem_stats' "$tmp/pool.err") $(grep -o '"servers_down":[0-9]*\|"pages_repaired":[0-9]*\|"redundancy_restored":[a-z]*' <<<"$stats" | tr '\n' ' ')"; fi
+kill -9 "$PA" 2>/dev/null
+
+# 11. SIGTERM ends the server cleanly.
 kill -TERM "$MAIN"
 wait "$MAIN"; rc=$?
 if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"

@@ -102,6 +102,14 @@ TEST_CASE("malformed and truncated frames are rejected with a reason") {
   CHECK(bad(x, false) == Errc::Version);
   x = make(Op::Read, 1, 3, 100, kPage, 0);
   CHECK(bad(x, false) == Errc::BadMessage);  // unaligned
+  x = make(Op::Read, 1, 3, 512, 1024, 0);
+  CHECK(bad(x, false) == Errc::Ok);  // a piece of a page
+  x = make(Op::Read, 1, 3, 512, 1000, 0);
+  CHECK(bad(x, false) == Errc::BadMessage);  // not whole units
+  x = make(Op::Write, 1, 3, 2048, 2048, 2048);
+  CHECK(bad(x, false) == Errc::Ok);
+  x = make(Op::Write, 1, 3, 2048, 2048, 4096);
+  CHECK(bad(x, false) == Errc::BadMessage);  // payload is not the size
   x = make(Op::Read, 1, 3, 0, 2 * kPage, 0);
   CHECK(bad(x, false) == Errc::BadMessage);  // more than a page
   x = make(Op::Write, 1, 3, 0, kPage, 100);
@@ -121,7 +129,9 @@ TEST_CASE("malformed and truncated frames are rejected with a reason") {
   x = make(Op::Error, 1, 3, 0, 0, 5);
   CHECK(bad(x, true) == Errc::BadMessage);  // error without a code
   x = make(Op::Reply, 1, 3, 0, 0, 100);
-  CHECK(bad(x, true) == Errc::BadMessage);  // reply payload neither 0 nor a page
+  CHECK(bad(x, true) == Errc::BadMessage);  // reply payload not whole units
+  x = make(Op::Reply, 1, 3, 0, 0, 1024);
+  CHECK(bad(x, true) == Errc::Ok);
   x = make(Op::Usage, 1, 3, 0, 0, 0);
   x.lane = kMaxQueues;
   CHECK(bad(x, false) == Errc::BadMessage);

@@ -75,11 +75,11 @@ rte_mempool* make_pool(const std::string& name, unsigned count) {
   return p;
 }
 
-Device open_device(const Uri& u, bool server, unsigned memif_id, rte_mempool* pool) {
+Device open_device(const Uri& u, bool server, unsigned memif_id, rte_mempool* pool, const std::string& tag) {
   Device d;
   d.queues = u.queues;
   if (u.memif) {
-    d.name = std::string("net_memif_") + (server ? "s" : "c") + std::to_string(memif_id);
+    d.name = std::string("net_memif_") + (server ? "s" : "c" + tag + "_") + std::to_string(memif_id);
     std::string args = std::string("role=") + (server ? "server" : "client") + ",socket=" + u.socket +
                        ",id=" + std::to_string(memif_id) + ",bsize=" + std::to_string(kMemifBsize) +
                        ",rsize=8,socket-abstract=" + (u.abstract ? "yes" : "no");

@@ -39,8 +39,9 @@ struct Device {
 
 // Creates (memif) or takes (port/N) the device, configures `u.queues` rx and tx
 // queues from `pool` and starts it. memif_id is the interface id (client:
-// u.id; server: one device per id). Throws farmem::Error.
-Device open_device(const Uri& u, bool server, unsigned memif_id, rte_mempool* pool);
+// u.id; server: one device per id); tag tells apart a client's devices (one
+// per server of a pool). Throws farmem::Error.
+Device open_device(const Uri& u, bool server, unsigned memif_id, rte_mempool* pool, const std::string& tag = "");
 bool link_up(std::uint16_t port);
 
 // Allocates an mbuf holding the frame (dst, src, h, payload); nullptr if the pool is empty.

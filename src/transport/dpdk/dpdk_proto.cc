@@ -105,7 +105,7 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
   if (from_server) {
     if (op == Op::Reply) {
       if (h.status != 0) return fail(Errc::BadMessage, "reply with a status");
-      if (h.length != 0 && h.length != kPage) return fail(Errc::BadMessage, "reply payload not a page");
+      if (h.length % kUnit) return fail(Errc::BadMessage, "reply payload not whole 512-byte units");
       return Errc::Ok;
     }
     if (op == Op::Error) {
@@ -125,15 +125,16 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
       return Errc::Ok;
     case Op::Read:
       if (h.length != 0) return fail(Errc::BadMessage, "unexpected payload");
-      if (h.size != kPage || h.offset % kPage) return fail(Errc::BadMessage, "read is not one aligned page");
+      if (h.size == 0 || h.size > kPage || h.size % kUnit || h.offset % kUnit)
+        return fail(Errc::BadMessage, "read is not one page or aligned 512-byte units of one");
       return Errc::Ok;
     case Op::Write:
-      if (h.size != kPage || h.length != kPage || h.offset % kPage)
-        return fail(Errc::BadMessage, "write is not one aligned page");
+      if (h.size == 0 || h.size > kPage || h.size % kUnit || h.length != h.size || h.offset % kUnit)
+        return fail(Errc::BadMessage, "write is not one page or aligned 512-byte units of one");
       return Errc::Ok;
     case Op::Discard:
       if (h.length != 0) return fail(Errc::BadMessage, "unexpected payload");
-      if (h.size == 0 || h.size % kPage || h.offset % kPage) return fail(Errc::BadMessage, "unaligned range");
+      if (h.size == 0 || h.size % kUnit || h.offset % kUnit) return fail(Errc::BadMessage, "unaligned range");
       return Errc::Ok;
     case Op::Usage:
     case Op::Ping:

@@ -41,18 +41,21 @@ inline constexpr std::uint16_t kEtherType = 0x88B5;  // IEEE local experimental
 inline constexpr std::uint32_t kMagic = 0x50444d46;  // "FMDP"
 inline constexpr std::uint16_t kVersion = 1;
 inline constexpr std::uint32_t kPage = 4096;
+// Reads and writes move a page, or a piece of one (a pool cuts a page in up to
+// 8 for erasure coding): whole multiples of this, at offsets aligned to it.
+inline constexpr std::uint32_t kUnit = 512;
 inline constexpr std::uint32_t kMaxToken = 1024;
 inline constexpr std::size_t kEthHeader = 14;
 
 enum class Op : std::uint16_t {
   Hello = 1,    // floor: client nonce; offset: capacity wanted; size: queues; payload: token
-  Read = 2,     // offset; size = 4096
-  Write = 3,    // offset; size = length = 4096; payload: the page
-  Discard = 4,  // offset, size: page multiple
+  Read = 2,     // offset; size: a page or 512-byte units of one
+  Write = 3,    // offset; size = length (as for Read); payload: the bytes
+  Discard = 4,  // offset, size: 512-byte units (the whole pages inside are freed)
   Usage = 5,    // -> Reply offset = bytes held
   Ping = 6,     // heartbeat: keeps the session alive
   Bye = 7,      // the client is done: free the session now
-  Reply = 16,   // status 0; echoes session, lane, slot, seq, attempt (Read: payload = page)
+  Reply = 16,   // status 0; echoes session, lane, slot, seq, attempt (Read: payload = the bytes)
   Error = 17,   // status = Errc; payload: one-line message
 };
 

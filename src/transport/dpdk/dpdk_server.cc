@@ -224,13 +224,13 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
   const void* data = nullptr;
   switch (op) {
     case Op::Read:
-      r.length = kPage;
+      r.length = h.size;
       data = s.mem->base() + h.offset;
       break;
     case Op::Write:
       if (first) {
-        if (!s.mem->charge_write(h.offset, kPage, &s.full)) return fail(p, q, src, h, Errc::NoCapacity, s.full);
-        std::memcpy(s.mem->base() + h.offset, payload, kPage);
+        if (!s.mem->charge_write(h.offset, h.size, &s.full)) return fail(p, q, src, h, Errc::NoCapacity, s.full);
+        std::memcpy(s.mem->base() + h.offset, payload, h.size);
       }
       break;
     case Op::Discard:

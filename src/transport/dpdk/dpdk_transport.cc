@@ -5,7 +5,10 @@
 // request has a lane sequence number and a table slot; the reply must echo both
 // to be accepted. Lost packets are retransmitted after a timeout (doubling);
 // the server executes writes once per seq, so nothing is lost or applied twice.
-// A server silent for 10 s ends the process with one line.
+// A server silent for 10 s ends the process with one line; a pool member's
+// (MemberOptions) instead fails what is in flight and what comes after, and
+// the pool reads and writes elsewhere. Each server (URI) has a device of its
+// own in the one EAL of the process.
 #include "transport/dpdk/dpdk_transport.hpp"
 
 #include <sched.h>
@@ -16,11 +19,14 @@
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -43,9 +49,10 @@ constexpr std::uint64_t kSilenceNs = 10'000'000'000;  // then the server is gone
 constexpr std::uint64_t kLinkWaitNs = 5'000'000'000;
 constexpr std::uint64_t kHeartbeatNs = 1'000'000'000;
 
-// Process-wide: the EAL, the pool and the port cannot be set up twice.
+// Per server (URI), for the life of the process: a device cannot be set up twice.
 struct Shared {
   Uri uri;
+  std::atomic<bool> dead{false};  // a pool member's server was lost; a new session clears it
   rte_mempool* pool = nullptr;
   Device dev;
   std::uint8_t dst[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -53,22 +60,22 @@ struct Shared {
   std::vector<bool> lane_busy;
   std::vector<std::uint64_t> lane_session, lane_next_seq;  // seq numbering survives queue pairs
 };
-Shared* g_shared = nullptr;
+std::map<std::string, Shared*> g_shared;  // by URI; never freed (DPDK devices live as long as the EAL)
 std::mutex g_shared_mu;
 
 Shared& shared_for(const Uri& u) {
   std::lock_guard<std::mutex> g(g_shared_mu);
-  if (g_shared) {
-    if (g_shared->uri.text != u.text)
-      throw Error("FARMEM_BACKEND=" + u.text + ": this process already uses " + g_shared->uri.text +
-                  " and DPDK starts once per process; use one dpdk:// URI");
-    return *g_shared;
-  }
+  if (auto it = g_shared.find(u.text); it != g_shared.end()) return *it->second;
+  for (auto& [text, other] : g_shared)
+    if (other->uri.memif != u.memif || (!u.memif && other->uri.port == u.port))
+      throw Error("FARMEM_BACKEND=" + u.text + ": this process already uses " + text +
+                  (u.memif ? "; memif and NIC ports do not mix in one process" : " on the same port"));
   eal_init_once(u, "farmem");
   auto* s = new Shared;
   s->uri = u;
-  s->pool = make_pool("farmem_client", 1024 + kWindow * u.queues);  // every lane's window in flight, plus rx
-  s->dev = open_device(u, false, u.id, s->pool);
+  const std::string n = std::to_string(g_shared.size());
+  s->pool = make_pool("farmem_client" + n, 1024 + kWindow * u.queues);  // every lane's window in flight, plus rx
+  s->dev = open_device(u, false, u.id, s->pool, n);
   if (u.have_peer) std::memcpy(s->dst, u.peer, 6);
   s->lane_busy.assign(u.queues, false);
   s->lane_busy[0] = true;  // control
@@ -77,7 +84,7 @@ Shared& shared_for(const Uri& u) {
   const std::uint64_t t0 = now_ns();
   while (!link_up(s->dev.port)) {
     if (now_ns() - t0 > kLinkWaitNs) {
-      g_shared = s;  // keep the device; a later attempt reuses it
+      g_shared[u.text] = s;  // keep the device; a later attempt reuses it
       if (u.memif)
         throw Error("no farmem-server answered on memif socket " + u.socket + " id " + std::to_string(u.id) +
                     " within 5 s; start farmem-server --listen dpdk://memif" + u.socket +
@@ -86,7 +93,7 @@ Shared& shared_for(const Uri& u) {
     }
     usleep(10000);
   }
-  g_shared = s;
+  g_shared[u.text] = s;
   return *s;
 }
 
@@ -105,21 +112,46 @@ class Lane {
                    static_cast<unsigned long long>(no_mbuf_));
   }
 
-  // Queues a request; while the window is full, makes progress (completions
-  // found meanwhile are handed to on_done). Returns its slot.
+  // A pool member's lane: a server silent for silence_ns is lost, not fatal.
+  void survive(std::uint64_t silence_ns) {
+    survive_ = true;
+    silence_ns_ = silence_ns;
+  }
+  // The server of this pool member is lost: nothing sent here will be answered.
+  bool lost() const { return survive_ && sh_.dead.load(std::memory_order_acquire); }
+  // Completes everything in flight as failed (after lost()).
   template <class F>
-  std::uint32_t post(Op op, std::uint64_t off, std::uint32_t size, void* local, std::uint64_t cookie, F&& on_done) {
-    while (table_.full()) {  // 128 in flight: wait for answers
+  void fail_all(F&& on_done) {
+    for (std::uint32_t slot = 0; slot < table_.window(); ++slot)
+      if (table_.at(slot).busy) {
+        on_done(table_.at(slot), true);
+        table_.complete(slot);
+      }
+    for (rte_mbuf* m : txq_) rte_pktmbuf_free(m);
+    txq_.clear();
+  }
+
+  // Queues a request; while the window is full, makes progress (completions
+  // found meanwhile are handed to on_done(request, failed)). Once the server
+  // is lost, the request completes as failed at once.
+  template <class F>
+  void post(Op op, std::uint64_t off, std::uint32_t size, void* local, std::uint64_t cookie, F&& on_done) {
+    while (table_.full() && !lost()) {  // 128 in flight: wait for answers
       flush();
       if (receive(on_done)) continue;
       retransmit_due();
       check_silence();
       sched_yield();
     }
+    if (lost()) {
+      fail_all(on_done);
+      RequestTable::Request r;
+      r.cookie = cookie;
+      on_done(r, true);
+      return;
+    }
     if (table_.empty()) heard_ns_ = now_ns();
-    std::uint32_t slot = table_.add(op, off, size, local, cookie);
-    transmit(slot);
-    return slot;
+    transmit(table_.add(op, off, size, local, cookie));
   }
 
   void flush() {
@@ -166,11 +198,12 @@ class Lane {
     // of CPU): the server had no chance to answer, so the silence starts now.
     if (now - checked_ns_ > 1'000'000'000) heard_ns_ = now;
     checked_ns_ = now;
-    if (!table_.empty() && now - heard_ns_ > kSilenceNs)
-      detail::fatal("the memory server %s has not answered for %llu s (%s); far memory is gone: restart the "
-                    "application when the server is back",
-                    sh_.uri.text.c_str(), static_cast<unsigned long long>(kSilenceNs / 1'000'000'000ull),
-                    link_up(sh_.dev.port) ? "link up, no replies" : "link down");
+    if (table_.empty() || now - heard_ns_ <= silence_ns_) return;
+    if (survive_) return sh_.dead.store(true, std::memory_order_release);
+    detail::fatal("the memory server %s has not answered for %llu s (%s); far memory is gone: restart the "
+                  "application when the server is back",
+                  sh_.uri.text.c_str(), static_cast<unsigned long long>(silence_ns_ / 1'000'000'000ull),
+                  link_up(sh_.dev.port) ? "link up, no replies" : "link down");
   }
 
   bool idle() const { return table_.empty() && txq_.empty(); }
@@ -186,7 +219,7 @@ class Lane {
  private:
   void transmit(std::uint32_t slot) {
     RequestTable::Request& r = table_.at(slot);
-    Header h = make(r.op, session_, r.seq, r.offset, r.size, r.op == Op::Write ? kPage : 0);
+    Header h = make(r.op, session_, r.seq, r.offset, r.size, r.op == Op::Write ? r.size : 0);
     h.floor = table_.floor();
     h.slot = slot;
     h.lane = q_;
@@ -225,19 +258,24 @@ class Lane {
       error.assign(payload, std::min<std::size_t>(h.length, 200));
       error_code = static_cast<wire::Errc>(h.status);
       if (r->op != Op::Hello && r->op != Op::Bye) {  // a repeated bye finds the session gone
+        // A full server is not a failed one: in a pool its pages could not go
+        // anywhere else either (placement is fixed), so far memory is full.
         if (static_cast<Errc>(h.status) == Errc::NoCapacity)
           detail::fatal("far memory is full: the memory server %s refused a page: %s", sh_.uri.text.c_str(),
                         error.c_str());
-        detail::fatal("the memory server %s refused a request: %s", sh_.uri.text.c_str(), error.c_str());
+        if (!survive_)
+          detail::fatal("the memory server %s refused a request: %s", sh_.uri.text.c_str(), error.c_str());
+        sh_.dead.store(true, std::memory_order_release);  // e.g. it forgot our session: lost to this pool
+        return 0;
       }
     } else if (r->op == Op::Read) {
-      if (h.length != kPage || h.offset != r->offset) return 0;
-      std::memcpy(r->local, payload, kPage);
+      if (h.length != r->size || h.offset != r->offset) return 0;
+      std::memcpy(r->local, payload, r->size);
     } else if (h.length != 0) {
       return 0;
     }
     reply = h;
-    on_done(*r);
+    on_done(*r, false);
     table_.complete(h.slot);
     return 1;
   }
@@ -255,12 +293,16 @@ class Lane {
   RequestTable table_;
   std::vector<rte_mbuf*> txq_;
   std::uint64_t heard_ns_ = 0, next_check_ns_ = 0, checked_ns_ = 0;
+  std::uint64_t silence_ns_ = kSilenceNs;
+  bool survive_ = false;
 };
 
 class DpdkQueuePair final : public QueuePair {
  public:
-  DpdkQueuePair(Shared& sh, std::uint16_t q, std::uint64_t session)
-      : sh_(sh), session_(session), lane_(sh, q, session, first_seq(sh, q, session)) {}
+  DpdkQueuePair(Shared& sh, std::uint16_t q, std::uint64_t session, const MemberOptions* member)
+      : sh_(sh), session_(session), lane_(sh, q, session, first_seq(sh, q, session)) {
+    if (member) lane_.survive(member->timeout_ns);
+  }
   ~DpdkQueuePair() override {
     std::lock_guard<std::mutex> g(sh_.mu);
     sh_.lane_busy[lane_.queue()] = false;
@@ -270,11 +312,11 @@ class DpdkQueuePair final : public QueuePair {
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
     check_len(len);
-    lane_.post(Op::Read, off, kPage, local, cookie, collect());
+    lane_.post(Op::Read, off, static_cast<std::uint32_t>(len), local, cookie, collect());
   }
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
     check_len(len);
-    lane_.post(Op::Write, off, kPage, const_cast<void*>(local), cookie, collect());
+    lane_.post(Op::Write, off, static_cast<std::uint32_t>(len), const_cast<void*>(local), cookie, collect());
   }
   void submit() override { lane_.flush(); }
   std::size_t poll(Completion* out, std::size_t max) override {
@@ -287,16 +329,17 @@ class DpdkQueuePair final : public QueuePair {
         lane_.retransmit_due();
         lane_.check_silence();
       }
+      if (lane_.lost()) lane_.fail_all(collect());
     }
     std::size_t n = 0;
-    while (n < max && taken_ < done_.size()) out[n++] = {done_[taken_++]};
+    while (n < max && taken_ < done_.size()) out[n++] = done_[taken_++];
     return n;
   }
   // Polling threads spin; a waiter with nothing to do gives the CPU away so a
   // memory server on the same machine runs (yield while replies are fresh, under
   // 2 ms old, then sleep 50 us at a time).
   void wait(unsigned timeout_us) override {
-    if (lane_.idle()) return;
+    if (lane_.idle() || lane_.lost()) return;
     if (now_ns() - lane_.heard_ns() < 2'000'000) {
       sched_yield();
       return;
@@ -311,24 +354,27 @@ class DpdkQueuePair final : public QueuePair {
     return sh.lane_session[q] == session ? sh.lane_next_seq[q] : 1;
   }
   static void check_len(std::size_t len) {
-    if (len != kPage) detail::fatal("the dpdk transport moves one 4 KiB page per request, not %zu bytes", len);
+    if (len == 0 || len > kPage || len % kUnit)
+      detail::fatal("the dpdk transport moves a page or 512-byte pieces of one per request, not %zu bytes", len);
   }
   struct Collect {
-    std::vector<std::uint64_t>* done;
-    void operator()(RequestTable::Request& r) const { done->push_back(r.cookie); }
+    std::vector<Completion>* done;
+    void operator()(RequestTable::Request& r, bool failed) const { done->push_back({r.cookie, failed}); }
   };
   Collect collect() { return Collect{&done_}; }
 
   Shared& sh_;
   std::uint64_t session_;
   Lane lane_;
-  std::vector<std::uint64_t> done_;
+  std::vector<Completion> done_;
   std::size_t taken_ = 0;
 };
 
 class DpdkTransport final : public Transport {
  public:
-  explicit DpdkTransport(const Config& cfg) : sh_(shared_for(parse_uri(cfg.backend, false))) {
+  DpdkTransport(const Config& cfg, const MemberOptions* member)
+      : sh_(shared_for(parse_uri(member ? member->uri : cfg.backend, false))),
+        member_(member ? std::optional<MemberOptions>(*member) : std::nullopt) {
     std::uint64_t nonce = 0;
     while (nonce == 0) getrandom(&nonce, sizeof nonce, 0);
     // The hello runs on lane 0 with session 0; the reply carries the new session
@@ -336,8 +382,8 @@ class DpdkTransport final : public Transport {
     Lane hello(sh_, 0, 0, 1);
     hello.hello_token = wire::read_client_token(cfg.token_file, kMaxToken);
     hello.hello_nonce = nonce;
-    auto noop = [](RequestTable::Request&) {};
-    hello.post(Op::Hello, cfg.far_mem_bytes, sh_.uri.queues, nullptr, 0, noop);
+    auto noop = [](RequestTable::Request&, bool) {};
+    hello.post(Op::Hello, member ? member->capacity : cfg.far_mem_bytes, sh_.uri.queues, nullptr, 0, noop);
     hello.flush();
     const std::uint64_t t0 = now_ns();
     while (!hello.idle()) {
@@ -355,8 +401,10 @@ class DpdkTransport final : public Transport {
     }
     session_ = hello.reply.session;
     capacity_ = hello.reply.offset;
+    sh_.dead.store(false, std::memory_order_release);  // a new session on a server that came back
     // Numbering goes on after the hello's seq, so a late copy of its reply matches nothing.
     ctl_ = std::make_unique<Lane>(sh_, 0, session_, hello.next_seq());
+    if (member_) ctl_->survive(member_->timeout_ns);
     beat_ = std::thread([this] { heartbeat(); });
   }
   ~DpdkTransport() override { shutdown(); }
@@ -375,12 +423,13 @@ class DpdkTransport final : public Transport {
       detail::fatal("more than %u threads use far memory at once over %s; raise queues= in FARMEM_BACKEND "
                     "and in farmem-server --listen",
                     static_cast<unsigned>(sh_.lane_busy.size() - 1), sh_.uri.text.c_str());
-    return std::make_unique<DpdkQueuePair>(sh_, static_cast<std::uint16_t>(pick), session_);
+    return std::make_unique<DpdkQueuePair>(sh_, static_cast<std::uint16_t>(pick), session_,
+                                           member_ ? &*member_ : nullptr);
   }
   void discard(std::uint64_t off, std::uint64_t len) override {
     std::lock_guard<std::mutex> g(mu_);
     for (std::uint64_t done = 0; done < len && ctl_;) {
-      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{kPage - 1};
+      std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{kUnit - 1};
       if (n == 0) break;
       call(Op::Discard, off + done, static_cast<std::uint32_t>(n), kSilenceNs);
       done += n;
@@ -411,7 +460,7 @@ class DpdkTransport final : public Transport {
   // One request on the control lane; mu_ held. False if it timed out (only
   // when the limit is shorter than the silence limit, which is fatal).
   bool call(Op op, std::uint64_t off, std::uint32_t size, std::uint64_t limit_ns) {
-    auto noop = [](RequestTable::Request&) {};
+    auto noop = [](RequestTable::Request&, bool) {};
     ctl_->post(op, off, size, nullptr, 0, noop);
     ctl_->flush();
     const std::uint64_t t0 = now_ns();
@@ -419,6 +468,10 @@ class DpdkTransport final : public Transport {
       ctl_->receive(noop);
       ctl_->retransmit_due();
       ctl_->check_silence();
+      if (ctl_->lost()) {
+        ctl_->fail_all(noop);
+        return false;
+      }
       if (now_ns() - t0 > limit_ns) return false;
       timespec ts{0, 20'000};
       nanosleep(&ts, nullptr);
@@ -437,6 +490,7 @@ class DpdkTransport final : public Transport {
   }
 
   Shared& sh_;
+  const std::optional<MemberOptions> member_;  // set: a pool member, which survives its server
   std::uint64_t session_ = 0, capacity_ = 0;
   std::unique_ptr<Lane> ctl_;
   std::mutex mu_;
@@ -447,6 +501,10 @@ class DpdkTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> connect_dpdk(const Config& cfg) { return std::make_unique<DpdkTransport>(cfg); }
+std::unique_ptr<Transport> connect_dpdk(const Config& cfg) { return std::make_unique<DpdkTransport>(cfg, nullptr); }
+
+std::unique_ptr<Transport> connect_dpdk_member(const Config& cfg, const MemberOptions& member) {
+  return std::make_unique<DpdkTransport>(cfg, &member);
+}
 
 }  // namespace farmem::net
