@@ -40,14 +40,14 @@ void Pool::repair_loop() {
   PoolQueuePair qp(*this);
   std::vector<unsigned char> bufs(kRepairBatch * kPage);
   std::vector<std::uint64_t> batch;
-  // The rate limit: a batch of n pages may end no earlier than n pages' worth
-  // of time after the previous one (a scan that was idle earns no credit).
+  // The rate limit: a batch of n pages that began at `started` may end no
+  // earlier than n pages' worth of time after it, or after the previous
+  // batch's end, whichever is later (time spent idle earns no credit).
   const std::uint64_t ns_per_page = cfg_.repair_rate ? kPage * 1'000'000'000ull / cfg_.repair_rate : 0;
   std::uint64_t next_ns = 0;
-  auto pace = [&](std::size_t n) {
+  auto pace = [&](std::size_t n, std::uint64_t started) {
     if (!ns_per_page) return;
-    const std::uint64_t now = farmem::detail::now_ns();
-    next_ns = std::max(next_ns, now) + n * ns_per_page;
+    next_ns = std::max(next_ns, started) + n * ns_per_page;
     for (std::uint64_t t; (t = farmem::detail::now_ns()) < next_ns;) {
       {
         std::lock_guard<std::mutex> g(mu_);
@@ -66,6 +66,7 @@ void Pool::repair_loop() {
     }
   };
   auto flush = [&] {
+    const std::uint64_t started = farmem::detail::now_ns();
     for (std::size_t i = 0; i < batch.size(); ++i) qp.post_read(batch[i] * kPage, &bufs[i * kPage], kPage, i);
     qp.submit();
     drain(batch.size());
@@ -74,7 +75,7 @@ void Pool::repair_loop() {
     qp.submit();
     drain(batch.size());  // each write stores its page's new location word, releasing it
     repaired_pages.fetch_add(batch.size(), std::memory_order_relaxed);
-    pace(batch.size());
+    pace(batch.size(), started);
     batch.clear();
   };
   for (;;) {
