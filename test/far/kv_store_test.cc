@@ -72,7 +72,7 @@ void run_workload(bool uthreads) {
         switch (r.next() % 4) {
           case 0:
           case 1:
-            if (store.set(own, t, make_value(own, ++version[t][k])) != farmem_kv::Store::SetResult::Stored)
+            if (store.set(own, t, make_value(own, ++version[t][k])) != farmem_kv::Store::Result::Stored)
               ++lost[t];
             present[t][k] = 1;
             break;
