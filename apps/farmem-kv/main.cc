@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(o.capacity >> 20), o.cache ? "cache" : "store");
   std::fflush(stdout);
 
-  farmem_kv::Store store(farmem_kv::Store::Options{o.capacity, o.cache, {}});
+  farmem_kv::Store store(farmem_kv::Store::Options{o.capacity, o.cache, {}, {}});
   farmem_kv::Server server(store);
   server.host = o.host;
   server.port = bound_port(lfd);

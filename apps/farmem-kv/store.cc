@@ -35,7 +35,7 @@ class Store::Pin {
 Store::Store(Options o)
     : capacity_(o.capacity), cache_(o.cache),
       clock_(o.clock ? std::move(o.clock) : std::function<std::int64_t()>([] { return std::int64_t(std::time(nullptr)); })),
-      started_(clock_()) {}
+      before_far_read_(std::move(o.before_far_read)), started_(clock_()) {}
 
 Store::~Store() {
   for (Shard& s : shards_)
@@ -49,9 +49,11 @@ unsigned Store::class_of(std::size_t len) {
   return shift - kMinShift;
 }
 
-Store::Shard& Store::shard_of(std::string_view key) {
-  return shards_[std::hash<std::string_view>{}(key) % kShards];
+unsigned Store::shard_index(std::string_view key) {
+  return static_cast<unsigned>(std::hash<std::string_view>{}(key) % kShards);
 }
+
+Store::Shard& Store::shard_of(std::string_view key) { return shards_[shard_index(key)]; }
 
 std::int64_t Store::expiry_of(std::int64_t exptime) const {
   if (exptime == 0) return 0;
@@ -354,6 +356,7 @@ std::optional<Value> Store::get(std::string_view key, std::optional<std::int64_t
   Value v;
   v.flags = it->flags;
   v.cas = it->cas;
+  if (before_far_read_) before_far_read_(key);
   v.data = read_value(*it);
   return v;
 }

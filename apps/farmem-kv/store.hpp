@@ -66,9 +66,12 @@ class Store {
     std::uint64_t capacity = 4ull << 30;  // far bytes the values may use (whole slabs)
     bool cache = false;                   // drop LRU items at capacity instead of refusing
     std::function<std::int64_t()> clock;  // unix seconds; default time(nullptr) (tests move it)
+    // Tests only: runs in get() after the item is pinned and its shard lock
+    // released, just before the far copy (so a test can hold a reader there).
+    std::function<void(std::string_view key)> before_far_read;
   };
   explicit Store(Options o);
-  explicit Store(std::uint64_t capacity) : Store(Options{capacity, false, {}}) {}
+  explicit Store(std::uint64_t capacity) : Store(Options{capacity, false, {}, {}}) {}
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -100,6 +103,7 @@ class Store {
   std::int64_t expiry_of(std::int64_t exptime) const;
   std::int64_t now() const { return clock_(); }
 
+  static unsigned shard_index(std::string_view key);  // which of the 64 locks guards key
   std::uint64_t items() const { return items_.load(std::memory_order_relaxed); }
   std::uint64_t value_bytes() const { return bytes_.load(std::memory_order_relaxed); }
   std::uint64_t far_bytes() const;  // slabs taken from far memory
@@ -161,6 +165,7 @@ class Store {
   const std::uint64_t capacity_;
   const bool cache_;
   const std::function<std::int64_t()> clock_;
+  const std::function<void(std::string_view)> before_far_read_;
   const std::int64_t started_;
   Shard shards_[kShards];
   Class classes_[kClasses];
