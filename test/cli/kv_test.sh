@@ -213,6 +213,8 @@ expect_error "capacity above far memory" "more than far memory.*FARMEM_FAR_MEM" 
 expect_error "bad local memory" "not a size" "$KV" --local-mem lots
 expect_error "unknown option" "unknown option --frobnicate" "$KV" --frobnicate
 expect_error "bad --threads" "threads '0' is not a number from 1 to 60" "$KV" --threads 0
+expect_error "bad --max-connections" "max-connections 'many' is not a number" "$KV" --max-connections many
+expect_error "--cache takes no value" "unknown option yes" "$KV" --cache yes
 "$PY" -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)' >"$tmp/busy" &
 pids+=($!)
 for _ in $(seq 50); do [[ -s $tmp/busy ]] && break; sleep 0.1; done
