@@ -89,7 +89,7 @@ std::optional<std::uint64_t> Store::alloc_chunk(unsigned cls) {
       if ((slabs_.size() + 1) * kSlab <= capacity_) {
         try {
           slab = farmem::far_alloc(kSlab);
-          slabs_.push_back(*slab);
+          slabs_.insert(*slab);
         } catch (const farmem::Error&) {
           // far memory itself is exhausted: as full as at capacity
         }
@@ -104,7 +104,7 @@ std::optional<std::uint64_t> Store::alloc_chunk(unsigned cls) {
     }
     // Full. A store refuses; a cache drops a cold item of this class (its
     // chunk comes back when its last reader lets go) and tries again.
-    if (!cache_ || tries >= kEvictTries || !evict_one(cls)) {
+    if (!cache_ || tries >= kEvictTries || !(evict_one(cls) || move_slab(cls))) {
       Lock g(c.mu);
       ++c.outofmemory;
       counters_.outofmemory.fetch_add(1, std::memory_order_relaxed);
@@ -164,6 +164,75 @@ bool Store::evict_one(unsigned cls) {
   }
   release(victim);  // ours
   return true;  // something changed: try the free list again
+}
+
+// Cache mode, nothing of cls to drop: empty the slab that holds the coldest
+// item of the class with the most slabs, and carve it for cls. False when no
+// slab could be emptied now (a reader still holds one of its chunks, or a set
+// took one meanwhile): the caller gives up after a few tries.
+bool Store::move_slab(unsigned cls) {
+  unsigned donor = kClasses;
+  std::uint64_t most = 0;
+  for (unsigned i = 0; i < kClasses; ++i) {
+    if (i == cls) continue;
+    Lock g(classes_[i].mu);
+    if (classes_[i].slabs > most) most = classes_[i].slabs, donor = i;
+  }
+  if (donor == kClasses) return false;
+  Class& d = classes_[donor];
+  const std::uint64_t chunk = std::uint64_t{1} << (donor + kMinShift);
+  std::uint64_t slab;
+  std::vector<Item*> victims;
+  {
+    Lock g(d.mu);
+    const std::uint64_t probe = d.tail ? d.tail->addr : d.free.empty() ? 0 : d.free.front();
+    if (probe == 0) return false;
+    {
+      Lock gs(slabs_mu_);
+      auto s = slabs_.upper_bound(probe);
+      slab = *--s;
+    }
+    for (Item* it = d.tail; it; it = it->prev)
+      if (it->addr >= slab && it->addr < slab + kSlab) {
+        it->refs.fetch_add(1, std::memory_order_relaxed);  // linked, so refs >= 1
+        victims.push_back(it);
+      }
+  }
+  for (Item* it : victims) {
+    bool evicted = false;
+    {
+      Shard& s = shard_of(it->key);
+      Lock g(s.mu);
+      if (it->linked) unlink_locked(s, it), evicted = true;
+    }
+    if (evicted) {
+      counters_.evictions.fetch_add(1, std::memory_order_relaxed);
+      if (!it->fetched.load(std::memory_order_relaxed))
+        counters_.evicted_unfetched.fetch_add(1, std::memory_order_relaxed);
+      {
+        Lock g(d.mu);
+        ++d.evicted;
+      }
+      release(it);
+    }
+    release(it);
+  }
+  {
+    // Every chunk of the slab must be free now; take them off the donor's list.
+    Lock g(d.mu);
+    auto in_slab = [&](std::uint64_t a) { return a >= slab && a < slab + kSlab; };
+    std::uint64_t free_in_slab = 0;
+    for (std::uint64_t a : d.free) free_in_slab += in_slab(a);
+    if (free_in_slab != kSlab / chunk) return false;
+    std::erase_if(d.free, in_slab);
+    --d.slabs;
+  }
+  const std::uint64_t mine = std::uint64_t{1} << (cls + kMinShift);
+  Class& c = classes_[cls];
+  Lock g(c.mu);
+  ++c.slabs;
+  for (std::uint64_t off = kSlab; off > 0;) c.free.push_back(slab + (off -= mine));
+  return true;
 }
 
 void Store::release(Item* it) {

@@ -15,17 +15,21 @@
 // Two modes: a store never drops a live value and refuses a new one when
 // --capacity is reached; a cache drops the least recently used items of the
 // size class it needs (CLOCK: a get sets a bit, the hand gives a set bit a
-// second chance). Expired and flushed items are reclaimed on access and by
+// second chance); when the class has nothing to drop, the slab of the
+// coldest item of the class with the most slabs is emptied and moves to it
+// (memcached's slab rebalancing, simplified). Expired and flushed items are
+// reclaimed on access and by
 // sweep(), which the server calls every second.
 //
 // The locks are uthread mutexes: a waiter parks instead of blocking its
 // scheduler's thread (they work from plain threads as well). Lock order:
-// shard, then class; the slab lock is taken alone.
+// shard, then class, then the slab lock.
 #pragma once
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -151,6 +155,7 @@ class Store {
   Shard& shard_of(std::string_view key);
   std::optional<std::uint64_t> alloc_chunk(unsigned cls);
   bool evict_one(unsigned cls);
+  bool move_slab(unsigned cls);
   void release(Item* it);
   bool dead(const Item& it, std::int64_t now) const;
   // Under the shard lock: unlinks it from the index and its class list.
@@ -170,7 +175,7 @@ class Store {
   Shard shards_[kShards];
   Class classes_[kClasses];
   mutable farmem::uthread::Mutex slabs_mu_;
-  std::vector<std::uint64_t> slabs_;
+  std::set<std::uint64_t> slabs_;  // far addresses of the slabs (1 MiB each, page aligned)
   std::atomic<std::uint64_t> next_cas_{1}, items_{0}, bytes_{0};
   std::atomic<std::uint64_t> flush_cas_{0};    // items with a CAS at most this are flushed
   std::atomic<std::int64_t> flush_time_{0};    // items stored before it are flushed from it on

@@ -243,7 +243,7 @@ TEST_CASE("memcached semantics: add, replace, append, prepend, cas, incr, decr, 
   CHECK(data_of(s, "after") == "z");
 }
 
-TEST_CASE("a store refuses at capacity and keeps every value; a cache drops the coldest and keeps a hot one") {
+TEST_CASE("a store refuses at capacity and keeps every value; a cache drops the coldest, keeps a hot one, moves slabs") {
   init_small();
   using R = farmem_kv::Store::Result;
   const std::string value(4000, 'v');  // 4 KiB chunks: 256 a slab, 512 in 2 MiB
@@ -266,4 +266,13 @@ TEST_CASE("a store refuses at capacity and keeps every value; a cache drops the 
   CHECK(data_of(cache, "hot") == value);
   CHECK(data_of(cache, "k2999") == value);
   CHECK(data_of(cache, "k0") == "<missing>");
+  // Every slab now holds 4 KiB chunks: bigger values take slabs over from them.
+  CHECK(store.set("big", 0, std::string(100000, 'b')) == R::OutOfMemory);  // a store refuses
+  for (unsigned i = 0; i < 30; ++i) {
+    const std::string big(100000, static_cast<char>('A' + i % 26));
+    REQUIRE(cache.set(numbered("big", i), 0, big) == R::Stored);
+    REQUIRE(data_of(cache, numbered("big", i)) == big);
+  }
+  CHECK(data_of(cache, "big29") == std::string(100000, 'A' + 29 % 26));
+  CHECK(cache.far_bytes() == 2ull << 20);  // within capacity all along
 }
