@@ -11,7 +11,7 @@ data_mib=$(( (KEYS * VSIZE) >> 20 ))
 quarter=$(( data_mib / 4 )); (( quarter >= 8 )) || quarter=8
 all=$(( data_mib * 2 + 64 ))  # chunks round values up to a power of two
 declare -A results
-tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 run() {  # run LABEL LOCAL_MIB WORKLOAD
   local label=$1 mib=$2 wl=$3

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
           libboost-context-dev libmimalloc-dev catch2 libisal-dev
-          libibverbs-dev librdmacm-dev libdpdk-dev)
+          libibverbs-dev librdmacm-dev libdpdk-dev
+          memcached libmemcached-tools python3-pymemcache)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

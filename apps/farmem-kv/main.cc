@@ -1,11 +1,12 @@
 // farmem-kv: a key-value server whose values live in far memory, speaking the
-// memcached text protocol (get, set, delete, stats, version, quit), so any
-// memcached client can use it. One uthread per connection: a connection
-// waiting for its client, or for a far value on its way in, parks and the
-// scheduler serves the others.
+// memcached text protocol (protocol.cc), so any memcached client can use it.
+// This file owns the process: options, the runtime, the listening socket, one
+// uthread per accepted connection, the expiry sweep, and shutdown on SIGTERM.
+// A connection waiting for its client, or for a far value on its way in, parks
+// and the scheduler serves the others.
 //
 //   farmem-kv [--listen HOST:PORT] [--local-mem SIZE|PCT%] [--capacity SIZE]
-//             [--threads N] [--max-connections N]
+//             [--cache] [--threads N] [--max-connections N]
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -24,18 +25,17 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "farmem/runtime.hpp"
 #include "farmem/uthread.hpp"
+#include "protocol.hpp"
 #include "store.hpp"
 
 namespace {
 
-constexpr std::size_t kMaxLine = 2048;
-
 std::atomic<bool> g_stop{false};
-std::atomic<int> g_connections{0};
 std::mutex g_open_mu;
 std::set<int> g_open;  // connection sockets, shut down at exit
 
@@ -51,6 +51,7 @@ struct Options {
   std::uint64_t capacity = 4ull << 30;
   unsigned threads = 0;          // uthread schedulers; 0 = one per CPU but the evictor's
   unsigned max_connections = 4096;
+  bool cache = false;            // drop least recently used values at capacity
 };
 
 unsigned parse_count(const std::string& flag, const std::string& v, unsigned lo, unsigned hi) {
@@ -92,10 +93,15 @@ Options parse(int argc, char** argv) {
       o.threads = parse_count(a, value(), 1, 60);
     } else if (a == "--max-connections") {
       o.max_connections = parse_count(a, value(), 1, 1000000);
+    } else if (a == "--cache") {
+      o.cache = true;
     } else if (a == "--help" || a == "-h") {
       std::puts("usage: farmem-kv [--listen HOST:PORT (127.0.0.1:11311)] [--local-mem SIZE|PCT%] "
-                "[--capacity SIZE (4G)] [--threads N (CPUs - 1)] [--max-connections N (4096)]\n"
-                "Other settings come from FARMEM_* variables (docs/configuration.md).");
+                "[--capacity SIZE (4G)] [--cache] [--threads N (CPUs - 1)] [--max-connections N (4096)]\n"
+                "A store by default: at --capacity a set fails with SERVER_ERROR out of memory storing object.\n"
+                "--cache: at --capacity the least recently used values are dropped, as memcached does.\n"
+                "Commands and options: docs/kv.md. Other settings come from FARMEM_* variables "
+                "(docs/configuration.md).");
       std::exit(0);
     } else {
       die("unknown option " + a + "; see --help");
@@ -146,176 +152,6 @@ bool send_all(int fd, const std::string& s) {
   return true;
 }
 
-std::vector<std::string> split(const std::string& line) {
-  std::vector<std::string> w;
-  std::size_t i = 0;
-  while (i < line.size()) {
-    while (i < line.size() && line[i] == ' ') ++i;
-    std::size_t j = i;
-    while (j < line.size() && line[j] != ' ') ++j;
-    if (j > i) w.push_back(line.substr(i, j - i));
-    i = j;
-  }
-  return w;
-}
-
-bool parse_u64(const std::string& s, std::uint64_t& out) {
-  if (s.empty() || s.size() > 19) return false;
-  out = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    out = out * 10 + static_cast<std::uint64_t>(c - '0');
-  }
-  return true;
-}
-
-// One client connection: reads commands, answers them, until quit or EOF.
-class Connection {
- public:
-  Connection(int fd, farmem_kv::Store& store) : fd_(fd), store_(store) {}
-  ~Connection() { close(fd_); }
-
-  void serve() {
-    std::string line;
-    while (read_line(line)) {
-      std::vector<std::string> w = split(line);
-      if (w.empty()) {
-        if (!reply("ERROR\r\n")) return;
-        continue;
-      }
-      const std::string& cmd = w[0];
-      bool ok;
-      if (cmd == "get" || cmd == "gets") ok = get(w);
-      else if (cmd == "set") ok = set(w);
-      else if (cmd == "delete") ok = del(w);
-      else if (cmd == "stats") ok = stats();
-      else if (cmd == "version") ok = reply("VERSION farmem-kv 1\r\n");
-      else if (cmd == "quit") return;
-      else ok = reply("ERROR\r\n");
-      if (!ok) return;
-    }
-  }
-
- private:
-  bool fill() {
-    char buf[16384];
-    for (;;) {
-      ssize_t n = recv(fd_, buf, sizeof buf, 0);
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        farmem::uthread::wait_fd(fd_, POLLIN);
-        continue;
-      }
-      if (n <= 0) return false;
-      in_.append(buf, static_cast<std::size_t>(n));
-      return true;
-    }
-  }
-  // A command line without its "\r\n" (or "\n"). False on EOF or a line too long.
-  bool read_line(std::string& line) {
-    for (;;) {
-      std::size_t nl = in_.find('\n');
-      if (nl != std::string::npos) {
-        line.assign(in_, 0, nl > 0 && in_[nl - 1] == '\r' ? nl - 1 : nl);
-        in_.erase(0, nl + 1);
-        return true;
-      }
-      if (in_.size() > kMaxLine) {
-        reply("CLIENT_ERROR line too long\r\n");
-        return false;
-      }
-      if (!fill()) return false;
-    }
-  }
-  bool read_exact(std::string& out, std::size_t n) {
-    while (in_.size() < n)
-      if (!fill()) return false;
-    out.assign(in_, 0, n);
-    in_.erase(0, n);
-    return true;
-  }
-  bool reply(const std::string& s) { return send_all(fd_, s); }
-
-  bool get(const std::vector<std::string>& w) {
-    if (w.size() < 2) return reply("ERROR\r\n");
-    std::string out;
-    for (std::size_t i = 1; i < w.size(); ++i) {
-      if (w[i].size() > farmem_kv::Store::kMaxKey) return reply("CLIENT_ERROR bad command line format\r\n");
-      std::optional<farmem_kv::Value> v = store_.get(w[i]);
-      if (!v) continue;
-      out += "VALUE " + w[i] + " " + std::to_string(v->flags) + " " + std::to_string(v->data.size()) + "\r\n";
-      out += v->data;
-      out += "\r\n";
-      if (out.size() >= (256u << 10)) {  // stream big answers instead of holding them all
-        if (!reply(out)) return false;
-        out.clear();
-      }
-    }
-    out += "END\r\n";
-    return reply(out);
-  }
-
-  bool set(const std::vector<std::string>& w) {
-    std::uint64_t flags, exptime, bytes;
-    if (w.size() < 5 || w.size() > 6 || w[1].size() > farmem_kv::Store::kMaxKey || !parse_u64(w[2], flags) ||
-        flags > 0xffffffffu || !parse_u64(w[3], exptime) || !parse_u64(w[4], bytes) ||
-        (w.size() == 6 && w[5] != "noreply"))
-      return reply("CLIENT_ERROR bad command line format\r\n");
-    const bool noreply = w.size() == 6;
-    if (bytes > farmem_kv::Store::kMaxValue) {
-      // Skip the data block, as memcached does, so the connection stays usable
-      // (unless it is absurdly large: then the connection ends).
-      std::string skip;
-      if (bytes > 16 * farmem_kv::Store::kMaxValue || !read_exact(skip, bytes + 2)) {
-        reply("SERVER_ERROR object too large for cache\r\n");
-        return false;
-      }
-      return reply("SERVER_ERROR object too large for cache\r\n");
-    }
-    std::string data;
-    if (!read_exact(data, bytes + 2)) return false;
-    if (data[bytes] != '\r' || data[bytes + 1] != '\n') {
-      reply("CLIENT_ERROR bad data chunk\r\n");
-      return false;  // the stream is out of step with the commands: end it
-    }
-    data.resize(bytes);
-    if (exptime != 0) return reply("CLIENT_ERROR expiry is not supported; use exptime 0\r\n");
-    switch (store_.set(w[1], static_cast<std::uint32_t>(flags), data)) {
-      case farmem_kv::Store::SetResult::Stored:
-        return noreply || reply("STORED\r\n");
-      case farmem_kv::Store::SetResult::TooLarge:
-        return reply("SERVER_ERROR object too large for cache\r\n");
-      case farmem_kv::Store::SetResult::OutOfMemory:
-        return reply("SERVER_ERROR out of memory storing object\r\n");
-    }
-    return false;
-  }
-
-  bool del(const std::vector<std::string>& w) {
-    if (w.size() < 2 || w.size() > 3 || (w.size() == 3 && w[2] != "noreply"))
-      return reply("CLIENT_ERROR bad command line format\r\n");
-    const bool found = store_.remove(w[1]);
-    return w.size() == 3 || reply(found ? "DELETED\r\n" : "NOT_FOUND\r\n");
-  }
-
-  bool stats() {
-    const farmem::Stats s = farmem::stats();
-    auto stat = [](const char* name, std::uint64_t v) { return std::string("STAT ") + name + " " + std::to_string(v) + "\r\n"; };
-    std::string out = stat("pid", static_cast<std::uint64_t>(getpid())) + stat("curr_items", store_.items()) +
-                      stat("bytes", store_.value_bytes()) + stat("limit_maxbytes", store_.capacity()) +
-                      stat("curr_connections", static_cast<std::uint64_t>(g_connections.load())) +
-                      stat("threads", farmem::uthread::scheduler_count()) +
-                      stat("far_slab_bytes", store_.far_bytes()) + stat("local_mem_bytes", s.local_mem_bytes) +
-                      stat("resident_bytes", s.resident_bytes) + stat("far_bytes", s.far_bytes) +
-                      stat("faults", s.faults) + stat("fetches", s.fetches) + stat("evictions", s.evictions) +
-                      stat("writebacks", s.writebacks) + "END\r\n";
-    return reply(out);
-  }
-
-  int fd_;
-  farmem_kv::Store& store_;
-  std::string in_;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -343,12 +179,25 @@ int main(int argc, char** argv) {
   farmem::uthread::start(o.threads);
   std::signal(SIGTERM, [](int) { g_stop.store(true); });
   std::signal(SIGINT, [](int) { g_stop.store(true); });
-  std::printf("farmem-kv: listening on %s:%u (local memory %llu MiB, capacity %llu MiB)\n", o.host.c_str(),
+  std::printf("farmem-kv: listening on %s:%u (local memory %llu MiB, capacity %llu MiB, %s)\n", o.host.c_str(),
               bound_port(lfd), static_cast<unsigned long long>(cfg.local_mem_bytes >> 20),
-              static_cast<unsigned long long>(o.capacity >> 20));
+              static_cast<unsigned long long>(o.capacity >> 20), o.cache ? "cache" : "store");
   std::fflush(stdout);
 
-  farmem_kv::Store store(o.capacity);
+  farmem_kv::Store store(farmem_kv::Store::Options{o.capacity, o.cache, {}, {}});
+  farmem_kv::Server server(store);
+  server.host = o.host;
+  server.port = bound_port(lfd);
+  server.max_connections = o.max_connections;
+  server.local_mem_bytes = cfg.local_mem_bytes;
+  server.started = store.now();
+  // Expired and flushed values give their memory back within a second, read or not.
+  std::thread sweeper([&store] {
+    for (unsigned tick = 0; !g_stop.load(); ++tick) {
+      usleep(100000);
+      if (tick % 10 == 9) store.sweep();
+    }
+  });
   while (!g_stop.load()) {
     pollfd p{lfd, POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
@@ -359,26 +208,29 @@ int main(int argc, char** argv) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (g_connections.load() >= static_cast<int>(o.max_connections)) {
+    if (server.curr_connections.load() >= o.max_connections) {
       send_all(fd, "SERVER_ERROR too many connections\r\n");
       close(fd);
+      server.rejected_connections.fetch_add(1);
       continue;
     }
-    g_connections.fetch_add(1);
+    server.curr_connections.fetch_add(1);
+    server.total_connections.fetch_add(1);
     {
       std::lock_guard<std::mutex> g(g_open_mu);
       g_open.insert(fd);
     }
-    farmem::uthread::spawn([fd, &store] {
+    farmem::uthread::spawn([fd, &server] {
       {
-        Connection c(fd, store);
+        farmem_kv::Connection c(fd, server);
         c.serve();
         std::lock_guard<std::mutex> g(g_open_mu);
         g_open.erase(fd);
       }  // closes fd, after it left g_open: a shutdown() below never hits a reused number
-      g_connections.fetch_sub(1);
+      server.curr_connections.fetch_sub(1);
     }).detach();
   }
+  sweeper.join();
   close(lfd);
   // Wake every connection out of its wait and let it finish its command, then
   // stop the schedulers and exit normally (statistics print, the memory server stops).

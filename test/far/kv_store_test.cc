@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <future>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,7 +74,7 @@ void run_workload(bool uthreads) {
         switch (r.next() % 4) {
           case 0:
           case 1:
-            if (store.set(own, t, make_value(own, ++version[t][k])) != farmem_kv::Store::SetResult::Stored)
+            if (store.set(own, t, make_value(own, ++version[t][k])) != farmem_kv::Store::Result::Stored)
               ++lost[t];
             present[t][k] = 1;
             break;
@@ -112,4 +114,165 @@ TEST_CASE("the far-memory key-value store keeps every value whole under concurre
 
 TEST_CASE("the same from 32 uthreads on two schedulers, parking on far misses inside the store's locks") {
   run_workload(true);
+}
+
+namespace {
+void init_small() {
+  if (!initialized()) {
+    Config cfg = Config::from_env();
+    cfg.local_mem_bytes = 8ull << 20;
+    init(cfg);
+  }
+}
+std::string numbered(const char* prefix, unsigned i) {  // (not a + to_string: GCC 12 warns falsely)
+  std::string s(prefix);
+  s += std::to_string(i);
+  return s;
+}
+std::string data_of(farmem_kv::Store& s, const std::string& key) {
+  auto v = s.get(key);
+  return v ? v->data : "<missing>";
+}
+}  // namespace
+
+TEST_CASE("a get waiting for its far value holds up no other key of its shard, and its chunk outlives a delete") {
+  init_small();
+  std::promise<void> reader_parked, go_on;
+  std::shared_future<void> go = go_on.get_future().share();
+  farmem_kv::Store::Options o;
+  o.capacity = 64ull << 20;
+  o.before_far_read = [&](std::string_view key) {
+    if (key == "slow") reader_parked.set_value(), go.wait();
+  };
+  farmem_kv::Store store(o);
+  // Two more keys behind the same shard lock as "slow".
+  std::vector<std::string> same;
+  for (unsigned i = 0; same.size() < 2; ++i)
+    if (auto k = numbered("k", i); farmem_kv::Store::shard_index(k) == farmem_kv::Store::shard_index("slow"))
+      same.push_back(k);
+  const std::string old_value(3000, 'o');
+  REQUIRE(store.set("slow", 1, old_value) == farmem_kv::Store::Result::Stored);
+  REQUIRE(store.set(same[0], 2, "neighbour") == farmem_kv::Store::Result::Stored);
+  const std::uint64_t used_before = store.class_stats().back().used_chunks;
+  std::optional<farmem_kv::Value> slow;
+  std::thread reader([&] { slow = store.get("slow"); });
+  reader_parked.get_future().wait();
+  // The reader holds "slow" pinned but not the shard lock: all of these run now.
+  auto others = std::async(std::launch::async, [&] {
+    bool ok = data_of(store, same[0]) == "neighbour";
+    ok &= store.set(same[1], 0, "new") == farmem_kv::Store::Result::Stored;
+    ok &= store.remove("slow");
+    // Values of the same size class: none may land in the pinned chunk.
+    for (int i = 0; i < 20; ++i) ok &= store.set(numbered("fill", i), 0, std::string(3000, 'x')) ==
+                                        farmem_kv::Store::Result::Stored;
+    return ok;
+  });
+  const bool others_ran = others.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  go_on.set_value();
+  reader.join();
+  REQUIRE(others_ran);  // else the shard lock was held across the far read
+  CHECK(others.get());
+  REQUIRE(slow.has_value());
+  CHECK(slow->data == old_value);  // the deleted value's chunk was not reused while read
+  CHECK(slow->flags == 1);
+  CHECK(data_of(store, "slow") == "<missing>");
+  // The pinned chunk went back to its class when the reader let go.
+  CHECK(store.class_stats().back().used_chunks == used_before - 1 + 20);
+}
+
+TEST_CASE("memcached semantics: add, replace, append, prepend, cas, incr, decr, touch, expiry, flush") {
+  init_small();
+  std::int64_t now = 1'800'000'000;
+  farmem_kv::Store::Options o;
+  o.capacity = 16ull << 20;
+  o.clock = [&] { return now; };
+  farmem_kv::Store s(o);
+  using R = farmem_kv::Store::Result;
+  using M = farmem_kv::Store::Mode;
+  CHECK(s.store(M::Add, "a", 5, 0, "1") == R::Stored);
+  CHECK(s.store(M::Add, "a", 5, 0, "2") == R::NotStored);
+  CHECK(s.store(M::Replace, "b", 0, 0, "2") == R::NotStored);
+  CHECK(s.store(M::Append, "a", 9, 0, "0") == R::Stored);
+  CHECK(s.store(M::Prepend, "a", 9, 0, "9") == R::Stored);
+  auto v = s.get("a");
+  REQUIRE(v);
+  CHECK(v->data == "910");
+  CHECK(v->flags == 5);  // append and prepend keep the flags
+  CHECK(s.store(M::Cas, "a", 0, 0, "x", v->cas + 1) == R::Exists);
+  CHECK(s.store(M::Cas, "nokey", 0, 0, "x", 1) == R::NotFound);
+  CHECK(s.store(M::Cas, "a", 0, 0, "100", v->cas) == R::Stored);
+  std::uint64_t r = 0;
+  using D = farmem_kv::Store::DeltaResult;
+  CHECK(s.delta("a", false, 1, r) == D::Ok);
+  CHECK(r == 99);
+  CHECK(data_of(s, "a") == "99 ");  // memcached keeps the length, padded with spaces
+  CHECK(s.delta("a", true, UINT64_MAX, r) == D::Ok);
+  CHECK(r == 98);  // wraps at 2^64
+  CHECK(s.delta("a", false, 1000, r) == D::Ok);
+  CHECK(r == 0);  // decr stops at 0
+  CHECK(s.delta("nokey", true, 1, r) == D::NotFound);
+  s.set("text", 0, "abc");
+  CHECK(s.delta("text", true, 1, r) == D::NonNumeric);
+  // Expiry: relative, absolute (over 30 days), negative; touch moves it.
+  CHECK(s.store(M::Set, "rel", 0, s.expiry_of(10), "x") == R::Stored);
+  CHECK(s.store(M::Set, "abs", 0, s.expiry_of(now + 20), "x") == R::Stored);
+  CHECK(s.store(M::Set, "neg", 0, s.expiry_of(-1), "x") == R::Stored);
+  CHECK(data_of(s, "neg") == "<missing>");
+  CHECK(s.touch("abs", s.expiry_of(100)));
+  now += 10;
+  CHECK(data_of(s, "rel") == "<missing>");
+  CHECK(data_of(s, "abs") == "x");
+  CHECK(s.store(M::Add, "rel", 0, 0, "y") == R::Stored);  // an expired key is free for add
+  // The sweep reclaims what expired without being read.
+  CHECK(s.store(M::Set, "unread", 0, s.expiry_of(5), std::string(100000, 'u')) == R::Stored);
+  now += 5;
+  const std::uint64_t bytes_before = s.value_bytes();
+  CHECK(s.sweep() == 1);
+  CHECK(s.value_bytes() == bytes_before - 100000 - 6);
+  CHECK(s.counters().expired_unfetched.load() >= 1);
+  // flush_all with a delay: what was stored before the deadline goes at the deadline.
+  s.flush(30);
+  CHECK(data_of(s, "abs") == "x");
+  now += 30;
+  CHECK(data_of(s, "abs") == "<missing>");
+  s.set("after", 0, "z");
+  CHECK(data_of(s, "after") == "z");
+  s.flush(0);
+  CHECK(s.items() == 0);
+  s.set("after", 0, "z");
+  CHECK(data_of(s, "after") == "z");
+}
+
+TEST_CASE("a store refuses at capacity and keeps every value; a cache drops the coldest, keeps a hot one, moves slabs") {
+  init_small();
+  using R = farmem_kv::Store::Result;
+  const std::string value(4000, 'v');  // 4 KiB chunks: 256 a slab, 512 in 2 MiB
+  farmem_kv::Store store(2ull << 20);
+  unsigned stored = 0;
+  while (store.set(numbered("k", stored), 0, value) == R::Stored) ++stored;
+  CHECK(stored == 512);
+  CHECK(data_of(store, "k0") == value);
+  farmem_kv::Store::Options o;
+  o.capacity = 2ull << 20;
+  o.cache = true;
+  farmem_kv::Store cache(o);
+  REQUIRE(cache.set("hot", 0, value) == R::Stored);
+  for (unsigned i = 0; i < 3000; ++i) {
+    REQUIRE(cache.set(numbered("k", i), 0, value) == R::Stored);
+    if (i % 64 == 0) REQUIRE(data_of(cache, "hot") == value);  // read often: it stays
+  }
+  CHECK(cache.items() <= 512);
+  CHECK(cache.counters().evictions.load() >= 3000 - 512);
+  CHECK(data_of(cache, "hot") == value);
+  CHECK(data_of(cache, "k2999") == value);
+  CHECK(data_of(cache, "k0") == "<missing>");
+  // Every slab now holds 4 KiB chunks: bigger values take slabs over from them.
+  CHECK(store.set("big", 0, std::string(100000, 'b')) == R::OutOfMemory);  // a store refuses
+  for (unsigned i = 0; i < 30; ++i) {
+    const std::string big(100000, static_cast<char>('A' + i % 26));
+    REQUIRE(cache.set(numbered("big", i), 0, big) == R::Stored);
+    REQUIRE(data_of(cache, numbered("big", i)) == big);
+  }
+  CHECK(data_of(cache, "big29") == std::string(100000, 'A' + 29 % 26));
+  CHECK(cache.far_bytes() == 2ull << 20);  // within capacity all along
 }
