@@ -219,6 +219,7 @@ bool read_file(const std::string& dir, pid_t pid, Reading* out, std::string* err
     *err = path + " is not a farmem statistics file of this version (farmem-stat and the process differ?)";
   } else if (p->h.pid != pid || start_ticks(pid) != p->h.start_ticks) {
     *err = "stale";
+    unlink(path.c_str());  // its process is gone (killed before it could remove it)
   } else {
     read_page(*p, out);
     ok = true;
@@ -238,7 +239,6 @@ std::vector<pid_t> list(const std::string& dir) {
     Reading r;
     std::string err;
     if (read_file(dir, static_cast<pid_t>(pid), &r, &err)) pids.push_back(static_cast<pid_t>(pid));
-    else if (err == "stale") unlink((dir + "/" + e->d_name).c_str());  // its process is gone
   }
   closedir(d);
   std::sort(pids.begin(), pids.end());

@@ -99,9 +99,9 @@ struct Reading {
 // Copies a consistent snapshot out of a page (retries while the writer is mid-way).
 void read_page(const Page& p, Reading* out);
 // Reads DIR/<pid>. Errors: "not found" (no file), "stale" (the process is gone
-// or the pid was reused), or why the file is unusable.
+// or the pid was reused: the file is removed), or why the file is unusable.
 bool read_file(const std::string& dir, pid_t pid, Reading* out, std::string* err);
-// Pids with a file in DIR whose process still runs; files of dead ones are removed.
+// Pids with a file in DIR whose process still runs (files of gone ones are removed).
 std::vector<pid_t> list(const std::string& dir);
 // FARMEM_STATS_DIR, or the default.
 std::string dir_from_env();
