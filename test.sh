@@ -4,7 +4,7 @@
 # sizes). ./test.sh --quick skips the sanitizer builds.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh
+scripts/setup.sh --plot  # --plot: python3-matplotlib, for the plot test
 echo "==> tests (release build)"
 meson test -C build --print-errorlogs
 [[ ${1:-} == --quick ]] && exit 0

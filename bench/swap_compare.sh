@@ -26,6 +26,7 @@ THREADS=1
 WORKLOAD=uniform
 REPEAT=3
 OUT=""
+CSV=""                 # --csv FILE: one row per run appended (header when the file is new); bench/plot.py draws it
 HW=0                   # --hw: also the transparent region (--mode hw), faults in-thread and on the handler thread
 SLACK_ARG=16M          # extra cgroup headroom for the binary itself (text, libs, stack, page tables)
 SWAP_PRIO=32767
@@ -34,7 +35,7 @@ usage() {
     cat <<EOF
 usage: $PROG [--bench PATH] [--working-set 2G] [--local-pct 25] [--ops N]
              [--workload uniform|seq|zipf] [--repeat 3] [--threads 1]
-             [--slack 16M] [--out FILE] [--hw]
+             [--slack 16M] [--out FILE] [--csv FILE] [--hw]
 
 Compares Linux swap to zram (farmem-bench --mode local in a memory cgroup
 limited to local-pct% of the working set + slack) against farmem
@@ -64,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --threads)     need_arg "$@"; THREADS=$2; shift 2 ;;
         --slack)       need_arg "$@"; SLACK_ARG=$2; shift 2 ;;
         --out)         need_arg "$@"; OUT=$2; shift 2 ;;
+        --csv)         need_arg "$@"; CSV=$2; shift 2 ;;
         --hw)          HW=1; shift ;;
         -h|--help)     usage; exit 0 ;;
         *) echo "$PROG: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -202,15 +204,28 @@ run_one() {
     elif (( delta > 0 )); then
         warn "$cfg run $run: system swapped $(human $((delta * PAGE))) during a run outside the cgroup (global memory pressure?)"
     fi
-    python3 - "$cfg" "$run" "$REPEAT" "$delta" "$PAGE" "$extra" "$json" <<'PY' >&2
-import json, sys
-cfg, run, rep, delta, page, extra, line = sys.argv[1:8]
+    python3 - "$cfg" "$run" "$REPEAT" "$delta" "$PAGE" "$extra" "$json" "$CSV" "$WORKLOAD" "$LOCAL_PCT" \
+        "$WS_BYTES" "$THREADS" <<'PY' >&2
+import json, os, sys
+cfg, run, rep, delta, page, extra, line, csv, workload, pct, ws, threads = sys.argv[1:13]
 d = json.loads(line)
 ops = float(d["ops"]); s = float(d.get("seconds") or 0)
 ns = s * 1e9 / ops if s > 0 else 1e9 / float(d["ops_per_sec"])
 print(f"  [run {run}/{rep}] {cfg:<11} {ns:10.1f} ns/op  {1e9/ns:12.0f} ops/s  "
       f"faults={d.get('faults','-')} evictions={d.get('evictions','-')}  "
       f"swapout={int(delta)*int(page)/2**20:.1f} MiB{extra}")
+if csv:
+    # config of the run, then what it measured (bench/plot.py reads these columns)
+    mode, transport = {"local-swap": ("swap", "zram"), "farmem-sw": ("farmem-sw", "shm"),
+                       "farmem-hw-sig": ("farmem-hw-signal", "shm"), "farmem-hw-thr": ("farmem-hw", "shm"),
+                       "local-ideal": ("local", "none")}.get(cfg, (cfg, ""))
+    new = not os.path.exists(csv) or os.path.getsize(csv) == 0
+    with open(csv, "a") as f:
+        if new:
+            f.write("bench,workload,mode,transport,local_pct,working_set_bytes,threads,repetition,"
+                    "ns_per_op,ops_per_sec,faults,evictions,swapout_bytes\n")
+        f.write(f"swap_compare,{workload},{mode},{transport},{pct},{ws},{threads},{run},{ns:.2f},{1e9/ns:.0f},"
+                f"{d.get('faults', '')},{d.get('evictions', '')},{int(delta) * int(page)}\n")
 PY
     if [[ -n $OUT ]]; then
         echo "# config=$cfg run=$run pswpout_delta_pages=$delta" >>"$OUT"

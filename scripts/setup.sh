@@ -10,6 +10,9 @@ PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
           libibverbs-dev librdmacm-dev libdpdk-dev
           memcached libmemcached-tools python3-pymemcache)
 
+# bench/plot.py's figures: scripts/setup.sh --plot (and ./test.sh, whose plot test draws one).
+[[ " $* " == *" --plot "* || -n ${FARMEM_SETUP_PLOT:-} ]] && PACKAGES+=(python3-matplotlib)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

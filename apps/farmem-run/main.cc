@@ -47,14 +47,16 @@ std::string dir_of_self() {
   return s.substr(0, s.rfind('/'));
 }
 
-// FARMEM_PRELOAD, then the build tree, then the install prefix.
+// FARMEM_PRELOAD, then the installed tree this binary is in (wherever it was
+// copied), then the build tree, then the install prefix.
 std::string find_preload() {
   if (const char* p = getenv("FARMEM_PRELOAD")) {
     if (!is_file(p)) die(std::string("FARMEM_PRELOAD=") + p + " is not a readable file; point it at libfarmem-preload.so");
     return p;
   }
   const std::string here = dir_of_self();
-  for (const std::string& c : {here + "/../../src/libfarmem-preload.so", std::string(FARMEM_BUILD_PRELOAD_PATH),
+  for (const std::string& c : {here + "/" FARMEM_BIN_TO_LIB "/libfarmem-preload.so",
+                               here + "/../../src/libfarmem-preload.so", std::string(FARMEM_BUILD_PRELOAD_PATH),
                                std::string(FARMEM_LIBDIR) + "/libfarmem-preload.so"})
     if (is_file(c)) {
       char real[PATH_MAX];

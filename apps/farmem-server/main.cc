@@ -51,6 +51,8 @@ void usage(FILE* out) {
                "  SIGUSR1 (and every --stats-interval seconds) prints a JSON usage line per listener\n"
                "  (with several, each names its \"listener\" and one more line sums up the server:\n"
                "  \"listeners\", \"clients\", \"reserved_bytes\", \"capacity_bytes\"); SIGTERM stops it.\n"
+               "  Live usage for farmem-stat is published in FARMEM_STATS_DIR (default /dev/shm/farmem, off:\n"
+               "  none); FARMEM_METRICS=HOST:PORT serves it as Prometheus text at GET /metrics.\n"
                "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n",
                FARMEM_HAVE_RDMA ? "" : "\n                      (not in this build: it was built without rdma-core)");
 }

@@ -46,6 +46,10 @@ struct Config {
   int evictor_cpu = -1;                // -1 = last CPU
   unsigned evict_batch = 64;           // pages per eviction batch
   bool stats_at_exit = false;
+  // Live statistics (farmem-stat): a page per process in this directory; empty = /dev/shm/farmem
+  // (nothing published if it cannot be used), "off" = none.
+  std::string stats_dir;
+  std::string metrics;                 // HOST:PORT: Prometheus text at GET /metrics; empty = none
   bool populate_pool = false;          // fault the whole frame pool in at start (else as frames are used)
   bool lazy_connect = false;           // start the memory server, or connect to it, when the first page
                                        // goes far instead of at init (the preload shim; not rdma)

@@ -13,6 +13,7 @@
 #include "runtime/tsan.hpp"
 #include "mem/page_state.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/live_stats.hpp"
 #include "runtime/runtime.hpp"
 
 namespace farmem::evict {
@@ -157,6 +158,7 @@ void Evictor::loop() {
       parking_.park();
       continue;
     }
+    maybe_publish();
     bool progress = reclaim_dead_cores();
     progress |= refill_rings();
     if (frees_pending_.load(std::memory_order_acquire)) progress |= process_frees();
@@ -174,6 +176,22 @@ void Evictor::loop() {
       idle_wait(++idle);
     }
   }
+}
+
+// Live statistics (runtime/live_stats.hpp): the evictor refreshes the page
+// every live::kPeriodNs, and the settings text when what it shows changed.
+void Evictor::maybe_publish() {
+  if (!rt_.live) return;
+  const std::uint64_t now = detail::now_ns();
+  if (now < next_publish_ns_) return;
+  next_publish_ns_ = now + live::kPeriodNs;
+  const bool connected = rt_.transport->connected();
+  const bool has_hw = rt_.hw.load(std::memory_order_acquire) != nullptr;
+  const bool info = connected != info_connected_ || has_hw != info_hw_;
+  info_connected_ = connected;
+  info_hw_ = has_hw;
+  detail::collect_live(rt_, rt_.live->next(), info);
+  rt_.live->publish();
 }
 
 void Evictor::idle_wait(unsigned idle) {

@@ -69,6 +69,9 @@ class Evictor {
   void count_frame_freed();
   void shoot_down(Batch&& b);
   void publish_free_count();
+  void maybe_publish();
+  std::uint64_t next_publish_ns_ = 0;
+  bool info_connected_ = false, info_hw_ = false;  // what the published settings text showed
   // FARMEM_HW_FIRST_TOUCH=kernel: pages the kernel filled in unwatched chunks
   // of the transparent region hold budget too. The evictor estimates them from
   // the process's anonymous RSS, rescans them exactly with mincore when that

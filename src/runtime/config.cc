@@ -8,6 +8,7 @@
 #include <string>
 
 #include "farmem/runtime.hpp"
+#include "runtime/metrics.hpp"
 #include "tier/redundancy.hpp"
 
 namespace farmem {
@@ -165,6 +166,11 @@ Config Config::from_env() {
     if (s == "1" || s == "true" || s == "yes") c.stats_at_exit = true;
     else if (s == "0" || s == "false" || s == "no") c.stats_at_exit = false;
     else throw Error(std::string("FARMEM_STATS='") + v + "' is not a boolean; use 1 or 0");
+  }
+  if (const char* v = env("FARMEM_STATS_DIR")) c.stats_dir = v;
+  if (const char* v = env("FARMEM_METRICS")) {
+    c.metrics = trim(v);
+    metrics::parse(c.metrics);  // a bad address is named now
   }
   return c;
 }

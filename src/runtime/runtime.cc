@@ -18,6 +18,8 @@
 #include "evict/evictor.hpp"
 #include "hw/region.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/live_stats.hpp"
+#include "runtime/metrics.hpp"
 #include "tier/pool.hpp"
 
 namespace farmem {
@@ -83,6 +85,7 @@ void at_exit() {
   Runtime* r = g_runtime_ptr.load();
   if (r != nullptr && r->cfg.keep_running_at_exit) {
     print_stats(*r);
+    if (r->live) r->live->remove();  // the evictor may still write the page; nobody reads it now
     return;  // the memory server exits when our socket closes
   }
   farmem::shutdown();
@@ -124,9 +127,37 @@ void fork_child() {
     r->forked_child = true;
     r->transport->fork_child();
     r->evictor->forget_thread();
+    if (r->metrics) r->metrics->forget_in_child();
     if (hw::Region* region = r->hw.load(std::memory_order_acquire)) region->fork_child();
   }
   g_init_mu.unlock();
+}
+
+// Live statistics and FARMEM_METRICS. Under farmem-run only the program's own
+// process (FARMEM_RUN_PID) serves metrics; every process publishes its page.
+void start_observers(Runtime& rt) {
+  const Config& cfg = rt.cfg;
+  std::string err;
+  rt.live = live::Publisher::create(cfg.stats_dir.empty() ? live::kDefaultDir : cfg.stats_dir, live::kKindRuntime,
+                                    &err);
+  if (!rt.live && !err.empty() && !cfg.stats_dir.empty())
+    throw Error("FARMEM_STATS_DIR=" + cfg.stats_dir + ": " + err +
+                "; point it at a writable directory or set FARMEM_STATS_DIR=off");
+  const char* run_pid = getenv("FARMEM_RUN_PID");
+  if (!cfg.metrics.empty() && (run_pid == nullptr || std::strtol(run_pid, nullptr, 10) == getpid())) {
+    Runtime* r = &rt;
+    rt.metrics = std::make_unique<metrics::Server>(cfg.metrics, [r] {
+      live::Reading rd;
+      rd.h.kind = live::kKindRuntime;
+      rd.h.started_ns = r->started_ns;
+      collect_live(*r, rd.s, false);
+      return live::prometheus(rd);
+    });
+  }
+  if (rt.live) {  // the first snapshot; the evictor refreshes it from now on
+    collect_live(rt, rt.live->next(), true);
+    rt.live->publish();
+  }
 }
 
 }  // namespace
@@ -196,7 +227,10 @@ void check_config(Config& cfg) {
 
 detail::Runtime::~Runtime() {
   using namespace detail;
+  metrics.reset();  // its thread reads the runtime
   evictor.reset();
+  if (live) live->remove();
+  live.reset();
   transport.reset();  // stops a memory server it started
   delete[] cores;
   unmap_region(pt, far_pages * sizeof(std::uint64_t));
@@ -230,10 +264,13 @@ void init(const Config& in) {
   rt->transport = net::connect(cfg);  // starts the memory server; throws Error
   rt->transport->register_local(rt->pool, std::uint64_t{rt->nframes} * kPageSize);  // rdma: the MR for the pool
   rt->far.reset(1, rt->far_pages);   // far page 0 is the null far pointer
+  rt->started_ns = now_ns();
+  start_observers(*rt);  // throws Error (FARMEM_STATS_DIR, FARMEM_METRICS)
   Runtime* r = rt.release();
   g_runtime_ptr.store(r, std::memory_order_release);
   r->evictor = std::make_unique<evict::Evictor>(*r);
   r->evictor->start();
+  if (r->metrics) r->metrics->start();
   static bool registered = false;
   if (!registered) {
     registered = true;
@@ -254,7 +291,9 @@ void shutdown() {
   if (r == nullptr || g_shut_down) return;
   g_shut_down = true;
   print_stats(*r);
+  r->metrics.reset();
   r->evictor->stop();
+  if (r->live) r->live->remove();
   r->transport->shutdown();
   // The runtime's memory stays mapped: other threads may still hold far pointers.
 }

@@ -18,6 +18,13 @@ class Evictor;
 namespace farmem::hw {
 class Region;
 }
+namespace farmem::live {
+class Publisher;
+struct Snapshot;
+}
+namespace farmem::metrics {
+class Server;
+}
 
 namespace farmem::detail {
 
@@ -57,6 +64,10 @@ struct Runtime {
   std::unique_ptr<net::Transport> transport;
   mem::FarAllocator far;
   std::unique_ptr<evict::Evictor> evictor;
+  // Live statistics (runtime/live_stats.hpp): the evictor refreshes the page; null when off.
+  std::unique_ptr<live::Publisher> live;
+  std::unique_ptr<metrics::Server> metrics;  // FARMEM_METRICS
+  std::uint64_t started_ns = 0;
 
   // The transparent (userfaultfd) region, created on the first farmem_malloc.
   std::atomic<hw::Region*> hw{nullptr};
@@ -114,6 +125,10 @@ void fetch_batch(Core& c, const std::uint64_t* vpns, char* const* dsts, unsigned
 // A free frame only if the core's ring holds more than half (prefetch never waits).
 std::uint32_t try_take_frame(Core& c);
 void record_fault(Core& c, std::uint64_t t0);
+
+// Fills a live-statistics snapshot: the counters of farmem::stats() and the
+// fault-latency histogram; with_info also the settings and transports (allocates).
+void collect_live(Runtime& rt, live::Snapshot& s, bool with_info);
 
 // A point where a core that is blocked inside a scope acknowledges shootdowns:
 // its TLB is flushed, its hazards keep protecting the pages it holds.

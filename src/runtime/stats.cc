@@ -1,10 +1,15 @@
 // Statistics: per-core counters and fault-latency histograms summed on demand,
-// plus the evictor's counters; stats_json() is the FARMEM_STATS=1 line.
+// plus the evictor's counters; stats_json() is the FARMEM_STATS=1 line and
+// collect_live() the same counters for the live page (runtime/live_stats.hpp).
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "evict/evictor.hpp"
 #include "hw/region.hpp"
+#include "runtime/live_stats.hpp"
+#include "runtime/metrics.hpp"
 #include "runtime/runtime.hpp"
 
 namespace farmem {
@@ -19,16 +24,15 @@ std::uint64_t percentile(const std::uint64_t* hist, unsigned n, std::uint64_t to
   }
   return 0;
 }
-}  // namespace
+constexpr unsigned kB = detail::CoreStats::kHistBuckets;
+static_assert(kB == live::kHistBuckets);
 
-Stats stats() {
+// The counters, and the summed fault-latency histogram into hist[kB].
+Stats gather(detail::Runtime* rt, std::uint64_t* hist) {
   Stats s;
-  detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
-  if (rt == nullptr) return s;
-  constexpr unsigned kB = detail::CoreStats::kHistBuckets;
-  std::uint64_t hist[kB] = {};
   std::uint64_t total = 0;
-  for (unsigned i = 0; i < detail::kMaxCores; ++i) {
+  const unsigned cores = std::min<unsigned>(rt->core_hwm.load(std::memory_order_acquire), detail::kMaxCores);
+  for (unsigned i = 0; i < cores; ++i) {
     const detail::CoreStats& c = rt->cores[i].stats;
     s.faults += c.faults.load(std::memory_order_relaxed);
     s.zero_fills += c.zero_fills.load(std::memory_order_relaxed);
@@ -71,6 +75,62 @@ Stats stats() {
   s.far_bytes = remote > 0 ? static_cast<std::uint64_t>(remote) * detail::kPageSize : 0;
   return s;
 }
+
+void add_json(std::string& out, const char* key, const std::string& v) {
+  out += out.size() > 1 ? ",\"" : "\"";
+  out += key;
+  out += "\":\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  out += '"';
+}
+void add_json(std::string& out, const char* key, std::uint64_t v) {
+  out += out.size() > 1 ? ",\"" : "\"";
+  out += key;
+  out += "\":" + std::to_string(v);
+}
+}  // namespace
+
+Stats stats() {
+  detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (rt == nullptr) return Stats{};
+  std::uint64_t hist[kB] = {};
+  return gather(rt, hist);
+}
+
+namespace detail {
+void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
+  std::memset(out.hist, 0, sizeof out.hist);
+  const Stats s = gather(&rt, out.hist);
+  const std::uint64_t v[] = {s.faults,     s.zero_fills,    s.fetches,         s.prefetches,      s.evictions,
+                             s.writebacks, s.clean_drops,   s.rescues,         s.alloc_stalls,    s.shootdowns,
+                             s.bytes_in,   s.bytes_out,     s.local_mem_bytes, s.resident_bytes,  s.far_bytes,
+                             s.fault_p50_ns, s.fault_p99_ns, s.fault_max_ns,   s.hw_faults,       s.hw_first_writes,
+                             s.hw_evicted, rt.transport && rt.transport->connected() ? 1u : 0u};
+  static_assert(sizeof v / sizeof v[0] <= live::kMaxCounters);
+  for (std::size_t i = 0; i < sizeof v / sizeof v[0]; ++i) out.counters[i] = v[i];
+  out.updated_ns = now_ns();
+  if (!with_info) return;
+  const Config& c = rt.cfg;
+  std::string j = "{";
+  add_json(j, "backend", c.backend);
+  if (rt.transport) add_json(j, "transport", rt.transport->describe());
+  add_json(j, "local_mem_bytes", c.local_mem_bytes);
+  add_json(j, "far_mem_bytes", c.far_mem_bytes);
+  add_json(j, "hw_mem_bytes", c.hw_mem_bytes);
+  add_json(j, "redundancy", c.redundancy);
+  add_json(j, "evict_batch", c.evict_batch);
+  add_json(j, "hw_faults", c.hw_faults);
+  add_json(j, "hw_dirty", c.hw_dirty);
+  add_json(j, "hw_first_touch", c.hw_first_touch);
+  if (hw::Region* r = rt.hw.load(std::memory_order_acquire)) add_json(j, "transparent_faults", r->fault_path());
+  if (rt.metrics) add_json(j, "metrics", rt.metrics->address());
+  j += "}";
+  out.set_info(j);
+}
+}  // namespace detail
 
 void reset_fault_histogram() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
@@ -15,6 +16,10 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+
+#include "farmem/runtime.hpp"
+#include "runtime/live_stats.hpp"
+#include "runtime/metrics.hpp"
 
 namespace farmem::server {
 
@@ -132,6 +137,34 @@ std::uint64_t now_ms() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1'000'000;
 }
 
+// What farmem-stat and FARMEM_METRICS show of a server: the capacity account
+// (clients, granted and capacity bytes), refreshed by the main thread.
+void fill_snapshot(live::Snapshot& s, std::size_t listeners, const CapacityAccount& account) {
+  CapacityAccount::Usage u = account.usage();
+  s.counters[0] = listeners;
+  s.counters[1] = u.sessions;
+  s.counters[2] = u.granted;
+  s.counters[3] = account.capacity();
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  s.updated_ns = static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::string server_info(const std::vector<Listener>& listeners, const std::string& token, const char* metrics) {
+  std::string j = "{\"listen\":[";
+  for (std::size_t i = 0; i < listeners.size(); ++i) {
+    j += i ? ",\"" : "\"";
+    for (char c : listeners[i].uri) {
+      if (c == '"' || c == '\\') j += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20) j += c;
+    }
+    j += "\"";
+  }
+  j += std::string("],\"token\":") + (token.empty() ? "\"not required\"" : "\"required\"");
+  if (metrics) j += std::string(",\"metrics\":\"") + metrics + "\"";
+  return j + "}";
+}
+
 }  // namespace
 
 int run_listeners(const std::vector<Listener>& listeners, CapacityAccount& account, const std::string& token,
@@ -152,6 +185,42 @@ int run_listeners(const std::vector<Listener>& listeners, CapacityAccount& accou
 
   const std::size_t n = listeners.size();
   const bool several = n > 1;
+
+  // Live statistics (FARMEM_STATS_DIR) and FARMEM_METRICS, before any listener starts.
+  std::unique_ptr<live::Publisher> pub;
+  std::unique_ptr<metrics::Server> prom;
+  const std::uint64_t started_ns = now_ms() * 1000000;
+  {
+    const char* dir = getenv("FARMEM_STATS_DIR");
+    std::string err;
+    pub = live::Publisher::create(dir && *dir ? dir : live::kDefaultDir, live::kKindServer, &err);
+    if (!pub && !err.empty() && dir && *dir) {
+      std::fprintf(stderr, "farmem-server: FARMEM_STATS_DIR=%s: %s; point it at a writable directory or set "
+                   "FARMEM_STATS_DIR=off\n", dir, err.c_str());
+      return 2;
+    }
+    const char* m = getenv("FARMEM_METRICS");
+    if (m && *m) {
+      try {
+        prom = std::make_unique<metrics::Server>(m, [&account, n, started_ns] {
+          live::Reading rd;
+          rd.h.kind = live::kKindServer;
+          rd.h.started_ns = started_ns;
+          fill_snapshot(rd.s, n, account);
+          return live::prometheus(rd);
+        });
+      } catch (const Error& e) {
+        std::fprintf(stderr, "farmem-server: %s\n", e.what());
+        return 2;
+      }
+      prom->start();
+    }
+    if (pub) {
+      pub->next().set_info(server_info(listeners, token, prom ? m : nullptr));
+      fill_snapshot(pub->next(), n, account);
+      pub->publish();
+    }
+  }
   StartGate gate(n, account, token);
   std::vector<std::unique_ptr<Control>> controls;
   for (std::size_t i = 0; i < n; ++i) controls.push_back(std::make_unique<Control>(gate));
@@ -177,11 +246,13 @@ int run_listeners(const std::vector<Listener>& listeners, CapacityAccount& accou
   };
   const std::uint64_t interval_ms = std::uint64_t{stats_interval_s} * 1000;
   std::uint64_t next_stats = now_ms() + interval_ms;
+  const int publish_ms = static_cast<int>(live::kPeriodNs / 1000000);
   for (bool stop = false; !stop;) {
-    int timeout = -1;
+    int timeout = pub ? publish_ms : -1;
     if (interval_ms) {
       std::uint64_t now = now_ms();
-      timeout = next_stats > now ? static_cast<int>(next_stats - now) : 0;
+      int until = next_stats > now ? static_cast<int>(next_stats - now) : 0;
+      timeout = timeout < 0 ? until : std::min(timeout, until);
     }
     pollfd p[2] = {{sfd, POLLIN, 0}, {ended, POLLIN, 0}};
     int r = poll(p, 2, timeout);
@@ -201,7 +272,13 @@ int run_listeners(const std::vector<Listener>& listeners, CapacityAccount& accou
       usage_all();
       next_stats = now_ms() + interval_ms;
     }
+    if (pub) {
+      fill_snapshot(pub->next(), n, account);
+      pub->publish();
+    }
   }
+  prom.reset();
+  if (pub) pub->remove();
   gate.abort();
   for (auto& c : controls) c->ask_stop();
   for (auto& t : threads) t.join();

@@ -4,6 +4,7 @@
 // here, so far pages do not count as our resident memory. A queue pair batches
 // its posts into one system call per direction; FARMEM_SHM_DELAY_NS delays each
 // completion to emulate a network round trip.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -47,8 +48,18 @@ std::string dir_of_self() {
   return s.substr(0, s.rfind('/'));
 }
 
-// FARMEM_SERVER, then beside the program, then the build tree, then the install
-// prefix, then PATH.
+// The bin directory of the installed tree that holds this libfarmem.so (found
+// wherever the tree was copied), or "" when it cannot be told.
+std::string installed_bindir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&installed_bindir), &info) == 0 || info.dli_fname == nullptr) return {};
+  std::string lib = info.dli_fname;
+  if (lib.find('/') == std::string::npos) return {};
+  return lib.substr(0, lib.rfind('/')) + "/" FARMEM_LIB_TO_BIN;
+}
+
+// FARMEM_SERVER, then beside the program, then beside libfarmem.so in its
+// installed tree, then the build tree, then the install prefix, then PATH.
 std::string find_server(const Config& cfg) {
   if (!cfg.server_path.empty()) {
     if (!executable(cfg.server_path))
@@ -56,9 +67,10 @@ std::string find_server(const Config& cfg) {
                   " is not an executable file; point it at the farmem-server binary");
     return cfg.server_path;
   }
-  std::vector<std::string> candidates = {dir_of_self() + "/farmem-server",
-                                         FARMEM_BUILD_SERVER_PATH,
-                                         std::string(FARMEM_BINDIR) + "/farmem-server"};
+  std::vector<std::string> candidates = {dir_of_self() + "/farmem-server"};
+  if (std::string b = installed_bindir(); !b.empty()) candidates.push_back(b + "/farmem-server");
+  candidates.push_back(FARMEM_BUILD_SERVER_PATH);
+  candidates.push_back(std::string(FARMEM_BINDIR) + "/farmem-server");
   for (auto& c : candidates)
     if (executable(c)) return c;
   if (const char* path = getenv("PATH")) {
