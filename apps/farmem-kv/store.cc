@@ -284,6 +284,18 @@ Store::Item* Store::find_locked(Shard& s, std::string_view key, std::int64_t t, 
   return nullptr;
 }
 
+Store::Item* Store::find_and_ref(Shard& s, std::string_view key) {
+  std::vector<Item*> dropped;
+  Item* cur;
+  {
+    Lock g(s.mu);
+    cur = find_locked(s, key, now(), dropped);
+    if (cur) cur->refs.fetch_add(1, std::memory_order_relaxed);
+  }
+  for (Item* d : dropped) release(d);
+  return cur;
+}
+
 // A new, unpublished item holding data + suffix, or nullptr when no chunk is free.
 Store::Item* Store::make_item(std::string_view key, std::uint32_t flags, std::int64_t expiry, std::string_view data,
                               std::string_view suffix) {
@@ -319,14 +331,7 @@ Store::Result Store::store(Mode m, std::string_view key, std::uint32_t flags, st
     // Read the current value pinned, build the new one outside the lock, and
     // publish it only if nobody changed the item meanwhile.
     for (;;) {
-      std::vector<Item*> dropped;
-      Item* cur;
-      {
-        Lock g(s.mu);
-        cur = find_locked(s, key, now(), dropped);
-        if (cur) cur->refs.fetch_add(1, std::memory_order_relaxed);
-      }
-      for (Item* d : dropped) release(d);
+      Item* cur = find_and_ref(s, key);
       if (!cur) return Result::NotStored;
       Pin pin(*this, cur);
       if (cur->len + data.size() > kMaxValue) return Result::TooLarge;
@@ -488,14 +493,7 @@ Store::DeltaResult Store::delta(std::string_view key, bool incr, std::uint64_t b
   auto& hits = incr ? counters_.incr_hits : counters_.decr_hits;
   auto& misses = incr ? counters_.incr_misses : counters_.decr_misses;
   for (;;) {
-    std::vector<Item*> dropped;
-    Item* cur;
-    {
-      Lock g(s.mu);
-      cur = find_locked(s, key, now(), dropped);
-      if (cur) cur->refs.fetch_add(1, std::memory_order_relaxed);
-    }
-    for (Item* d : dropped) release(d);
+    Item* cur = find_and_ref(s, key);
     if (!cur) {
       misses.fetch_add(1, std::memory_order_relaxed);
       return DeltaResult::NotFound;

@@ -162,6 +162,8 @@ class Store {
   void unlink_locked(Shard& s, Item* it);
   // Under the shard lock: the live item for key, unlinking it if expired or flushed.
   Item* find_locked(Shard& s, std::string_view key, std::int64_t now, std::vector<Item*>& dropped);
+  // The live item for key with a reference taken (the caller pins it), or nullptr.
+  Item* find_and_ref(Shard& s, std::string_view key);
   Item* make_item(std::string_view key, std::uint32_t flags, std::int64_t expiry, std::string_view data,
                   std::string_view suffix = {});
   void link_locked(Shard& s, Item* it);

@@ -11,28 +11,13 @@ set -uo pipefail
 KV=$1
 PY=/usr/bin/python3
 source "$(dirname "$0")/harness.sh"
+source "$(dirname "$0")/kv_harness.sh"
 
 for tool in memccapable memcstat memcdump memcslap memcached; do
   command -v "$tool" >/dev/null || { echo "SKIP: $tool is missing; run scripts/setup.sh (Debian: memcached libmemcached-tools)"; exit 77; }
 done
 "$PY" -c 'import pymemcache' 2>/dev/null || { echo "SKIP: python3-pymemcache is missing; run scripts/setup.sh"; exit 77; }
 
-# start_kv NAME ARGS...: starts farmem-kv on a free port; sets port and kv_pid.
-start_kv() {
-  local name=$1
-  shift
-  "$KV" --listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  kv_pid=$!
-  pids+=("$kv_pid")
-  port=""
-  for _ in $(seq 100); do
-    port=$(sed -n 's/^farmem-kv: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' "$tmp/$name.out")
-    [[ -n $port ]] && return 0
-    sleep 0.1
-  done
-  bad "$name: farmem-kv did not start: $(cat "$tmp/$name.err")"
-  return 1
-}
 stat_of() {  # stat_of PORT NAME: one value of `stats`
   "$PY" - "$1" "$2" <<'PY'
 import socket, sys

@@ -9,23 +9,8 @@ KV=$1
 KV_LOAD=$2
 PY=/usr/bin/python3
 source "$(dirname "$0")/harness.sh"
+source "$(dirname "$0")/kv_harness.sh"
 
-# start_kv NAME ARGS...: starts farmem-kv on a free port; sets port and kv_pid.
-start_kv() {
-  local name=$1
-  shift
-  FARMEM_STATS=1 "$KV" --listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  kv_pid=$!
-  pids+=("$kv_pid")
-  port=""
-  for _ in $(seq 100); do
-    port=$(sed -n 's/^farmem-kv: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' "$tmp/$name.out")
-    [[ -n $port ]] && return 0
-    sleep 0.1
-  done
-  bad "$name: farmem-kv did not start: $(cat "$tmp/$name.err")"
-  return 1
-}
 
 cat >"$tmp/client.py" <<'PY'
 import hashlib, os, socket, sys, threading
@@ -170,7 +155,7 @@ if mode == "connections":
 PY
 
 # 1. Four clients, 120 MiB of values, 16 MiB local.
-if start_kv main --local-mem 16M --capacity 512M --max-connections 300; then
+if FARMEM_STATS=1 start_kv main --local-mem 16M --capacity 512M --max-connections 300; then
   if out=$(timeout 600 "$PY" "$tmp/client.py" "$port" load 2>&1); then ok "load and verify: $out"
   else bad "load and verify: $out"; fi
   rss=$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$kv_pid/status")
@@ -191,7 +176,7 @@ if start_kv main --local-mem 16M --capacity 512M --max-connections 300; then
 fi
 
 # 2. A full store refuses new values with memcached's error.
-if start_kv full --local-mem 16M --capacity 2M; then
+if FARMEM_STATS=1 start_kv full --local-mem 16M --capacity 2M; then
   if out=$(timeout 60 "$PY" "$tmp/client.py" "$port" full 2>&1); then ok "full store: $out"
   else bad "full store: $out"; fi
   kill -TERM "$kv_pid"; wait "$kv_pid" 2>/dev/null
