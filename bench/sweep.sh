@@ -26,4 +26,4 @@ for p in $PCTS; do
   echo "sweep.sh: local memory $p%" >&2
   "$DIR/swap_compare.sh" --hw --local-pct "$p" --csv "$CSV" "${ARGS[@]}"
 done
-/usr/bin/python3 "$DIR/plot.py" "$CSV" -o "$PNG"
+/usr/bin/python3 "$DIR/plot.py" "$CSV" --log -o "$PNG"
