@@ -296,6 +296,15 @@ Store::Item* Store::find_and_ref(Shard& s, std::string_view key) {
   return cur;
 }
 
+bool Store::replace_if_current(Shard& s, std::string_view key, Item* cur, Item* it) {
+  Lock g(s.mu);
+  auto f = s.map.find(key);
+  if (f == s.map.end() || f->second != cur) return false;
+  unlink_locked(s, cur);
+  link_locked(s, it);
+  return true;
+}
+
 // A new, unpublished item holding data + suffix, or nullptr when no chunk is free.
 Store::Item* Store::make_item(std::string_view key, std::uint32_t flags, std::int64_t expiry, std::string_view data,
                               std::string_view suffix) {
@@ -339,17 +348,7 @@ Store::Result Store::store(Mode m, std::string_view key, std::uint32_t flags, st
       Item* it = m == Mode::Append ? make_item(key, cur->flags, cur->expiry.load(), old, data)
                                    : make_item(key, cur->flags, cur->expiry.load(), data, old);
       if (!it) return Result::OutOfMemory;
-      bool published = false;
-      {
-        Lock g(s.mu);
-        auto f = s.map.find(key);
-        if (f != s.map.end() && f->second == cur) {
-          unlink_locked(s, cur);
-          link_locked(s, it);
-          published = true;
-        }
-      }
-      if (published) {
+      if (replace_if_current(s, key, cur, it)) {
         release(cur);  // the index's reference; the pin's goes at scope end
         return Result::Stored;
       }
@@ -507,21 +506,11 @@ Store::DeltaResult Store::delta(std::string_view key, bool incr, std::uint64_t b
     if (text.size() < cur->len) text.resize(cur->len, ' ');
     Item* it = make_item(key, cur->flags, cur->expiry.load(), text);
     if (!it) return DeltaResult::OutOfMemory;
-    bool published = false;
-    {
-      Lock g(s.mu);
-      auto f = s.map.find(key);
-      if (f != s.map.end() && f->second == cur) {
-        unlink_locked(s, cur);
-        link_locked(s, it);
-        counters_.total_items.fetch_sub(1, std::memory_order_relaxed);  // an update, not a new item
-        published = true;
-      }
-    }
-    if (!published) {
+    if (!replace_if_current(s, key, cur, it)) {
       release(it);
       continue;
     }
+    counters_.total_items.fetch_sub(1, std::memory_order_relaxed);  // an update, not a new item
     release(cur);
     hits.fetch_add(1, std::memory_order_relaxed);
     result = v;

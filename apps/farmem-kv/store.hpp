@@ -164,6 +164,9 @@ class Store {
   Item* find_locked(Shard& s, std::string_view key, std::int64_t now, std::vector<Item*>& dropped);
   // The live item for key with a reference taken (the caller pins it), or nullptr.
   Item* find_and_ref(Shard& s, std::string_view key);
+  // Publishes `it` in place of `cur` if key still maps to cur (nobody changed
+  // the item since it was read); false, changing nothing, otherwise.
+  bool replace_if_current(Shard& s, std::string_view key, Item* cur, Item* it);
   Item* make_item(std::string_view key, std::uint32_t flags, std::int64_t expiry, std::string_view data,
                   std::string_view suffix = {});
   void link_locked(Shard& s, Item* it);
