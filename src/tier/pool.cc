@@ -76,9 +76,7 @@ std::vector<std::string> Pool::listed() const {
   if (uris.size() > kMaxServers)
     throw Error(where + " names " + std::to_string(uris.size()) + " servers; a pool takes at most 15");
   for (const std::string& u : uris)
-    if (u.rfind("tcp://", 0) != 0 && u.rfind("dpdk://", 0) != 0)
-      throw Error(where + ": '" + u + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... "
-                  "(rdma:// not yet)");
+    if (std::string no = net::member_refusal(u); !no.empty()) throw Error(where + ": " + no);
   return uris;
 }
 

@@ -47,8 +47,13 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
 
 }  // namespace
 
+std::string member_refusal(const std::string& uri) {
+  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0) return {};
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... (rdma:// not yet)";
+}
+
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
-  if (member.uri.rfind("tcp://", 0) == 0) return connect_tcp_member(cfg, member);
+  if (std::string no = member_refusal(member.uri); !no.empty()) throw Error(no);
   if (member.uri.rfind("dpdk://", 0) == 0) {
 #if FARMEM_HAVE_DPDK
     return connect_dpdk_member(cfg, member);
@@ -56,8 +61,7 @@ std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions
     throw Error("'" + member.uri + "': this farmem was built without DPDK; use tcp:// pool members");
 #endif
   }
-  throw Error("'" + member.uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... "
-              "(rdma:// not yet)");
+  return connect_tcp_member(cfg, member);
 }
 
 namespace {

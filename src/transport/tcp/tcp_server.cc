@@ -110,15 +110,14 @@ bool Server::start_listening() {
 }
 
 void Server::print_usage(const char* why) {
-  std::uint64_t used = 0, granted = 0;
+  std::uint64_t used = 0;  // a session's lease is what it holds: granted_bytes is the same
   for (auto& [id, s] : sessions_) {
     used += s->mem->used_bytes();
-    granted += s->mem->used_bytes();
   }
   std::printf("%s,\"clients\":%zu,\"connections\":%zu,\"used_bytes\":%llu,"
               "\"granted_bytes\":%llu,\"capacity_bytes\":%llu}\n",
               usage_head(why, nullptr, ctx_, uri_).c_str(), sessions_.size(), conns_.size(),
-              static_cast<unsigned long long>(used), static_cast<unsigned long long>(granted),
+              static_cast<unsigned long long>(used), static_cast<unsigned long long>(used),
               static_cast<unsigned long long>(ctx_.account.capacity()));
   std::fflush(stdout);
 }
