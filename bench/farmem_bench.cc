@@ -27,6 +27,7 @@
 #include "farmem/farmem.h"
 #include "farmem/runtime.hpp"
 #include "farmem/uthread.hpp"
+#include "page_data.hpp"
 #include "zipf.hpp"
 
 namespace {
@@ -44,6 +45,7 @@ struct Options {
   unsigned uthreads = 0;  // per application thread; 0 = plain blocking threads
   bool json = false;
   bool verify = true;
+  bench::PageData data = bench::PageData::Zeros;
   std::uint64_t seed = 42;
 };
 
@@ -56,7 +58,7 @@ void usage() {
   std::printf(
       "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|hw|local]\n"
       "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--backend URI] [--ops N]\n"
-      "                    [--threads N] [--uthreads N] [--seed N] [--no-verify] [--json]\n"
+      "                    [--threads N] [--uthreads N] [--seed N] [--data KIND] [--no-verify] [--json]\n"
       "  Each op reads and writes one word of one page of the working set.\n"
       "  --workload     which page: uniform (default), seq (in order), zipf (theta 0.99)\n"
       "  --mode         sw: far pointers (default); hw: plain pointers into the transparent\n"
@@ -70,6 +72,9 @@ void usage() {
       "  --threads      application threads (default 1)\n"
       "  --uthreads     uthreads per application thread (default 0: plain blocking threads)\n"
       "  --seed         random seed (default 42)\n"
+      "  --data         what the pages hold: zeros (default: one word set), text, ints,\n"
+      "                 random or mixed (40%% text, 30%% ints, 20%% zeros, 10%% random pages);\n"
+      "                 what FARMEM_COMPRESS is measured on (bench/page_data.hpp)\n"
       "  --no-verify    skip the check of every word after the run\n"
       "  --json         one JSON object on stdout instead of the text summary\n"
       "  Runs longer than a few seconds print progress on stderr. Other settings come from\n"
@@ -104,6 +109,10 @@ Options parse(int argc, char** argv) {
       else if (a == "--uthreads") o.uthreads = static_cast<unsigned>(parse_count(a, value()));
       else if (a == "--seed") o.seed = parse_count(a, value());
       else if (a == "--json") o.json = true;
+      else if (a == "--data") {
+        std::string d = value();
+        if (!bench::parse_page_data(d, &o.data)) die("--data '" + d + "' is not one of zeros, text, ints, random, mixed");
+      }
       else if (a == "--no-verify") o.verify = false;
       else die("unknown option " + a + "; see --help");
     } catch (const farmem::Error& e) {
@@ -295,7 +304,7 @@ int main(int argc, char** argv) {
   std::uint64_t faults = 0, evictions = 0, p50 = 0, p99 = 0;
   farmem::Stats before{}, after{}, end{};  // after: right after the measured ops
   bool verified = false;
-  std::uint64_t expect_sum = pages + warm_ops + o.ops;  // each page starts at 1
+  std::uint64_t expect_sum = warm_ops + o.ops;  // plus what the pages start with (--data)
 
   if (o.mode != "local") {
     try {
@@ -317,7 +326,7 @@ int main(int argc, char** argv) {
     {
       for (std::uint64_t p = 0; p < pages; ++p) {
         farmem::Scope s;
-        a.mut(s, p * kWordsPerPage) = 1;
+        expect_sum += bench::fill_page(o.data, p, &a.mut(s, p * kWordsPerPage));
       }
     }
     auto access = [&a](std::uint64_t page, std::uint64_t word) {
@@ -364,7 +373,7 @@ int main(int argc, char** argv) {
       if (m == MAP_FAILED) die("cannot map the working set: " + std::string(std::strerror(errno)));
     }
     auto* w = static_cast<std::uint64_t*>(m);
-    for (std::uint64_t p = 0; p < pages; ++p) w[p * kWordsPerPage] = 1;
+    for (std::uint64_t p = 0; p < pages; ++p) expect_sum += bench::fill_page(o.data, p, &w[p * kWordsPerPage]);
     auto access = [w](std::uint64_t page, std::uint64_t word) {
       std::uint64_t* x = &w[page * kWordsPerPage + word];
       *reinterpret_cast<volatile std::uint64_t*>(x) = *reinterpret_cast<volatile std::uint64_t*>(x) + 1;

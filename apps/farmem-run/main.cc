@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "farmem/runtime.hpp"
@@ -20,11 +21,13 @@ namespace {
 
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: farmem-run [--local-mem SIZE|PCT%%] [--backend URI] [--stats] -- PROGRAM [ARGS...]\n"
+               "usage: farmem-run [--local-mem SIZE|PCT%%] [--backend URI] [--compress CODEC] [--stats] -- PROGRAM [ARGS...]\n"
                "  Runs PROGRAM with its heap (malloc and large anonymous mmaps) in far memory;\n"
                "  only --local-mem of it stays in local memory (default 25%% of this machine).\n"
                "  --backend  shm (default: a memory server on this machine), tcp://HOST:PORT, or several\n"
                "             tcp:// URIs separated by commas: a pool (FARMEM_REDUNDANCY: replicas:N, ec:K+M)\n"
+               "  --compress far pages compressed: none (default), lz4, zstd or zstd:LEVEL (FARMEM_COMPRESS);\n"
+               "             with the default shm backend, far memory then really saves memory on this machine\n"
                "  --stats    the program prints one JSON line of statistics at exit, and a line with\n"
                "             its peak resident memory (so does any child that sent pages far)\n"
                "  Other settings come from FARMEM_* variables (docs/configuration.md).\n");
@@ -79,7 +82,7 @@ std::string find_server() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string local_mem, backend;
+  std::string local_mem, backend, compress;
   bool stats = false;
   int i = 1;
   for (; i < argc; ++i) {
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
     };
     if (a == "--local-mem" || a.rfind("--local-mem=", 0) == 0) local_mem = value("--local-mem");
     else if (a == "--backend" || a.rfind("--backend=", 0) == 0) backend = value("--backend");
+    else if (a == "--compress" || a.rfind("--compress=", 0) == 0) compress = value("--compress");
     else if (!a.empty() && a[0] == '-') die("unknown option " + a + "; see --help");
     else break;  // the program (without "--")
   }
@@ -124,6 +128,7 @@ int main(int argc, char** argv) {
       cfg.local_mem_from = "--local-mem";
     }
     if (!backend.empty()) cfg.backend = backend;
+    if (!compress.empty()) cfg.compress = compress;
     farmem::check_config(cfg);
     if (cfg.hw_faults == "signal")
       throw farmem::Error("FARMEM_HW_FAULTS=signal cannot serve an unmodified program (its system calls on far "
@@ -131,14 +136,18 @@ int main(int argc, char** argv) {
     farmem::check_backend(cfg);  // the program connects only when a page goes far: ask now
   } catch (const farmem::Error& e) {
     std::string msg = e.what();
-    if (!backend.empty())  // name the option, not the variable we would have set
-      for (auto [var, opt] : {std::pair<std::string, std::string>{"FARMEM_BACKEND=", "--backend "},
-                              {"FARMEM_BACKEND", "--backend"}})
+    // Name the option, not the variable we would have set.
+    for (auto [var, opt, given] : {std::tuple<std::string, std::string, bool>{"FARMEM_BACKEND=", "--backend ", !backend.empty()},
+                                   {"FARMEM_BACKEND", "--backend", !backend.empty()},
+                                   {"FARMEM_COMPRESS=", "--compress ", !compress.empty()},
+                                   {"FARMEM_COMPRESS", "--compress", !compress.empty()}})
+      if (given)
         for (std::size_t at; (at = msg.find(var)) != std::string::npos;) msg.replace(at, var.size(), opt);
     die(msg);
   }
   if (!local_mem.empty()) setenv("FARMEM_LOCAL_MEM", std::to_string(cfg.local_mem_bytes).c_str(), 1);
   if (!backend.empty()) setenv("FARMEM_BACKEND", backend.c_str(), 1);
+  if (!compress.empty()) setenv("FARMEM_COMPRESS", compress.c_str(), 1);
   std::string preload = find_preload();
   if (const char* old = getenv("LD_PRELOAD"); old && *old) preload += std::string(":") + old;
   setenv("LD_PRELOAD", preload.c_str(), 1);

@@ -39,6 +39,7 @@ struct Config {
   std::string redundancy = "none";     // a pool's: none, replicas:N or ec:K+M (K data, M parity pieces)
   std::uint64_t server_timeout_ms = 0;  // a server silent this long is lost; 0 = 5000 in a pool, 10000 alone
   bool ec_spare_read = true;           // ec:K+M: ask K+1 pieces and take the first K that arrive
+  std::string compress = "none";       // far pages compressed: none, lz4, zstd or zstd:LEVEL
   std::uint64_t repair_rate = 256ull << 20;  // bytes of pages a second a pool rebuilds at most; 0 = no limit
   std::string token_file;              // shared secret for a networked memory server
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)

@@ -15,6 +15,7 @@
 #include "transport/shm/shm_transport.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
+#include "tier/compressed.hpp"
 #include "tier/pool.hpp"
 
 namespace farmem::net {
@@ -46,6 +47,12 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
 }
 
 }  // namespace
+
+std::uint32_t io_unit(const Config& cfg) {
+  for (const char* scheme : {"dpdk://", "file://"})
+    if (cfg.backend.rfind(scheme, 0) == 0) return 512;
+  return 1;
+}
 
 std::string member_refusal(const std::string& uri) {
   if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0) return {};
@@ -177,9 +184,10 @@ QueuePair& DeferredQueuePair::real() {
 std::unique_ptr<Transport> connect(const Config& cfg) {
   // rdma registers (and may pin) the frame pool at start, and the transparent
   // region must know whether it did: it starts at once.
-  if (!cfg.lazy_connect || cfg.backend.rfind("rdma://", 0) == 0) return connect_now(cfg);
+  if (!cfg.lazy_connect || cfg.backend.rfind("rdma://", 0) == 0)
+    return tier::compress_transport(cfg, connect_now(cfg));
   if (cfg.backend == "shm") check_shm(cfg);  // a missing server binary is named now, not at the first eviction
-  return std::make_unique<DeferredTransport>(cfg);
+  return tier::compress_transport(cfg, std::make_unique<DeferredTransport>(cfg));
 }
 
 void probe(const Config& cfg) {

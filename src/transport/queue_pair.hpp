@@ -93,6 +93,10 @@ class Transport {
 // (the preload shim) any but rdma starts on the first transfer; otherwise it
 // connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);
+// The smallest transfer, in bytes, that cfg.backend's transport carries at
+// any offset (dpdk's wire unit, file's O_DIRECT block): what the compressed
+// tier rounds its pieces up to (at least 256).
+std::uint32_t io_unit(const Config& cfg);
 // Empty when `uri` can be a pool member (tcp:// or dpdk://); else why not, and the fix.
 std::string member_refusal(const std::string& uri);
 // One server of a pool (tcp:// or dpdk://), connected now. Throws farmem::Error

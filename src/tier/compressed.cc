@@ -1,0 +1,391 @@
+// The compressed tier: pages compressed by the evictor on their way out, packed
+// into the server's address space by PackedStore, and decompressed by the
+// faulting core on their way in.
+//
+// Where the CPU work happens, and why:
+//   compress    on the evictor's core, in post_write: write-back is already off
+//               the fault path, and the evictor works ahead of demand;
+//   decompress  on the faulting core, in poll(): it needs the bytes now, and
+//               lz4 gives a page back in about a microsecond;
+//   the server  does nothing new: it stores ranges of bytes.
+//
+// Per far page, a location word (8 bytes) and the page's CRC-32C (4 bytes):
+// 12 bytes a page, 3 MiB per GiB of far memory, touched only where pages went
+// far. A page of zeros is stored as nothing at all; a page that does not shrink
+// by a unit is stored as it is. Every page read back is decompressed into its
+// frame and checked against its CRC: a damaged piece ends the program with one
+// line, never reaches it.
+#include "tier/compressed.hpp"
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <vector>
+
+#include "farmem/runtime.hpp"
+#include "runtime/fatal.hpp"
+#include "tier/compressor.hpp"
+#include "tier/packed_store.hpp"
+#include "tier/pool.hpp"
+#include "tier/redundancy.hpp"
+
+namespace farmem::tier {
+namespace {
+
+constexpr std::size_t kPage = 4096;
+
+// The location word: 0 = nothing stored.
+//   bit 63      stored
+//   bit 62      a page of zeros (nothing on the server)
+//   bits 0-12   stored length in bytes (4096: the page as it is)
+//   bits 13-52  remote offset / 256
+constexpr std::uint64_t kStored = 1ull << 63, kZero = 1ull << 62;
+inline std::uint64_t make_loc(std::uint64_t off, std::size_t len) {
+  return kStored | ((off >> 8) << 13) | len;
+}
+inline std::size_t loc_len(std::uint64_t w) { return static_cast<std::size_t>(w & 0x1fff); }
+inline std::uint64_t loc_off(std::uint64_t w) { return ((w >> 13) & ((1ull << 40) - 1)) << 8; }
+inline bool has_piece(std::uint64_t w) { return (w & kStored) && !(w & kZero); }
+
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+
+bool is_zero_page(const void* p) {
+  const auto* w = static_cast<const std::uint64_t*>(p);
+  if (w[0] != 0) return false;
+  return std::memcmp(w, w + 1, kPage - sizeof *w) == 0;
+}
+
+template <class T>
+T* map_array(std::uint64_t n) {
+  void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error("cannot map the compressed tier's page map; raise vm.max_map_count or lower FARMEM_FAR_MEM");
+  return static_cast<T*>(p);
+}
+
+class CompressedQueuePair;
+
+class CompressedTransport final : public net::Transport {
+ public:
+  CompressedTransport(const Config& cfg, CompressSpec spec, std::unique_ptr<net::Transport> inner)
+      : spec_(spec),
+        inner_(std::move(inner)),
+        npages_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage),
+        store_(std::max<std::uint32_t>(256, net::io_unit(cfg)), npages_ * kPage),
+        loc_(map_array<std::atomic<std::uint64_t>>(npages_)),
+        crc_(map_array<std::atomic<std::uint32_t>>(npages_)) {}
+  ~CompressedTransport() override {
+    munmap(loc_, npages_ * sizeof *loc_);
+    munmap(crc_, npages_ * sizeof *crc_);
+  }
+
+  std::unique_ptr<net::QueuePair> create_qp() override;
+  void discard(std::uint64_t off, std::uint64_t len) override {
+    const std::uint64_t first = off / kPage, end = std::min(npages_, (off + len + kPage - 1) / kPage);
+    for (std::uint64_t p = first; p < end; ++p) {
+      if (loc_[p].load(std::memory_order_relaxed) == 0) continue;
+      release(loc_[p].exchange(0, std::memory_order_acq_rel));
+    }
+  }
+  std::uint64_t remote_usage() override { return inner_->remote_usage(); }
+  void shutdown() override { inner_->shutdown(); }
+  std::string describe() const override { return inner_->describe() + ", compressed with " + spec_.name(); }
+  std::string stats_json() const override;
+  void register_local(void* base, std::size_t len) override { inner_->register_local(base, len); }
+  bool pins_local_memory() const override { return inner_->pins_local_memory(); }
+  bool connected() const override { return inner_->connected(); }
+  bool fork_prepare() override {
+    store_.lock();
+    return inner_->fork_prepare();
+  }
+  void fork_parent() override {
+    inner_->fork_parent();
+    store_.unlock();
+  }
+  void fork_child() override {
+    inner_->fork_child();
+    store_.unlock();
+  }
+
+  // A page's stored piece is no longer needed: free it, and give a span that
+  // became empty back to the server.
+  void release(std::uint64_t w) {
+    if (!(w & kStored)) return;
+    pages_.fetch_sub(1, std::memory_order_relaxed);
+    if (w & kZero) {
+      zero_pages_.fetch_sub(1, std::memory_order_relaxed);
+      return;
+    }
+    data_stored_.fetch_sub(loc_len(w), std::memory_order_relaxed);
+    if (loc_len(w) == kPage) raw_pages_.fetch_sub(1, std::memory_order_relaxed);
+    PackedStore::Range r = store_.free(loc_off(w), store_.units_for(loc_len(w)));
+    if (r.len) {
+      inner_->discard(r.off, r.len);
+      discards_.fetch_add(1, std::memory_order_release);
+    }
+  }
+  void account(std::uint64_t w) {
+    pages_.fetch_add(1, std::memory_order_relaxed);
+    if (w & kZero) {
+      zero_pages_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    data_stored_.fetch_add(loc_len(w), std::memory_order_relaxed);
+    if (loc_len(w) == kPage) raw_pages_.fetch_add(1, std::memory_order_relaxed);
+  }
+  // A piece for `units` units. A span given back earlier is written to only
+  // after every discard sent so far has reached the server (a round trip on
+  // the control channel that carried them), so a late discard cannot erase it.
+  std::uint64_t alloc(unsigned units) {
+    bool reused = false;
+    std::uint64_t off = store_.alloc(units, &reused);
+    if (off == UINT64_MAX)
+      detail::fatal("far memory is full: the compressed tier used up FARMEM_FAR_MEM (%llu MiB) of address space "
+                    "on %s; raise FARMEM_FAR_MEM",
+                    static_cast<unsigned long long>(npages_ * kPage >> 20), inner_->describe().c_str());
+    if (reused) {
+      const std::uint64_t d = discards_.load(std::memory_order_acquire);
+      if (d != discards_synced_.load(std::memory_order_relaxed)) {
+        inner_->remote_usage();
+        discards_synced_.store(d, std::memory_order_relaxed);
+      }
+    }
+    return off;
+  }
+
+  const CompressSpec spec_;
+  const std::unique_ptr<net::Transport> inner_;
+  const std::uint64_t npages_;
+  PackedStore store_;
+  std::atomic<std::uint64_t>* const loc_;
+  std::atomic<std::uint32_t>* const crc_;
+
+  // Statistics (FARMEM_STATS "compress"); relaxed counters.
+  std::atomic<std::uint64_t> pages_{0}, zero_pages_{0}, raw_pages_{0}, data_stored_{0};
+  std::atomic<std::uint64_t> writes_{0}, reads_{0}, compress_ns_{0}, decompress_ns_{0}, damaged_{0};
+  std::atomic<std::uint64_t> discards_{0}, discards_synced_{0};
+};
+
+// One per core, like the queue pair it wraps. Work the inner queue pair does
+// is named by an op slot (its cookie); pages that need no transfer (zeros)
+// complete at once through ready_.
+class CompressedQueuePair final : public net::QueuePair {
+ public:
+  CompressedQueuePair(CompressedTransport& t, std::unique_ptr<net::QueuePair> inner)
+      : t_(t), inner_(std::move(inner)), comp_(t.spec_) {}
+  ~CompressedQueuePair() override {
+    for (char* b : bufs_) std::free(b);
+  }
+
+  void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    check(off, len);
+    const std::uint64_t page = off / kPage;
+    const std::uint64_t old = t_.loc_[page].load(std::memory_order_acquire);
+    const std::uint64_t t0 = now_ns();
+    if (is_zero_page(local)) {
+      t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+      commit(page, old, kStored | kZero, 0);
+      ready_.push_back({cookie});
+      return;
+    }
+    const unsigned unit = t_.store_.unit();
+    char* buf = take_buf();
+    std::size_t n = comp_.compress(local, buf, kPage - unit);  // must save at least a unit
+    const void* src = buf;
+    if (n == 0) {
+      give_buf(buf);
+      buf = nullptr;
+      src = local;
+      n = kPage;
+    }
+    const unsigned units = t_.store_.units_for(n);
+    if (buf) std::memset(buf + n, 0, std::size_t{units} * unit - n);  // no stale bytes of another page leave
+    const std::uint32_t crc = page_checksum(local);
+    t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    const std::uint64_t remote = t_.alloc(units);
+    const std::uint32_t slot = take_op({cookie, page, nullptr, buf, old, make_loc(remote, n), crc, true});
+    inner_->post_write(remote, src, std::size_t{units} * unit, slot);
+  }
+
+  void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    check(off, len);
+    const std::uint64_t page = off / kPage;
+    const std::uint64_t w = t_.loc_[page].load(std::memory_order_acquire);
+    if (!(w & kStored))
+      detail::fatal("far page %llu was read from %s but was never stored (a farmem bug; please report it)",
+                    static_cast<unsigned long long>(page), t_.describe().c_str());
+    t_.reads_.fetch_add(1, std::memory_order_relaxed);
+    if (w & kZero) {
+      std::memset(local, 0, kPage);
+      ready_.push_back({cookie});
+      return;
+    }
+    const std::uint32_t crc = t_.crc_[page].load(std::memory_order_relaxed);
+    const std::size_t n = loc_len(w);
+    const std::size_t bytes = std::size_t{t_.store_.units_for(n)} * t_.store_.unit();
+    char* buf = n == kPage ? nullptr : take_buf();  // a page stored as it is lands in its frame
+    const std::uint32_t slot = take_op({cookie, page, local, buf, w, 0, crc, false});
+    inner_->post_read(loc_off(w), buf ? static_cast<void*>(buf) : local, bytes, slot);
+  }
+
+  void submit() override { inner_->submit(); }
+
+  std::size_t poll(net::Completion* out, std::size_t max) override {
+    std::size_t n = 0;
+    while (n < max && !ready_.empty()) {
+      out[n++] = ready_.front();
+      ready_.pop_front();
+    }
+    if (n == max || ops_.size() == free_ops_.size()) return n;
+    net::Completion got[64];
+    const std::size_t k = inner_->poll(got, std::min<std::size_t>(max - n, 64));
+    for (std::size_t i = 0; i < k; ++i) out[n++] = finish(static_cast<std::uint32_t>(got[i].cookie), got[i].failed);
+    return n;
+  }
+
+  void wait(unsigned timeout_us) override {
+    if (ready_.empty()) inner_->wait(timeout_us);
+  }
+
+ private:
+  struct Op {
+    std::uint64_t cookie, page;
+    void* dst;       // read: the frame
+    char* buf;       // the compressed piece, or null for a page stored as it is
+    std::uint64_t w;      // read: the location read; write: the location before it
+    std::uint64_t new_w;  // write: the new location
+    std::uint32_t crc;
+    bool write;
+  };
+
+  static void check(std::uint64_t off, std::size_t len) {
+    if (len != kPage || off % kPage)
+      detail::fatal("the compressed tier moves whole pages; got %zu bytes at offset %llu (a farmem bug)", len,
+                    static_cast<unsigned long long>(off));
+  }
+
+  net::Completion finish(std::uint32_t slot, bool failed) {
+    Op op = ops_[slot];
+    free_ops_.push_back(slot);
+    if (op.write) {
+      if (op.buf) give_buf(op.buf);
+      if (failed) {
+        t_.store_.free(loc_off(op.new_w), t_.store_.units_for(loc_len(op.new_w)));
+        return {op.cookie, true};
+      }
+      t_.crc_[op.page].store(op.crc, std::memory_order_relaxed);
+      commit(op.page, op.w, op.new_w, 1);
+      return {op.cookie};
+    }
+    if (!failed) {
+      const std::uint64_t t0 = now_ns();
+      bool ok = op.buf ? comp_.decompress(op.buf, loc_len(op.w), op.dst) : true;
+      ok = ok && page_checksum(op.dst) == op.crc;
+      t_.decompress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+      if (!ok) {
+        t_.damaged_.fetch_add(1, std::memory_order_relaxed);
+        detail::fatal("far page %llu came back damaged from %s: its stored piece (%zu bytes at offset %llu) does "
+                      "not %s; the memory server's memory or the path to it is corrupting data",
+                      static_cast<unsigned long long>(op.page), t_.describe().c_str(), loc_len(op.w),
+                      static_cast<unsigned long long>(loc_off(op.w)),
+                      op.buf ? "decompress to the page that was written" : "match the page's checksum");
+      }
+    }
+    if (op.buf) give_buf(op.buf);
+    return {op.cookie, failed};
+  }
+
+  // Publishes a page's new location if it still has the one it had when its
+  // write was posted (a far free may have dropped it meanwhile), and frees the
+  // piece that is no longer used.
+  void commit(std::uint64_t page, std::uint64_t before, std::uint64_t now, int written) {
+    std::uint64_t expect = before;
+    if (t_.loc_[page].compare_exchange_strong(expect, now, std::memory_order_acq_rel)) {
+      t_.account(now);
+      t_.release(before);
+    } else if (has_piece(now)) {
+      t_.store_.free(loc_off(now), t_.store_.units_for(loc_len(now)));
+    }
+    t_.writes_.fetch_add(written, std::memory_order_relaxed);
+  }
+
+  char* take_buf() {
+    if (!spare_.empty()) {
+      char* b = spare_.back();
+      spare_.pop_back();
+      return b;
+    }
+    char* b = static_cast<char*>(std::aligned_alloc(kPage, kPage));
+    if (!b) detail::fatal("out of memory for the compressed tier's buffers");
+    bufs_.push_back(b);
+    return b;
+  }
+  void give_buf(char* b) { spare_.push_back(b); }
+
+  std::uint32_t take_op(const Op& op) {
+    if (free_ops_.empty()) {
+      ops_.push_back(op);
+      return static_cast<std::uint32_t>(ops_.size() - 1);
+    }
+    std::uint32_t s = free_ops_.back();
+    free_ops_.pop_back();
+    ops_[s] = op;
+    return s;
+  }
+
+  CompressedTransport& t_;
+  std::unique_ptr<net::QueuePair> inner_;
+  Compressor comp_;
+  std::vector<Op> ops_;
+  std::vector<std::uint32_t> free_ops_;
+  std::vector<char*> bufs_, spare_;
+  std::deque<net::Completion> ready_;
+};
+
+std::unique_ptr<net::QueuePair> CompressedTransport::create_qp() {
+  return std::make_unique<CompressedQueuePair>(*this, inner_->create_qp());
+}
+
+std::string CompressedTransport::stats_json() const {
+  const PackedStore::Usage u = store_.usage();
+  const std::uint64_t pages = pages_.load(std::memory_order_relaxed);
+  const std::uint64_t data = pages * kPage;
+  const std::uint64_t writes = writes_.load(std::memory_order_relaxed), reads = reads_.load(std::memory_order_relaxed);
+  char ratio[32];
+  std::snprintf(ratio, sizeof ratio, "%.2f", u.span_bytes ? double(data) / double(u.span_bytes) : 0.0);
+  std::string j = "\"compress\":{\"codec\":\"" + spec_.name() + "\",\"pages\":" + std::to_string(pages) +
+                  ",\"zero_pages\":" + std::to_string(zero_pages_.load(std::memory_order_relaxed)) +
+                  ",\"raw_pages\":" + std::to_string(raw_pages_.load(std::memory_order_relaxed)) +
+                  ",\"data_bytes\":" + std::to_string(data) +
+                  ",\"compressed_bytes\":" + std::to_string(data_stored_.load(std::memory_order_relaxed)) +
+                  ",\"piece_bytes\":" + std::to_string(u.piece_bytes) +
+                  ",\"stored_bytes\":" + std::to_string(u.span_bytes) + ",\"ratio\":" + ratio +
+                  ",\"writes\":" + std::to_string(writes) + ",\"reads\":" + std::to_string(reads) +
+                  ",\"compress_ns_avg\":" +
+                  std::to_string(writes ? compress_ns_.load(std::memory_order_relaxed) / writes : 0) +
+                  ",\"decompress_ns_avg\":" +
+                  std::to_string(reads ? decompress_ns_.load(std::memory_order_relaxed) / reads : 0) +
+                  ",\"damaged\":" + std::to_string(damaged_.load(std::memory_order_relaxed)) + "}";
+  if (std::string in = inner_->stats_json(); !in.empty()) j += "," + in;
+  return j;
+}
+
+}  // namespace
+
+std::unique_ptr<net::Transport> compress_transport(const Config& cfg, std::unique_ptr<net::Transport> inner) {
+  const CompressSpec spec = parse_compress(cfg.compress);
+  if (spec.kind == CompressSpec::Kind::None) return inner;
+  if (is_pool(cfg))
+    throw Error("FARMEM_COMPRESS=" + cfg.compress +
+                " with a pool of servers is not supported yet; use one server, or FARMEM_COMPRESS=none");
+  return std::make_unique<CompressedTransport>(cfg, spec, std::move(inner));
+}
+
+}  // namespace farmem::tier

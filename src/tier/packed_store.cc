@@ -1,0 +1,111 @@
+// The size-class piece allocator of the compressed tier (see packed_store.hpp).
+#include "tier/packed_store.hpp"
+
+#include <bit>
+
+namespace farmem::tier {
+
+namespace {
+constexpr std::uint64_t kPage = 4096;
+}
+
+PackedStore::PackedStore(std::uint32_t unit, std::uint64_t space)
+    : unit_(unit), n_(static_cast<unsigned>(kPage / unit)), space_(space), partial_(n_ + 1),
+      free_spans_(n_ + 1) {}
+
+std::uint64_t PackedStore::alloc(unsigned units, bool* reused) {
+  std::lock_guard<std::mutex> g(mu_);
+  *reused = false;
+  piece_bytes_ += std::uint64_t{units} * unit_;
+  std::vector<std::uint64_t>& part = partial_[units];
+  if (!part.empty()) {  // a hole in a partly used span first
+    const std::uint64_t base = part.back();
+    Span& s = spans_[base];
+    const unsigned slot = static_cast<unsigned>(std::countr_one(s.used));
+    s.used |= 1u << slot;
+    if (std::popcount(s.used) == static_cast<int>(n_)) drop_partial(units, base, s);
+    return base + std::uint64_t{slot} * units * unit_;
+  }
+  const std::uint64_t bytes = std::uint64_t{units} * kPage;  // a new span: u pages, n pieces
+  std::uint64_t base;
+  if (bump_ + bytes <= space_) {
+    base = bump_;
+    bump_ += bytes;
+  } else {
+    // The address space is used up: reuse a span given back earlier, of this
+    // size or cut from a larger one (the rest goes back to its own list).
+    base = UINT64_MAX;
+    for (unsigned pages = units; pages <= n_ && base == UINT64_MAX; ++pages) {
+      if (free_spans_[pages].empty()) continue;
+      base = free_spans_[pages].back();
+      free_spans_[pages].pop_back();
+      if (pages > units) free_spans_[pages - units].push_back(base + bytes);
+    }
+    if (base == UINT64_MAX) {
+      piece_bytes_ -= std::uint64_t{units} * unit_;
+      return UINT64_MAX;
+    }
+    *reused = true;
+  }
+  span_bytes_ += bytes;
+  Span& s = spans_[base];
+  s.units = units;
+  s.used = 1;
+  if (n_ > 1) {
+    s.partial_pos = static_cast<std::uint32_t>(part.size());
+    part.push_back(base);
+  }
+  return base;
+}
+
+void PackedStore::drop_partial(unsigned units, std::uint64_t base, Span& s) {
+  std::vector<std::uint64_t>& part = partial_[units];
+  const std::uint32_t pos = s.partial_pos;
+  if (pos == UINT32_MAX) return;
+  if (pos + 1 != part.size()) {  // swap the last one into its place
+    part[pos] = part.back();
+    spans_[part[pos]].partial_pos = pos;
+  }
+  part.pop_back();
+  s.partial_pos = UINT32_MAX;
+  (void)base;
+}
+
+PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
+  std::lock_guard<std::mutex> g(mu_);
+  const std::uint64_t span_bytes = std::uint64_t{units} * kPage;
+  auto it = spans_.upper_bound(off);  // the span that starts at or before off
+  if (it == spans_.begin()) return {};
+  --it;
+  const std::uint64_t base = it->first;
+  if (off >= base + span_bytes) return {};
+  const unsigned slot = static_cast<unsigned>((off - base) / (std::uint64_t{units} * unit_));
+  if (it == spans_.end() || it->second.units != units || !(it->second.used & (1u << slot))) return {};
+  Span& s = it->second;
+  piece_bytes_ -= std::uint64_t{units} * unit_;
+  const bool was_full = std::popcount(s.used) == static_cast<int>(n_);
+  s.used &= ~(1u << slot);
+  if (s.used == 0) {  // empty: give it back to the server
+    drop_partial(units, base, s);
+    spans_.erase(it);
+    span_bytes_ -= span_bytes;
+    free_spans_[units].push_back(base);
+    return {base, span_bytes};
+  }
+  if (was_full) {
+    s.partial_pos = static_cast<std::uint32_t>(partial_[units].size());
+    partial_[units].push_back(base);
+  }
+  return {};
+}
+
+PackedStore::Usage PackedStore::usage() const {
+  std::lock_guard<std::mutex> g(mu_);
+  Usage u;
+  u.spans = spans_.size();
+  u.span_bytes = span_bytes_;
+  u.piece_bytes = piece_bytes_;
+  return u;
+}
+
+}  // namespace farmem::tier

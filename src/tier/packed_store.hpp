@@ -1,0 +1,70 @@
+// Where compressed pages are stored in the memory server's address space: a
+// size-class allocator of pieces (in the spirit of Linux's zsmalloc). A piece
+// of u units (unit = 256 or 512 bytes, see the transport) lives in a span of
+// u remote pages that holds exactly n = 4096/unit pieces of that class, so a
+// span wastes nothing beyond rounding a piece up to its unit. Pieces may cross
+// page boundaries inside their span; transports carry unit-aligned ranges.
+//
+// Holes are refilled first (an allocation takes a free slot of a partly used
+// span before a new span), and a span whose last piece is freed goes back to
+// the server (discard), so the server's memory follows the stored bytes, not
+// the page count. All of it sits behind one mutex: only the evictor allocates,
+// and frees come with write completions and far frees.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <map>
+#include <vector>
+
+namespace farmem::tier {
+
+class PackedStore {
+ public:
+  // unit: bytes per unit (a power of two, 256-4096); space: bytes of remote
+  // address space the store may use, from offset 0.
+  PackedStore(std::uint32_t unit, std::uint64_t space);
+
+  std::uint32_t unit() const { return unit_; }
+  unsigned units_for(std::size_t bytes) const { return static_cast<unsigned>((bytes + unit_ - 1) / unit_); }
+
+  // A remote offset for a piece of `units` units, or UINT64_MAX when the
+  // address space is used up. *reused is set when the piece lies in a span
+  // that was given back (discarded) earlier: the caller must make sure that
+  // discard has reached the server before writing there.
+  std::uint64_t alloc(unsigned units, bool* reused);
+  // Frees the piece of `units` units at off. Returns the remote range of a
+  // span that became empty and should be discarded (len 0 if none).
+  struct Range {
+    std::uint64_t off = 0, len = 0;
+  };
+  Range free(std::uint64_t off, unsigned units);
+
+  struct Usage {
+    std::uint64_t spans = 0, span_bytes = 0, piece_bytes = 0;
+  };
+  Usage usage() const;
+
+  // The lock is held across fork so the child's copy is consistent.
+  void lock() { mu_.lock(); }
+  void unlock() { mu_.unlock(); }
+
+ private:
+  struct Span {
+    std::uint32_t used = 0;  // bitmap of its n slots
+    unsigned units = 0;
+    std::uint32_t partial_pos = UINT32_MAX;  // index in partial_[units], or none
+  };
+  void drop_partial(unsigned units, std::uint64_t base, Span& s);
+
+  const std::uint32_t unit_;
+  const unsigned n_;  // pieces per span
+  const std::uint64_t space_;
+  mutable std::mutex mu_;
+  std::uint64_t bump_ = 0;  // remote bytes handed out as spans so far
+  std::map<std::uint64_t, Span> spans_;                 // by base offset
+  std::vector<std::vector<std::uint64_t>> partial_;     // [units]: spans with a free slot
+  std::vector<std::vector<std::uint64_t>> free_spans_;  // [pages]: discarded spans to reuse
+  std::uint64_t piece_bytes_ = 0, span_bytes_ = 0;
+};
+
+}  // namespace farmem::tier
