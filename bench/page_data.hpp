@@ -2,12 +2,13 @@
 // the compressed tier is measured on realistic data, not on flattering zeros
 // or hopeless random bytes. Every page's content follows from its number.
 //   zeros   one word set (the default; what earlier results were measured on)
-//   text    English-like words and spaces             (lz4: about 2.5:1)
+//   text    a service's log lines                     (lz4: about 2:1)
 //   ints    small integers, a sorted-ish column       (lz4: about 2-3:1)
 //   random  random bytes                              (does not compress)
 //   mixed   by page: 40% text, 30% ints, 20% zeros, 10% random
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -47,18 +48,22 @@ inline std::uint64_t fill_page(PageData kind, std::uint64_t page, std::uint64_t*
     case PageData::Mixed:
       w[0] = 1;  // the rest of a fresh page is zero already
       return 1;
-    case PageData::Text: {
-      static const char* const words[] = {"the ",     "far ",    "memory ", "page ",    "server ", "of ",
-                                          "a ",       "runtime ", "and ",   "local ",   "to ",     "is ",
-                                          "cold ",    "in ",     "fault ",  "evicted ", "for ",    "data ",
-                                          "network ", "swap ",   "with ",   "that ",    "hot ",    "frame ",
-                                          "thread ",  "on ",     "write ",  "read ",    "it ",     "queue ",
-                                          "pair ",    "core "};
+    case PageData::Text: {  // a service's log: timestamps, levels, paths, numbers
+      static const char* const levels[] = {"INFO", "INFO", "INFO", "DEBUG", "WARN"};
+      static const char* const paths[] = {"/api/items", "/api/users", "/static/app.js", "/api/orders", "/health"};
       char* c = reinterpret_cast<char*>(w);
       std::size_t at = 0;
+      std::uint64_t t = 1764686913 + page * 40;
       while (at < 4096) {
-        const char* word = words[next() % (sizeof words / sizeof *words)];
-        for (; *word && at < 4096; ++word) c[at++] = *word;
+        char line[160];
+        t += next() % 3;
+        const std::uint64_t r = next();
+        const int n = std::snprintf(line, sizeof line, "%llu.%03llu %s request %llu served %s/%llu in %llu ms\n",
+                                    static_cast<unsigned long long>(t), static_cast<unsigned long long>(r % 1000),
+                                    levels[(r >> 10) % 5], static_cast<unsigned long long>((r >> 13) % 100000),
+                                    paths[(r >> 30) % 5], static_cast<unsigned long long>((r >> 33) % 10000),
+                                    static_cast<unsigned long long>((r >> 47) % 200));
+        for (int i = 0; i < n && at < 4096; ++i) c[at++] = line[i];
       }
       break;
     }

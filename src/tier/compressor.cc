@@ -32,7 +32,7 @@ CompressSpec parse_compress(const std::string& text) {
   if (text == "zstd" || text.rfind("zstd:", 0) == 0) {
     s.kind = CompressSpec::Kind::Zstd;
     s.level = 1;  // fast: the evictor compresses every page it writes back
-    if (text.size() > 5) {
+    if (text.size() > 4) {
       const std::string lv = text.substr(5);
       char* end = nullptr;
       long v = std::strtol(lv.c_str(), &end, 10);
