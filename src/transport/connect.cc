@@ -49,9 +49,10 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
 }  // namespace
 
 std::uint32_t io_unit(const Config& cfg) {
-  for (const char* scheme : {"dpdk://", "file://"})
-    if (cfg.backend.rfind(scheme, 0) == 0) return 512;
-  return 1;
+  // shm and rdma move bytes; the others carry 512-byte units (wire::kUnit for
+  // tcp and dpdk, the O_DIRECT block for file, and so on).
+  if (cfg.backend == "shm" || cfg.backend.rfind("rdma://", 0) == 0) return 1;
+  return 512;
 }
 
 std::string member_refusal(const std::string& uri) {

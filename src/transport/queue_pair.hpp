@@ -93,9 +93,9 @@ class Transport {
 // (the preload shim) any but rdma starts on the first transfer; otherwise it
 // connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);
-// The smallest transfer, in bytes, that cfg.backend's transport carries at
-// any offset (dpdk's wire unit, file's O_DIRECT block): what the compressed
-// tier rounds its pieces up to (at least 256).
+// The unit, in bytes, of the ranges cfg.backend's transport carries (tcp's and
+// dpdk's wire unit, file's O_DIRECT block; 1 for shm and rdma): what the
+// compressed tier rounds its pieces up to (at least 256).
 std::uint32_t io_unit(const Config& cfg);
 // Empty when `uri` can be a pool member (tcp:// or dpdk://); else why not, and the fix.
 std::string member_refusal(const std::string& uri);

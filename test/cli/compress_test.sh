@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The compressed tier end to end (FARMEM_COMPRESS, farmem-run --compress): a far
+# array of log-like pages over tcp:// to a real farmem-server whose memory
+# follows the compressed size, an unmodified program with byte-identical
+# output, and one-line errors for a bad codec and for a pool.
+set -uo pipefail
+BENCH=$1
+SERVER=$2
+RUN=${3:-}
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
+
+# 1. Over tcp://: verified, and the server holds well under the data it was given.
+"$SERVER" --listen tcp://127.0.0.1:0 --capacity 1G >"$tmp/server.out" 2>"$tmp/server.err" &
+SPID=$!
+pids+=("$SPID")
+for _ in $(seq 100); do
+  PORT=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/server.out")
+  [[ -n $PORT ]] && break
+  sleep 0.05
+done
+[[ -n ${PORT:-} ]] || { bad "farmem-server did not start: $(cat "$tmp/server.err")"; exit 1; }
+rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$SPID/status")
+out=$(FARMEM_COMPRESS=lz4 FARMEM_BACKEND=tcp://127.0.0.1:$PORT FARMEM_FAR_MEM=256M FARMEM_STATS=1 timeout 120 \
+      "$BENCH" --working-set 96M --local-mem 12M --data text --ops 40000 --uthreads 16 --json 2>"$tmp/e1")
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$SPID/status")
+stats=$(grep -o '"compress":{[^}]*}' "$tmp/e1")
+held=$(( (hwm - rss0) / 1024 ))
+if grep -q '"verified":true' <<<"$out" && grep -q '"raw_pages":0,' <<<"$stats" && ((held > 8 && held < 62)); then
+  ok "96 MiB of text pages over tcp with lz4 verified; the server held $held MiB at most ($stats)"
+else bad "lz4 over tcp: server held $held MiB; $out $(tail -3 "$tmp/e1")"; fi
+
+# 2. Bad codecs and combinations: one line naming the setting, non-zero exit.
+expect_error() {  # NAME PATTERN CMD...
+  local name=$1 pattern=$2
+  shift 2
+  local err rc
+  err=$("$@" 2>&1 >/dev/null); rc=$?
+  if ((rc != 0)) && [[ $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then ok "$name: $err"
+  else bad "$name (exit $rc): $err"; fi
+}
+expect_error "unknown codec" "FARMEM_COMPRESS=gzip: unknown codec; use none, lz4, zstd or zstd:LEVEL" \
+  env FARMEM_COMPRESS=gzip "$BENCH" --working-set 16M --ops 1000
+expect_error "bad zstd level" "the zstd level must be 1-" env FARMEM_COMPRESS=zstd:40 "$BENCH" --working-set 16M --ops 1000
+expect_error "compression over a pool" "with a pool of servers is not supported yet" \
+  env FARMEM_COMPRESS=lz4 FARMEM_BACKEND=tcp://127.0.0.1:$PORT,tcp://127.0.0.1:$PORT "$BENCH" --working-set 16M --ops 1000
+
+# 3. An unmodified program under farmem-run --compress: the same output as without.
+if [[ -n $RUN ]]; then
+  cat >"$tmp/prog.py" <<'PY'
+d = {}
+for i in range(120000):
+    d["key%d" % i] = "value number %d of the dictionary" % (i * 7)
+print(len(d), sum(len(v) for v in d.values()), d["key65432"])
+PY
+  want=$(/usr/bin/python3 "$tmp/prog.py")
+  for codec in lz4 zstd:3; do
+    got=$(timeout 120 "$RUN" --local-mem 16M --compress "$codec" --stats -- /usr/bin/python3 "$tmp/prog.py" 2>"$tmp/e3")
+    st=$(grep -o '"compress":{[^}]*}' "$tmp/e3")
+    if [[ $got == "$want" ]] && grep -q '"writes":[1-9]' <<<"$st"; then ok "python3 under farmem-run --compress $codec: same output ($st)"
+    else bad "python3 under --compress $codec: '$got' vs '$want'; $(tail -3 "$tmp/e3")"; fi
+  done
+  expect_error "farmem-run names its option" "^farmem-run: --compress lz5: unknown codec" \
+    "$RUN" --compress lz5 -- true
+fi
+
+((fails == 0))
