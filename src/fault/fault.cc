@@ -185,7 +185,8 @@ void fetch_with_prefetch(Runtime& rt, Core& c, std::uint64_t vpn, std::uint32_t 
   fetch_batch(c, ahead, dsts, n + 1);
   for (unsigned i = 1; i <= n; ++i) {  // installed cold: CLOCK takes them back if unused
     rt.owner[frames[i]].store(ahead[i], std::memory_order_relaxed);
-    rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], ps::kHasRemote), std::memory_order_release);
+    rt.pt[ahead[i]].store(ps::make(Kind::Resident, frames[i], rt.exclusive_loads ? ps::kDirty : ps::kHasRemote),
+                          std::memory_order_release);
   }
   c.last_fetch_vpn = vpn + n;
   c.stats.bump(c.stats.prefetches, n);
@@ -277,7 +278,7 @@ char* deref_slow(Core& c, std::uint64_t addr, bool write) {
           c.stats.bump(c.stats.zero_fills);
         } else {
           fetch_with_prefetch(rt, c, vpn, f);
-          flags |= ps::kHasRemote;
+          flags |= rt.exclusive_loads ? ps::kDirty : ps::kHasRemote;
         }
         rt.owner[f].store(vpn, std::memory_order_relaxed);
         rt.mark_slot_full(f);

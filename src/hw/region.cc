@@ -79,7 +79,9 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
                 "on-demand paging); use far pointers, a device with ODP, or tcp://HOST:PORT");
   const std::uint64_t pages = bytes_ / 4096;
   in_thread_ = rt.cfg.hw_faults == "signal";
-  track_dirty_ = rt.cfg.hw_dirty == "track";
+  // Dirty tracking saves the write-back of a clean page, which has its remote
+  // copy; with exclusive loads (the compressed tier) no fetched page has one.
+  track_dirty_ = rt.cfg.hw_dirty == "track" && !rt.exclusive_loads;
   // Throws with the fix when userfaultfd is not usable. User-mode-only is
   // enough in SIGBUS mode, whose system calls on missing pages fail anyway.
   uffd_ = open_uffd(in_thread_, in_thread_);

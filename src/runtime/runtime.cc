@@ -267,6 +267,7 @@ void init(const Config& in) {
       map_region((std::uint64_t{rt->nframes} + 1) * sizeof(std::uint64_t), false, "the frame map"));
   rt->cores = new Core[kMaxCores];
   rt->transport = net::connect(cfg);  // starts the memory server; throws Error
+  rt->exclusive_loads = rt->transport->drops_copy_on_read();
   rt->transport->register_local(rt->pool, std::uint64_t{rt->nframes} * kPageSize);  // rdma: the MR for the pool
   rt->far.reset(1, rt->far_pages);   // far page 0 is the null far pointer
   rt->started_ns = now_ns();

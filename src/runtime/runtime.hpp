@@ -62,6 +62,9 @@ struct Runtime {
   std::atomic<std::uint32_t> core_hwm{0};      // slots in use are below this
 
   std::unique_ptr<net::Transport> transport;
+  // The transport frees a page's stored copy when it reads it (the compressed
+  // tier): a fetched page has no remote copy, so it is installed dirty.
+  bool exclusive_loads = false;
   mem::FarAllocator far;
   std::unique_ptr<evict::Evictor> evictor;
   // Live statistics (runtime/live_stats.hpp): the evictor refreshes the page; null when off.

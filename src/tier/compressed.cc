@@ -11,7 +11,9 @@
 //
 // Per far page, a location word (8 bytes) and the page's CRC-32C (4 bytes):
 // 12 bytes a page, 3 MiB per GiB of far memory, touched only where pages went
-// far. A page of zeros is stored as nothing at all; a page that does not shrink
+// far. A page read back is freed at once (drops_copy_on_read: the runtime
+// installs it dirty), so memory holds each page once, locally or stored.
+// A page of zeros is stored as nothing at all; a page that does not shrink
 // by a unit is stored as it is. Every page read back is decompressed into its
 // frame and checked against its CRC: a damaged piece ends the program with one
 // line, never reaches it.
@@ -101,6 +103,7 @@ class CompressedTransport final : public net::Transport {
   void register_local(void* base, std::size_t len) override { inner_->register_local(base, len); }
   bool pins_local_memory() const override { return inner_->pins_local_memory(); }
   bool connected() const override { return inner_->connected(); }
+  bool drops_copy_on_read() const override { return true; }
   bool fork_prepare() override {
     store_.lock();
     return inner_->fork_prepare();
@@ -224,6 +227,7 @@ class CompressedQueuePair final : public net::QueuePair {
     t_.reads_.fetch_add(1, std::memory_order_relaxed);
     if (w & kZero) {
       std::memset(local, 0, kPage);
+      drop(page, w);
       ready_.push_back({cookie});
       return;
     }
@@ -299,7 +303,16 @@ class CompressedQueuePair final : public net::QueuePair {
       }
     }
     if (op.buf) give_buf(op.buf);
+    if (!failed) drop(op.page, op.w);
     return {op.cookie, failed};
+  }
+
+  // A page read back is no longer stored (exclusive loads, as zswap has):
+  // the runtime installs it dirty, and writes it again when it evicts it, so
+  // a page's memory is either local or stored, not both.
+  void drop(std::uint64_t page, std::uint64_t w) {
+    std::uint64_t expect = w;
+    if (t_.loc_[page].compare_exchange_strong(expect, 0, std::memory_order_acq_rel)) t_.release(w);
   }
 
   // Publishes a page's new location if it still has the one it had when its

@@ -79,6 +79,9 @@ class Transport {
   // False while a deferred transport (transport/connect.cc) has not connected yet:
   // no page has gone far.
   virtual bool connected() const { return true; }
+  // True if a page read back is no longer stored (the compressed tier frees
+  // it, as zswap does): the runtime must write the page again to evict it.
+  virtual bool drops_copy_on_read() const { return false; }
   // Extra statistics for the FARMEM_STATS line: "" or `"name":{...}`.
   virtual std::string stats_json() const { return {}; }
 
