@@ -104,6 +104,7 @@ class CompressedTransport final : public net::Transport {
   bool pins_local_memory() const override { return inner_->pins_local_memory(); }
   bool connected() const override { return inner_->connected(); }
   bool drops_copy_on_read() const override { return true; }
+  void sync_discards() override { inner_->sync_discards(); }
   bool fork_prepare() override {
     store_.lock();
     return inner_->fork_prepare();
@@ -144,22 +145,20 @@ class CompressedTransport final : public net::Transport {
     if (loc_len(w) == kPage) raw_pages_.fetch_add(1, std::memory_order_relaxed);
   }
   // A piece for `units` units. A span given back earlier is written to only
-  // after every discard sent so far has reached the server (a round trip on
-  // the control channel that carried them), so a late discard cannot erase it.
+  // after the discards sent for it have reached the server, so a late discard
+  // cannot erase a new piece.
   std::uint64_t alloc(unsigned units) {
-    bool reused = false;
-    std::uint64_t off = store_.alloc(units, &reused);
+    bool sync = false;
+    std::uint64_t off = store_.alloc(units, &sync);
+    if (sync) {
+      inner_->sync_discards();
+      store_.synced();
+      off = store_.alloc(units, &sync);
+    }
     if (off == UINT64_MAX)
       detail::fatal("far memory is full: the compressed tier used up FARMEM_FAR_MEM (%llu MiB) of address space "
                     "on %s; raise FARMEM_FAR_MEM",
                     static_cast<unsigned long long>(npages_ * kPage >> 20), inner_->describe().c_str());
-    if (reused) {
-      const std::uint64_t d = discards_.load(std::memory_order_acquire);
-      if (d != discards_synced_.load(std::memory_order_relaxed)) {
-        inner_->remote_usage();
-        discards_synced_.store(d, std::memory_order_relaxed);
-      }
-    }
     return off;
   }
 
@@ -173,7 +172,7 @@ class CompressedTransport final : public net::Transport {
   // Statistics (FARMEM_STATS "compress"); relaxed counters.
   std::atomic<std::uint64_t> pages_{0}, zero_pages_{0}, raw_pages_{0}, data_stored_{0};
   std::atomic<std::uint64_t> writes_{0}, reads_{0}, compress_ns_{0}, decompress_ns_{0}, damaged_{0};
-  std::atomic<std::uint64_t> discards_{0}, discards_synced_{0};
+  std::atomic<std::uint64_t> discards_{0};
 };
 
 // One per core, like the queue pair it wraps. Work the inner queue pair does

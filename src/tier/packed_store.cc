@@ -13,9 +13,9 @@ PackedStore::PackedStore(std::uint32_t unit, std::uint64_t space)
     : unit_(unit), n_(static_cast<unsigned>(kPage / unit)), space_(space), partial_(n_ + 1),
       free_spans_(n_ + 1) {}
 
-std::uint64_t PackedStore::alloc(unsigned units, bool* reused) {
+std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
   std::lock_guard<std::mutex> g(mu_);
-  *reused = false;
+  *sync = false;
   piece_bytes_ += std::uint64_t{units} * unit_;
   std::vector<std::uint64_t>& part = partial_[units];
   if (!part.empty()) {  // a hole in a partly used span first
@@ -27,25 +27,27 @@ std::uint64_t PackedStore::alloc(unsigned units, bool* reused) {
     return base + std::uint64_t{slot} * units * unit_;
   }
   const std::uint64_t bytes = std::uint64_t{units} * kPage;  // a new span: u pages, n pieces
-  std::uint64_t base;
-  if (bump_ + bytes <= space_) {
-    base = bump_;
-    bump_ += bytes;
-  } else {
-    // The address space is used up: reuse a span given back earlier, of this
-    // size or cut from a larger one (the rest goes back to its own list).
-    base = UINT64_MAX;
-    for (unsigned pages = units; pages <= n_ && base == UINT64_MAX; ++pages) {
-      if (free_spans_[pages].empty()) continue;
-      base = free_spans_[pages].back();
-      free_spans_[pages].pop_back();
-      if (pages > units) free_spans_[pages - units].push_back(base + bytes);
-    }
-    if (base == UINT64_MAX) {
+  // A span given back earlier, of this size or cut from a larger one (the
+  // rest goes back to its own list); else fresh address space.
+  std::uint64_t base = UINT64_MAX;
+  for (unsigned pages = units; pages <= n_ && base == UINT64_MAX; ++pages) {
+    if (free_spans_[pages].empty()) continue;
+    base = free_spans_[pages].back();
+    free_spans_[pages].pop_back();
+    if (pages > units) free_spans_[pages - units].push_back(base + bytes);
+  }
+  if (base == UINT64_MAX) {
+    if (unsynced_pages_ >= 64 || (bump_ + bytes > space_ && !unsynced_.empty())) {
+      *sync = true;  // enough given back to be worth a round trip
       piece_bytes_ -= std::uint64_t{units} * unit_;
       return UINT64_MAX;
     }
-    *reused = true;
+    if (bump_ + bytes > space_) {
+      piece_bytes_ -= std::uint64_t{units} * unit_;
+      return UINT64_MAX;
+    }
+    base = bump_;
+    bump_ += bytes;
   }
   span_bytes_ += bytes;
   Span& s = spans_[base];
@@ -89,7 +91,8 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
     drop_partial(units, base, s);
     spans_.erase(it);
     span_bytes_ -= span_bytes;
-    free_spans_[units].push_back(base);
+    unsynced_.emplace_back(base, units);
+    unsynced_pages_ += units;
     return {base, span_bytes};
   }
   if (was_full) {
@@ -97,6 +100,13 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
     partial_[units].push_back(base);
   }
   return {};
+}
+
+void PackedStore::synced() {
+  std::lock_guard<std::mutex> g(mu_);
+  for (auto [base, pages] : unsynced_) free_spans_[pages].push_back(base);
+  unsynced_.clear();
+  unsynced_pages_ = 0;
 }
 
 PackedStore::Usage PackedStore::usage() const {

@@ -27,11 +27,13 @@ class PackedStore {
   std::uint32_t unit() const { return unit_; }
   unsigned units_for(std::size_t bytes) const { return static_cast<unsigned>((bytes + unit_ - 1) / unit_); }
 
-  // A remote offset for a piece of `units` units, or UINT64_MAX when the
-  // address space is used up. *reused is set when the piece lies in a span
-  // that was given back (discarded) earlier: the caller must make sure that
-  // discard has reached the server before writing there.
-  std::uint64_t alloc(unsigned units, bool* reused);
+  // A remote offset for a piece of `units` units, or UINT64_MAX: when *sync
+  // is set, spans given back (discarded) are waiting to be reused: the caller
+  // makes sure those discards reached the server (Transport::sync_discards),
+  // calls synced() and asks again; otherwise the address space is used up.
+  // Reusing spans keeps the address space, and the server's page tables, small.
+  std::uint64_t alloc(unsigned units, bool* sync);
+  void synced();
   // Frees the piece of `units` units at off. Returns the remote range of a
   // span that became empty and should be discarded (len 0 if none).
   struct Range {
@@ -63,7 +65,9 @@ class PackedStore {
   std::uint64_t bump_ = 0;  // remote bytes handed out as spans so far
   std::map<std::uint64_t, Span> spans_;                 // by base offset
   std::vector<std::vector<std::uint64_t>> partial_;     // [units]: spans with a free slot
-  std::vector<std::vector<std::uint64_t>> free_spans_;  // [pages]: discarded spans to reuse
+  std::vector<std::vector<std::uint64_t>> free_spans_;  // [pages]: spans given back, safe to reuse
+  std::vector<std::pair<std::uint64_t, unsigned>> unsynced_;  // given back, discard maybe still on its way
+  std::uint64_t unsynced_pages_ = 0;
   std::uint64_t piece_bytes_ = 0, span_bytes_ = 0;
 };
 

@@ -133,6 +133,9 @@ class DeferredTransport final : public Transport {
     Transport* t = real_.load(std::memory_order_acquire);
     return t ? t->remote_usage() : 0;
   }
+  void sync_discards() override {
+    if (Transport* t = real_.load(std::memory_order_acquire)) t->sync_discards();
+  }
   void shutdown() override {
     std::lock_guard<std::mutex> g(mu_);
     shut_ = true;

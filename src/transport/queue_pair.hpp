@@ -79,6 +79,10 @@ class Transport {
   // False while a deferred transport (transport/connect.cc) has not connected yet:
   // no page has gone far.
   virtual bool connected() const { return true; }
+  // Returns once every discard() made before it has taken effect on the
+  // server, so a range given back can be written again safely. Transports
+  // whose discard() waits for the server (tcp, dpdk, file) need do nothing.
+  virtual void sync_discards() {}
   // True if a page read back is no longer stored (the compressed tier frees
   // it, as zswap does): the runtime must write the page again to evict it.
   virtual bool drops_copy_on_read() const { return false; }

@@ -63,17 +63,17 @@ TEST_CASE("every codec round-trips every kind of page, and rejects a damaged one
 
 TEST_CASE("the piece allocator fills holes first and gives empty spans back") {
   PackedStore s(256, 1 << 20);  // 16 pieces a span, 256 remote pages
-  bool reused = true;
+  bool sync = true;
   std::vector<std::uint64_t> three;
-  for (int i = 0; i < 16; ++i) three.push_back(s.alloc(3, &reused));  // one span of 3 pages
-  CHECK_FALSE(reused);
+  for (int i = 0; i < 16; ++i) three.push_back(s.alloc(3, &sync));  // one span of 3 pages
+  CHECK_FALSE(sync);
   for (int i = 0; i < 16; ++i) CHECK(three[i] == std::uint64_t(i) * 768);
-  const std::uint64_t one = s.alloc(1, &reused);  // a new span of its own class
+  const std::uint64_t one = s.alloc(1, &sync);  // a new span of its own class
   CHECK(one == 3 * 4096);
   CHECK(s.usage().spans == 2);
   CHECK(s.usage().piece_bytes == 16 * 768 + 256);
   CHECK(s.free(three[5], 3).len == 0);
-  CHECK(s.alloc(3, &reused) == three[5]);  // the hole, not a new span
+  CHECK(s.alloc(3, &sync) == three[5]);  // the hole, not a new span
   for (auto off : three) {
     PackedStore::Range r = s.free(off, 3);
     if (off != three.back()) CHECK(r.len == 0);
@@ -81,24 +81,21 @@ TEST_CASE("the piece allocator fills holes first and gives empty spans back") {
   }
   CHECK(s.usage().spans == 1);
   CHECK(s.free(three[0], 3).len == 0);  // freeing twice is ignored
-  // The address space used up, a span given back is reused, and said so.
+  // A span given back is reused only once its discard is known to be done.
   int spans16 = 0;
-  while (s.alloc(16, &reused) != UINT64_MAX) {
-    CHECK_FALSE(reused);
-    for (int i = 1; i < 16; ++i) s.alloc(16, &reused);
+  for (;;) {
+    if (s.alloc(16, &sync) == UINT64_MAX) break;
+    for (int i = 1; i < 16; ++i) s.alloc(16, &sync);
     ++spans16;
   }
-  CHECK(spans16 == (256 - 4) / 16);  // the span of threes given back is too small for them
-  std::uint64_t off = 0;
-  int threes = 0;
-  do {
-    off = s.alloc(3, &reused);
-    ++threes;
-  } while (!reused && off != UINT64_MAX);
-  CHECK(threes == 4 * 16 + 1);  // the 12 pages left make 4 spans of threes, then the one given back
-  CHECK(off == 0);
-  CHECK(s.alloc(1, &reused) != UINT64_MAX);  // its class's own span still has room
-  CHECK_FALSE(reused);
+  CHECK(sync);  // the address space is used up; the span of threes waits for its discard
+  CHECK(spans16 == (256 - 4) / 16);
+  s.synced();
+  CHECK(s.alloc(16, &sync) == UINT64_MAX);  // three pages are too few for a span of sixteens
+  CHECK_FALSE(sync);
+  CHECK(s.alloc(3, &sync) == 0);  // but right for threes, before fresh space
+  for (int i = 1; i < 16; ++i) CHECK(s.alloc(3, &sync) == std::uint64_t(i) * 768);
+  CHECK(s.alloc(3, &sync) == std::uint64_t(244) * 4096);  // then fresh space
 }
 
 namespace {

@@ -271,6 +271,9 @@ class ShmTransport final : public Transport {
     shm::Request req{shm::Op::Discard, 0, off, len};
     if (fd_ >= 0) send(fd_, &req, sizeof req, MSG_NOSIGNAL);
   }
+  // Discards go on the control socket without an answer: a usage request
+  // behind them is answered after they are done.
+  void sync_discards() override { remote_usage(); }
   std::uint64_t remote_usage() override {
     std::lock_guard<std::mutex> g(mu_);
     shm::Request req{shm::Op::Usage, 0, 0, 0};
