@@ -23,8 +23,9 @@ void usage(FILE* out) {
                "usage: farmem-run [--local-mem SIZE|PCT%%] [--backend URI] [--stats] -- PROGRAM [ARGS...]\n"
                "  Runs PROGRAM with its heap (malloc and large anonymous mmaps) in far memory;\n"
                "  only --local-mem of it stays in local memory (default 25%% of this machine).\n"
-               "  --backend  shm (default: a memory server on this machine), tcp://HOST:PORT, or several\n"
-               "             tcp:// URIs separated by commas: a pool (FARMEM_REDUNDANCY: replicas:N, ec:K+M)\n"
+               "  --backend  shm (default: a memory server on this machine), tcp://HOST:PORT,\n"
+               "             file:///PATH (an SSD tier: a file made in directory PATH, or a block device),\n"
+               "             or several such URIs separated by commas: a pool (FARMEM_REDUNDANCY: replicas:N, ec:K+M)\n"
                "  --stats    the program prints one JSON line of statistics at exit, and a line with\n"
                "             its peak resident memory (so does any child that sent pages far)\n"
                "  Other settings come from FARMEM_* variables (docs/configuration.md).\n");
