@@ -58,7 +58,7 @@ struct Store {
   std::uint64_t size = 0;
   std::uint32_t block = kMinAlign;      // offset and length alignment for O_DIRECT
   std::uint32_t mem_align = kMinAlign;  // buffer alignment
-  bool punch_ok = true;                 // cleared when the file system cannot punch holes
+  std::atomic<bool> punch_ok{true};     // cleared when the file system cannot punch holes
   bool forked_child = false;            // set in a fork's child: the file is the parent's
   std::atomic<std::uint64_t> reads{0}, writes{0}, bytes_read{0}, bytes_written{0}, discards{0};
 
@@ -426,15 +426,15 @@ class FileTransport final : public Transport {
     off = (off + s.block - 1) & ~std::uint64_t{s.block - 1};  // whole blocks only
     if (end <= off) return;
     len = (end - off) & ~std::uint64_t{s.block - 1};
-    if (len == 0 || !s.punch_ok) return;
+    if (len == 0 || !s.punch_ok.load(std::memory_order_relaxed)) return;
     s.discards.fetch_add(1, std::memory_order_relaxed);
     if (s.device) {
       std::uint64_t range[2] = {off, len};
-      if (ioctl(s.fd, BLKDISCARD, range) != 0 && (errno == EOPNOTSUPP || errno == ENOTTY)) s.punch_ok = false;
+      if (ioctl(s.fd, BLKDISCARD, range) != 0 && (errno == EOPNOTSUPP || errno == ENOTTY)) s.punch_ok.store(false);
     } else if (fallocate(s.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
                          static_cast<off_t>(len)) != 0 &&
                errno == EOPNOTSUPP) {
-      s.punch_ok = false;  // the space stays allocated until exit; nothing is wrong
+      s.punch_ok.store(false);  // the space stays allocated until exit; nothing is wrong
     }
   }
 
