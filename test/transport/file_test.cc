@@ -55,8 +55,9 @@ TEST_CASE("file:// moves pieces of any 512-byte multiple, many in flight, and pu
     len[i] = 512 * (1 + mix(i, 7) % 16);
     at += len[i];
   }
-  auto* out = static_cast<unsigned char*>(std::aligned_alloc(4096, at));
-  auto* in = static_cast<unsigned char*>(std::aligned_alloc(4096, at));
+  const std::size_t buf_bytes = (at + 4095) & ~std::size_t{4095};  // aligned_alloc wants a multiple
+  auto* out = static_cast<unsigned char*>(std::aligned_alloc(4096, buf_bytes));
+  auto* in = static_cast<unsigned char*>(std::aligned_alloc(4096, buf_bytes));
   for (std::uint64_t b = 0; b < at; ++b) out[b] = static_cast<unsigned char>(mix(b, 1));
   std::memset(in, 0, at);
 
