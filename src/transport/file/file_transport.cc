@@ -265,6 +265,7 @@ class FileQueuePair final : public QueuePair {
 
   void wait(unsigned timeout_us) override {
     if (outstanding_ == 0 || !done_.empty()) return;
+    submit();  // waiting for a request the kernel has not been given would be in vain
     __kernel_timespec ts{0, static_cast<long long>(timeout_us) * 1000};
     io_uring_cqe* cqe = nullptr;
     io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);  // leaves the CQE for poll()
