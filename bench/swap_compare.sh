@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # bench/swap_compare.sh -- farmem vs. Linux swap-to-zram, same workload, one run.
+# With --swap-file DIR: farmem's SSD tier (file://DIR) vs. Linux swap to a swap
+# file in DIR (the same file system), instead of zram.
 #
 # Owns: a temporary zram swap device (reused if free, else hot-added) and a
 # temporary memory cgroup (farmem-swapcmp-<pid>). Runs farmem-bench three ways,
@@ -27,6 +29,8 @@ WORKLOAD=uniform
 REPEAT=3
 OUT=""
 CSV=""                 # --csv FILE: one row per run appended (header when the file is new); bench/plot.py draws it
+SWAP_FILE_DIR=""        # --swap-file DIR: swap to a file in DIR, farmem on file://DIR (no zram)
+UTHREADS=""            # --uthreads N for the farmem runs (64 with --swap-file unless given)
 HW=0                   # --hw: also the transparent region (--mode hw), faults in-thread and on the handler thread
 SLACK_ARG=16M          # extra cgroup headroom for the binary itself (text, libs, stack, page tables)
 SWAP_PRIO=32767
@@ -36,12 +40,17 @@ usage() {
 usage: $PROG [--bench PATH] [--working-set 2G] [--local-pct 25] [--ops N]
              [--workload uniform|seq|zipf] [--repeat 3] [--threads 1]
              [--slack 16M] [--out FILE] [--csv FILE] [--hw]
+             [--swap-file DIR] [--uthreads N]
 
 Compares Linux swap to zram (farmem-bench --mode local in a memory cgroup
 limited to local-pct% of the working set + slack) against farmem
 (--mode sw --local-mem <pct>%) and against all-local memory.
 With --hw, also farmem's transparent region (--mode hw: plain pointers under
 userfaultfd) with FARMEM_HW_FAULTS=signal (farmem-hw-sig) and =thread (farmem-hw-thr).
+With --swap-file DIR, the SSD tier instead: Linux swap goes to a swap file made in
+DIR (no zram for that run) and farmem to its file:// tier in the same directory
+(farmem-file: --backend file://DIR, --uthreads 64 unless --uthreads says).
+--uthreads N: uthreads per thread for the farmem runs (--mode local has none).
 Default bench: build/bench/farmem-bench (relative to the repo root).
 Must run as root. Defaults: working-set=$WS_ARG local-pct=$LOCAL_PCT ops=$OPS
 workload=$WORKLOAD repeat=$REPEAT threads=$THREADS slack=$SLACK_ARG.
@@ -67,6 +76,8 @@ while [[ $# -gt 0 ]]; do
         --out)         need_arg "$@"; OUT=$2; shift 2 ;;
         --csv)         need_arg "$@"; CSV=$2; shift 2 ;;
         --hw)          HW=1; shift ;;
+        --swap-file)   need_arg "$@"; SWAP_FILE_DIR=$2; shift 2 ;;
+        --uthreads)    need_arg "$@"; UTHREADS=$2; shift 2 ;;
         -h|--help)     usage; exit 0 ;;
         *) echo "$PROG: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -116,7 +127,13 @@ ZRAM_SIZE=$(( WS_BYTES + (1 << 30) ))
 [[ -x $BENCH && -f $BENCH ]] || die "bench binary not found or not executable: $BENCH (build it, or pass --bench PATH)"
 command -v python3 >/dev/null || die "python3 is required"
 for t in mkswap swapon swapoff; do command -v "$t" >/dev/null || die "'$t' not found (install util-linux)"; done
-[[ -d /sys/class/zram-control || -e /sys/block/zram0 ]] || die "zram not available (load it: modprobe zram)"
+if [[ -z $SWAP_FILE_DIR ]]; then
+    [[ -d /sys/class/zram-control || -e /sys/block/zram0 ]] || die "zram not available (load it: modprobe zram)"
+else
+    SWAP_FILE_DIR=$(cd -- "$SWAP_FILE_DIR" 2>/dev/null && pwd) || die "--swap-file: no such directory"
+    [[ -n $UTHREADS ]] || UTHREADS=64
+fi
+[[ -z $UTHREADS ]] || [[ $UTHREADS =~ ^[0-9]+$ ]] || die "--uthreads must be a number"
 if [[ -n $OUT ]]; then : >>"$OUT" || die "cannot write --out file '$OUT'"; fi
 
 # --- state for teardown ----------------------------------------------------------
@@ -152,7 +169,16 @@ trap 'log "terminated"; exit 143' TERM
 TMPD=$(mktemp -d /tmp/farmem-swapcmp.XXXXXX)
 
 # --- zram device + memory cgroup -------------------------------------------------
-swapenv_zram_setup "$ZRAM_SIZE"
+if [[ -n $SWAP_FILE_DIR ]]; then
+    swapenv_file_setup "$SWAP_FILE_DIR" "$ZRAM_SIZE"
+    SWAP_KIND=file; FARMEM_CFG=farmem-file
+else
+    swapenv_zram_setup "$ZRAM_SIZE"
+    SWAP_KIND=zram; FARMEM_CFG=farmem-sw
+fi
+FARMEM_ARGS=()
+[[ -z $UTHREADS || $UTHREADS == 0 ]] || FARMEM_ARGS+=(--uthreads "$UTHREADS")
+[[ -z $SWAP_FILE_DIR ]] || FARMEM_ARGS+=(--backend "file://$SWAP_FILE_DIR")
 swapenv_cgroup_setup "farmem-swapcmp-$$" "$CG_LIMIT"
 log "cgroup v$CG_VER: $CG_DIR, limit $(human "$CG_LIMIT") = ${LOCAL_PCT}% of $(human "$WS_BYTES") + $(human "$SLACK_BYTES") slack"
 
@@ -160,7 +186,7 @@ log "cgroup v$CG_VER: $CG_DIR, limit $(human "$CG_LIMIT") = ${LOCAL_PCT}% of $(h
 COMMON=(--workload "$WORKLOAD" --working-set "$WS_FMT" --ops "$OPS" --threads "$THREADS" --json)
 RESULTS=$TMPD/results.tsv      # config \t run \t pswpout_delta_pages \t json
 : >"$RESULTS"
-[[ -z $OUT ]] || echo "# swap_compare $(date -Is) workload=$WORKLOAD working_set=$WS_BYTES local_pct=$LOCAL_PCT ops=$OPS threads=$THREADS repeat=$REPEAT zram=$ZRAM_DEV/$ZRAM_ALG cgroup=v$CG_VER limit=$CG_LIMIT slack=$SLACK_BYTES" >>"$OUT"
+[[ -z $OUT ]] || echo "# swap_compare $(date -Is) workload=$WORKLOAD working_set=$WS_BYTES local_pct=$LOCAL_PCT ops=$OPS threads=$THREADS repeat=$REPEAT swap=${SWAP_FILE:-$ZRAM_DEV/$ZRAM_ALG} uthreads=${UTHREADS:-0} cgroup=v$CG_VER limit=$CG_LIMIT slack=$SLACK_BYTES" >>"$OUT"
 
 # run_one CONFIG RUN INCG -- args...
 run_one() {
@@ -205,9 +231,9 @@ run_one() {
         warn "$cfg run $run: system swapped $(human $((delta * PAGE))) during a run outside the cgroup (global memory pressure?)"
     fi
     python3 - "$cfg" "$run" "$REPEAT" "$delta" "$PAGE" "$extra" "$json" "$CSV" "$WORKLOAD" "$LOCAL_PCT" \
-        "$WS_BYTES" "$THREADS" <<'PY' >&2
+        "$WS_BYTES" "$THREADS" "$SWAP_KIND" <<'PY' >&2
 import json, os, sys
-cfg, run, rep, delta, page, extra, line, csv, workload, pct, ws, threads = sys.argv[1:13]
+cfg, run, rep, delta, page, extra, line, csv, workload, pct, ws, threads, swap_kind = sys.argv[1:14]
 d = json.loads(line)
 ops = float(d["ops"]); s = float(d.get("seconds") or 0)
 ns = s * 1e9 / ops if s > 0 else 1e9 / float(d["ops_per_sec"])
@@ -216,7 +242,8 @@ print(f"  [run {run}/{rep}] {cfg:<11} {ns:10.1f} ns/op  {1e9/ns:12.0f} ops/s  "
       f"swapout={int(delta)*int(page)/2**20:.1f} MiB{extra}")
 if csv:
     # config of the run, then what it measured (bench/plot.py reads these columns)
-    mode, transport = {"local-swap": ("swap", "zram"), "farmem-sw": ("farmem-sw", "shm"),
+    mode, transport = {"local-swap": ("swap", swap_kind), "farmem-sw": ("farmem-sw", "shm"),
+                       "farmem-file": ("farmem-sw", "file"),
                        "farmem-hw-sig": ("farmem-hw-signal", "shm"), "farmem-hw-thr": ("farmem-hw", "shm"),
                        "local-ideal": ("local", "none")}.get(cfg, (cfg, ""))
     new = not os.path.exists(csv) or os.path.getsize(csv) == 0
@@ -233,10 +260,10 @@ PY
     fi
 }
 
-log "running $REPEAT x {local-swap, farmem-sw, local-ideal}: workload=$WORKLOAD ws=$WS_FMT local=${LOCAL_PCT}% ops=$OPS threads=$THREADS"
+log "running $REPEAT x {local-swap ($SWAP_KIND), $FARMEM_CFG, local-ideal}: workload=$WORKLOAD ws=$WS_FMT local=${LOCAL_PCT}% ops=$OPS threads=$THREADS uthreads=${UTHREADS:-0}"
 for ((r = 1; r <= REPEAT; r++)); do
     run_one local-swap  "$r" 1 -- --mode local "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
-    run_one farmem-sw   "$r" 0 -- --mode sw    "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
+    run_one "$FARMEM_CFG" "$r" 0 -- --mode sw  "${COMMON[@]}" --local-mem "${LOCAL_PCT}%" "${FARMEM_ARGS[@]}"
     if (( HW )); then
         RUN_ENV=FARMEM_HW_FAULTS=signal run_one farmem-hw-sig "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
         RUN_ENV=FARMEM_HW_FAULTS=thread run_one farmem-hw-thr "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
@@ -246,9 +273,9 @@ done
 
 # --- summary --------------------------------------------------------------------
 SUMMARY=$(python3 - "$RESULTS" "$WORKLOAD" "$WS_BYTES" "$LOCAL_PCT" "$REPEAT" "$CG_LIMIT" "$SLACK_BYTES" \
-                    "$ZRAM_DEV" "$ZRAM_ALG" "$CG_VER" "$PAGE" <<'PY'
+                    "$ZRAM_DEV" "$ZRAM_ALG" "$CG_VER" "$PAGE" "$SWAP_FILE" "$FARMEM_CFG" "${UTHREADS:-0}" <<'PY'
 import json, statistics, sys
-path, workload, ws, pct, rep, limit, slack, zdev, zalg, cgver, page = sys.argv[1:12]
+path, workload, ws, pct, rep, limit, slack, zdev, zalg, cgver, page, swap_file, fm, uthreads = sys.argv[1:15]
 rows = {}
 swapped = {}
 for ln in open(path):
@@ -263,21 +290,24 @@ ws = int(ws); pct = int(pct); limit = int(limit); slack = int(slack)
 out = []
 out.append(f"== swap_compare: workload={workload} working_set={ws/2**30:.2f} GiB local={pct}% "
            f"runs={rep} ==")
-out.append(f"   Linux swap: zram /dev/{zdev} ({zalg}), cgroup v{cgver} limit {limit/2**20:.1f} MiB "
-           f"= {pct}% of working set + {slack/2**20:.0f} MiB slack for the binary")
+swap_name = f"swap file {swap_file}" if swap_file else f"zram /dev/{zdev} ({zalg})"
+out.append(f"   Linux swap: {swap_name}, cgroup v{cgver} limit {limit/2**20:.1f} MiB "
+           f"= {pct}% of working set + {slack/2**20:.0f} MiB slack for the binary; farmem uthreads {uthreads}")
 out.append(f"   {'config':<12}{'median ns/op':>14}{'min':>11}{'max':>11}{'median ops/s':>15}{'swapout/run':>14}")
 names = {"local-swap": "local-swap", "farmem-sw": "farmem-sw", "local-ideal": "local-ideal"}
-for k in ("local-swap", "farmem-sw", "farmem-hw-sig", "farmem-hw-thr", "local-ideal"):
+for k in ("local-swap", "farmem-sw", "farmem-file", "farmem-hw-sig", "farmem-hw-thr", "local-ideal"):
     v = rows.get(k, [])
     if not v: continue
     out.append(f"   {k:<12}{med[k]:>14.1f}{min(v):>11.1f}{max(v):>11.1f}{1e9/med[k]:>15.0f}"
                f"{statistics.median(swapped[k])/2**20:>10.1f} MiB")
-sp = med["local-swap"] / med["farmem-sw"]
-sl = med["farmem-sw"] / med["local-ideal"]
-out.append(f"   farmem sw speedup vs Linux swap (zram): {sp:.2f}x   "
-           f"farmem sw slowdown vs all-local: {sl:.2f}x")
+sp = med["local-swap"] / med[fm]
+sl = med[fm] / med["local-ideal"]
+kind = "a swap file" if swap_file else "zram"
+out.append(f"   farmem {'file://' if swap_file else 'sw'} speedup vs Linux swap ({kind}): {sp:.2f}x   "
+           f"slowdown vs all-local: {sl:.2f}x")
 summary = {"workload": workload, "working_set_bytes": ws, "local_pct": pct,
-           "swap_ns_per_op": round(med["local-swap"], 2), "sw_ns_per_op": round(med["farmem-sw"], 2),
+           "swap": "file" if swap_file else "zram", "farmem_uthreads": int(uthreads),
+           "swap_ns_per_op": round(med["local-swap"], 2), "sw_ns_per_op": round(med[fm], 2),
            "local_ns_per_op": round(med["local-ideal"], 2),
            "sw_speedup_vs_swap": round(sp, 4), "sw_slowdown_vs_local": round(sl, 4),
            "runs": int(rep)}

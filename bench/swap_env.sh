@@ -5,11 +5,13 @@
 # with the memory controller, else a v1 memory hierarchy). Root only.
 #
 #   swapenv_zram_setup SIZE_BYTES      sets ZRAM_DEV, ZRAM_ALG
+#   swapenv_file_setup DIR SIZE_BYTES  a swap file in DIR instead (sets SWAP_FILE)
 #   swapenv_cgroup_setup NAME LIMIT    sets CG_DIR, CG_VER
 #   swapenv_cgroup_limit BYTES         changes the limit (the cgroup should be empty)
 #   cg_reset_peak / cg_peak / cg_oom_kills / pswpout
 #   swapenv_teardown                   kills what is left in the cgroup, removes it,
-#                                      swapoff + reset (+ hot_remove) the zram device
+#                                      swapoff + reset (+ hot_remove) the zram device,
+#                                      swapoff + remove the swap file
 #
 # The caller traps EXIT/INT/TERM and calls swapenv_teardown from its handler.
 # Uses the caller's PROG, die, warn, log and human if defined.
@@ -32,6 +34,8 @@ DEVNODE_MADE=""        # /dev/zramN we mknod'ed (no udev)
 CG_DIR=""
 CG_VER=""
 CG2_ENABLED_AT=""      # cgroup2 subtree_control file where we enabled +memory
+SWAP_FILE=""           # a swap file we made (swapenv_file_setup)
+SWAP_FILE_ON=0
 
 swapenv_teardown() {
     # 1) anything left in our cgroup (only our own processes), then the cgroup
@@ -49,7 +53,11 @@ swapenv_teardown() {
     if [[ -n $CG2_ENABLED_AT ]]; then
         echo "-memory" >"$CG2_ENABLED_AT" 2>/dev/null
     fi
-    # 2) swap off + reset the zram device
+    # 2) swap off + remove the swap file, swap off + reset the zram device
+    if [[ -n $SWAP_FILE ]]; then
+        (( SWAP_FILE_ON )) && { swapoff "$SWAP_FILE" 2>/dev/null || warn "swapoff $SWAP_FILE failed"; }
+        rm -f "$SWAP_FILE"
+    fi
     if [[ -n $ZRAM_DEV ]]; then
         if (( ZRAM_SWAPON )) || grep -q "^/dev/${ZRAM_DEV}[[:space:]]" /proc/swaps; then
             swapoff "/dev/$ZRAM_DEV" 2>/dev/null || warn "swapoff /dev/$ZRAM_DEV failed"
@@ -124,6 +132,25 @@ swapenv_zram_setup() {  # $1 = disksize in bytes
     ZRAM_SWAPON=1
     swapon -p "$SWAP_PRIO" "/dev/$ZRAM_DEV" || { ZRAM_SWAPON=0; die "swapon /dev/$ZRAM_DEV failed"; }
     log "zram swap: /dev/$ZRAM_DEV ($ZRAM_ALG, $(human "$size"), prio $SWAP_PRIO, $( ((ZRAM_ADDED)) && echo hot-added || echo reused)), vm.page-cluster=$(cat /proc/sys/vm/page-cluster) (left as is)"
+}
+
+# --- a swap file ----------------------------------------------------------------
+swapenv_file_setup() {  # $1 = directory, $2 = size in bytes
+    local dir=$1 size=$2
+    for t in mkswap swapon swapoff fallocate; do command -v "$t" >/dev/null || die "'$t' not found (install util-linux)"; done
+    [[ -d $dir && -w $dir ]] || die "swap file directory $dir does not exist or is not writable"
+    if [[ $(wc -l </proc/swaps) -gt 1 ]]; then
+        warn "swap already active before this run (left untouched; our swap file gets priority $SWAP_PRIO):"
+        tail -n +2 /proc/swaps >&2
+    fi
+    SWAP_FILE=$dir/farmem-swapcmp-$$.swap
+    # A swap file must have no holes: allocate it whole.
+    fallocate -l "$size" "$SWAP_FILE" || die "cannot allocate a $(human "$size") swap file in $dir (disk full?)"
+    chmod 600 "$SWAP_FILE"
+    mkswap -q "$SWAP_FILE" >/dev/null || die "mkswap $SWAP_FILE failed"
+    SWAP_FILE_ON=1
+    swapon -p "$SWAP_PRIO" "$SWAP_FILE" || { SWAP_FILE_ON=0; die "swapon $SWAP_FILE failed (file system $(findmnt -no FSTYPE -T "$dir"))"; }
+    log "swap file: $SWAP_FILE ($(human "$size"), $(findmnt -no SOURCE,FSTYPE -T "$dir"), prio $SWAP_PRIO), vm.page-cluster=$(cat /proc/sys/vm/page-cluster) (left as is)"
 }
 
 # --- memory cgroup --------------------------------------------------------------

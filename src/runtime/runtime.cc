@@ -223,9 +223,9 @@ void check_config(Config& cfg) {
   if (cfg.backend.empty()) cfg.backend = "shm";
   // A pool's members are checked when it connects.
   if (!tier::names_pool(cfg.backend) && cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0 && cfg.backend.rfind("rdma://", 0) != 0 &&
-      cfg.backend.rfind("dpdk://", 0) != 0) {
+      cfg.backend.rfind("dpdk://", 0) != 0 && cfg.backend.rfind("file://", 0) != 0) {
     throw Error("FARMEM_BACKEND=" + cfg.backend +
-                " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT, dpdk://... or several tcp:// "
+                " is not a backend; use shm, tcp://HOST:PORT, rdma://HOST:PORT, dpdk://..., file:///PATH or several tcp:// "
                 "URIs separated by commas or @FILE (a pool)");
   }
 }

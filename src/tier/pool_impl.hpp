@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +28,22 @@
 #include "tier/redundancy.hpp"
 
 namespace farmem::tier::impl {
+
+// Buffers that pieces are read into and written from: a member may move them
+// with O_DIRECT (file://), which wants 512-byte alignment.
+template <class T>
+struct IoAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{512};
+  IoAllocator() = default;
+  template <class U>
+  IoAllocator(const IoAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const IoAllocator<U>&) const { return true; }
+};
+using IoBuffer = std::vector<unsigned char, IoAllocator<unsigned char>>;
 
 constexpr std::uint64_t kBusy = 1ull << 63;
 constexpr std::size_t kPage = 4096;
@@ -169,7 +186,7 @@ class PoolQueuePair final : public net::QueuePair {
     std::uint32_t direct = 0;        // read: pieces sent straight into the frame
     unsigned attempts = 0;
     std::uint32_t sum = 0;
-    std::vector<unsigned char> scratch;  // (k+m) pieces: parity to send, or pieces to decode
+    IoBuffer scratch;                    // (k+m) pieces: parity to send, or pieces to decode
   };
 
   unsigned new_op();

@@ -38,7 +38,7 @@ void Pool::repair_loop() {
   farmem::detail::g_internal_alloc = 1;  // under the shim: never allocate from the region
   constexpr unsigned kRepairBatch = 64;
   PoolQueuePair qp(*this);
-  std::vector<unsigned char> bufs(kRepairBatch * kPage);
+  IoBuffer bufs(kRepairBatch * kPage);
   std::vector<std::uint64_t> batch;
   // The rate limit: a batch of n pages that began at `started` may end no
   // earlier than n pages' worth of time after it, or after the previous

@@ -9,6 +9,7 @@
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
 #include "transport/dpdk/dpdk_transport.hpp"
+#include "transport/file/file_transport.hpp"
 #include "transport/queue_pair.hpp"
 #include "transport/rdma/rdma_logic.hpp"
 #include "transport/rdma/rdma_transport.hpp"
@@ -25,6 +26,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
   if (tier::is_pool(cfg)) return tier::connect_pool(cfg);  // several servers, or redundancy
   if (cfg.backend == "shm") return connect_shm(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
+  if (cfg.backend.rfind("file://", 0) == 0) return connect_file(cfg);
   if (cfg.backend.rfind("rdma://", 0) == 0) {
 #if FARMEM_HAVE_RDMA
     return connect_rdma(cfg);
@@ -43,7 +45,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
                 "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
 }
 
 }  // namespace
@@ -56,8 +58,9 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 std::string member_refusal(const std::string& uri) {
-  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... (rdma:// not yet)";
+  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0 || uri.rfind("file://", 0) == 0) return {};
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, dpdk://... or file:///PATH "
+         "(rdma:// not yet)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
@@ -69,6 +72,7 @@ std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions
     throw Error("'" + member.uri + "': this farmem was built without DPDK; use tcp:// pool members");
 #endif
   }
+  if (member.uri.rfind("file://", 0) == 0) return connect_file_member(cfg, member);
   return connect_tcp_member(cfg, member);
 }
 
