@@ -12,6 +12,7 @@
 #include "transport/queue_pair.hpp"
 #include "transport/rdma/rdma_logic.hpp"
 #include "transport/rdma/rdma_transport.hpp"
+#include "transport/redis/redis_transport.hpp"
 #include "transport/shm/shm_transport.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
@@ -24,6 +25,10 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
   if (tier::is_pool(cfg)) return tier::connect_pool(cfg);  // several servers, or redundancy
   if (cfg.backend == "shm") return connect_shm(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
+  if (cfg.backend.rfind("redis://", 0) == 0 || cfg.backend.rfind("redis+cluster://", 0) == 0) return connect_redis(cfg);
+  if (cfg.backend.rfind("rediss://", 0) == 0)
+    throw Error("FARMEM_BACKEND=rediss://...: TLS to Redis needs hiredis 1.0 or later built with SSL (this build has "
+                "hiredis 0.14); use redis:// on a trusted network or through a TLS tunnel (stunnel, spiped)");
   if (cfg.backend.rfind("rdma://", 0) == 0) {
 #if FARMEM_HAVE_RDMA
     return connect_rdma(cfg);
@@ -42,7 +47,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
                 "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT or dpdk://...");
 }
 
 }  // namespace
