@@ -87,10 +87,17 @@ struct Shared {
     return written[page / 64].load(std::memory_order_relaxed) & (1ull << (page % 64));
   }
 
+  // Before a fatal line while Redis still answers: remove our keys, so a run
+  // that ends on a full Redis does not leave it full (transport below).
+  void remove_all_keys() const;
+
   [[noreturn]] void full(const std::string& msg) const {
+    remove_all_keys();
+    std::string m = msg;
+    while (!m.empty() && m.back() == '.') m.pop_back();
     detail::fatal("far memory is full: Redis at %s refused a page: %s; raise its maxmemory (CONFIG SET maxmemory), "
                   "free room in it, or give farmem less far memory (a smaller working set or more --local-mem)",
-                  uri.shown.c_str(), msg.c_str());
+                  uri.shown.c_str(), m.c_str());
   }
   [[noreturn]] void gone(const std::string& why) const {
     detail::fatal("lost Redis at %s (%s); far memory is gone: restart the application when Redis is back",
@@ -98,6 +105,7 @@ struct Shared {
   }
   [[noreturn]] void refused(const std::string& msg) const {
     if (starts(msg, "OOM")) full(msg);
+    remove_all_keys();
     detail::fatal("Redis at %s refused a request: %s", uri.shown.c_str(), msg.c_str());
   }
 };
@@ -163,6 +171,52 @@ redisContext* open_connection(const Shared& s, const redis::Node& node) {
     throw;
   }
   return c;
+}
+
+// UNLINK the keys of pages, kUnlinkBatch a command, all pipelined.
+void unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& pages) {
+  std::size_t sent = 0;
+  for (std::size_t i = 0; i < pages.size(); i += kUnlinkBatch) {
+    std::vector<std::string> keys{"UNLINK"};
+    for (std::size_t j = i; j < std::min(pages.size(), i + kUnlinkBatch); ++j)
+      keys.push_back(redis::page_key(s.prefix, pages[j]));
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    for (auto& k : keys) argv.push_back(k.data()), lens.push_back(k.size());
+    redisAppendCommandArgv(ctl, static_cast<int>(argv.size()), argv.data(), lens.data());
+    ++sent;
+  }
+  for (; sent; --sent) {
+    void* raw = nullptr;
+    if (redisGetReply(ctl, &raw) != REDIS_OK) s.gone(std::string("control connection: ") + ctl->errstr);
+    Reply r(raw);
+    if (r.r->type == REDIS_REPLY_ERROR) s.refused(text(r.r));
+  }
+}
+
+// UNLINK every key this run wrote.
+void unlink_all(redisContext* ctl, Shared& s) {
+  std::vector<std::uint64_t> pages;
+  for (std::uint64_t w = 0; w < (s.npages + 63) / 64; ++w) {
+    std::uint64_t bits = s.written[w].load(std::memory_order_relaxed);
+    for (; bits; bits &= bits - 1) {
+      std::uint64_t p = w * 64 + static_cast<unsigned>(__builtin_ctzll(bits));
+      if (s.unmark(p)) pages.push_back(p);
+    }
+    if (pages.size() >= 64 * kUnlinkBatch) unlink(ctl, s, pages), pages.clear();
+  }
+  unlink(ctl, s, pages);
+}
+
+void Shared::remove_all_keys() const {
+  static std::atomic<bool> once{false};
+  if (once.exchange(true)) return;
+  try {  // on a connection of its own: the queue pair's has commands in flight
+    redisContext* c = open_connection(*this, uri.nodes[0]);
+    unlink_all(c, const_cast<Shared&>(*this));
+    redisFree(c);
+  } catch (const Error&) {
+  }
 }
 
 // A queue pair's non-blocking pipelined connection.
@@ -300,6 +354,7 @@ class RedisQueuePair final : public QueuePair {
       case Kind::GetRange: {
         if (r->type == REDIS_REPLY_NIL) {
           // We read only pages we wrote: a missing key is a lost page.
+          s_.remove_all_keys();
           detail::fatal("Redis at %s lost far page %llu (its key is gone: evicted by a maxmemory-policy other than "
                         "noeviction, flushed or deleted); far memory is gone: set maxmemory-policy noeviction and "
                         "restart the application",
@@ -405,25 +460,13 @@ class RedisTransport final : public Transport {
     // Only whole pages are dropped: a part of one may still hold another piece.
     for (std::uint64_t p = (off + kPageSize - 1) / kPageSize; (p + 1) * kPageSize <= off + len; ++p)
       if (s_.unmark(p)) pages.push_back(p);
-    unlink(pages);
+    unlink(ctl_, s_, pages);
   }
   std::uint64_t remote_usage() override { return s_.keys.load(std::memory_order_relaxed) * kPageSize; }
   void shutdown() override {
     std::lock_guard<std::mutex> g(mu_);
     if (!ctl_) return;
-    if (!child_) {  // a forked child leaves its parent's pages alone
-      std::vector<std::uint64_t> pages;
-      for (std::uint64_t w = 0; w < (s_.npages + 63) / 64; ++w) {
-        // The bitmap is mostly untouched zero pages; skip a zero word fast.
-        std::uint64_t bits = s_.written[w].load(std::memory_order_relaxed);
-        for (; bits; bits &= bits - 1) {
-          std::uint64_t p = w * 64 + static_cast<unsigned>(__builtin_ctzll(bits));
-          if (s_.unmark(p)) pages.push_back(p);
-        }
-        if (pages.size() >= 64 * kUnlinkBatch) unlink(pages), pages.clear();
-      }
-      unlink(pages);
-    }
+    if (!child_) unlink_all(ctl_, s_);  // a forked child leaves its parent's pages alone
     redisFree(ctl_);
     ctl_ = nullptr;
   }
@@ -449,27 +492,6 @@ class RedisTransport final : public Transport {
     } catch (const Error&) {
       redisFree(ctl_);
       throw;
-    }
-  }
-
-  // UNLINK the keys of pages, kUnlinkBatch a command, all pipelined.
-  void unlink(const std::vector<std::uint64_t>& pages) {
-    std::size_t sent = 0;
-    for (std::size_t i = 0; i < pages.size(); i += kUnlinkBatch) {
-      std::vector<std::string> keys{"UNLINK"};
-      for (std::size_t j = i; j < std::min(pages.size(), i + kUnlinkBatch); ++j)
-        keys.push_back(redis::page_key(s_.prefix, pages[j]));
-      std::vector<const char*> argv;
-      std::vector<std::size_t> lens;
-      for (auto& k : keys) argv.push_back(k.data()), lens.push_back(k.size());
-      redisAppendCommandArgv(ctl_, static_cast<int>(argv.size()), argv.data(), lens.data());
-      ++sent;
-    }
-    for (; sent; --sent) {
-      void* raw = nullptr;
-      if (redisGetReply(ctl_, &raw) != REDIS_OK) s_.gone(std::string("control connection: ") + ctl_->errstr);
-      Reply r(raw);
-      if (r.r->type == REDIS_REPLY_ERROR) s_.refused(text(r.r));
     }
   }
 
