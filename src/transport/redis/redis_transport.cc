@@ -5,12 +5,20 @@
 // poll() reads replies without blocking and completes posts in order. With
 // FARMEM_REDIS_WAIT=N a batch of writes ends with WAIT N and its writes complete
 // only when N replicas hold them. A control connection discards pages and, at
-// exit, removes every key this run wrote. A dead, full or silent Redis ends the
-// process with one line, as the other transports do.
+// exit, removes every key this run wrote; a reaper process removes them if the
+// process ends without that (killed, or under farmem-run, whose programs leave
+// far memory in place at exit). A dead, full or silent Redis ends the process
+// with one line, as the other transports do.
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -408,6 +416,151 @@ class RedisQueuePair final : public QueuePair {
   std::uint64_t progress_ns_ = 0, wait_since_ns_ = 0;
 };
 
+// The reaper: a process that outlives ours and removes the keys still marked in
+// the shared bitmap when every copy of the pipe's write end is closed (our exit,
+// however it happens, or an exec). It is started with raw clone() so that no
+// fork handler of the runtime runs, and it never allocates: the parent may have
+// held the allocator's lock in another thread. Everything it needs is prepared
+// before the clone.
+class Reaper {
+ public:
+  // Prepares and starts it; on any failure there is simply no reaper.
+  void start(const Shared& s) {
+    const redis::Node& node = s.uri.nodes[0];
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(node.host.c_str(), std::to_string(node.port).c_str(), &hints, &res) != 0 || !res) return;
+    std::memcpy(&addr_, res->ai_addr, res->ai_addrlen);
+    addr_len_ = res->ai_addrlen;
+    family_ = res->ai_family;
+    freeaddrinfo(res);
+    if (!s.uri.password.empty()) {
+      std::vector<std::string> auth{"AUTH"};
+      if (!s.uri.user.empty()) auth.push_back(s.uri.user);
+      auth.push_back(s.uri.password);
+      preamble_ += resp(auth), ++preamble_cmds_;
+    }
+    if (s.uri.db) preamble_ += resp({"SELECT", std::to_string(s.uri.db)}), ++preamble_cmds_;
+    prefix_ = s.prefix;
+    written_ = s.written;
+    words_ = (s.npages + 63) / 64;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return;
+    long mid = syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr);
+    if (mid == 0) {
+      if (syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr) == 0) run(fds[0]);
+      _exit(0);  // the middle process: the reaper is not our child, a wait() for all children ignores it
+    }
+    close(fds[0]);
+    if (mid > 0) {
+      while (waitpid(static_cast<pid_t>(mid), nullptr, 0) < 0 && errno == EINTR) {
+      }
+      keep_open_ = fds[1];  // closed by our exit (or exec): the reaper's signal
+    } else {
+      close(fds[1]);
+    }
+  }
+
+ private:
+  static std::string resp(const std::vector<std::string>& args) {
+    std::string out;
+    out.append("*").append(std::to_string(args.size())).append("\r\n");
+    for (const auto& a : args) out.append("$").append(std::to_string(a.size())).append("\r\n").append(a).append("\r\n");
+    return out;
+  }
+
+  [[noreturn]] void run(int pipe_read) {
+    setsid();  // the terminal's Ctrl-C and hang-up are for the program, not for us
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU}) signal(sig, SIG_IGN);
+    prctl(PR_SET_NAME, "farmem-reaper");
+    prctl(PR_SET_PDEATHSIG, 0);
+    int null = open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; ++fd) dup2(null, fd);
+    // Hold none of the program's descriptors (its sockets, the pipe its reader waits on).
+    if (pipe_read > 3) close_range(3, pipe_read - 1, 0);
+    close_range(pipe_read + 1, ~0u, 0);
+    char byte;
+    while (read(pipe_read, &byte, 1) != 0 && errno == EINTR) {
+    }
+    bool any = false;
+    for (std::uint64_t w = 0; w < words_ && !any; ++w) any = written_[w].load(std::memory_order_relaxed) != 0;
+    if (!any) _exit(0);
+    int fd = socket(family_, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr_), addr_len_) != 0) _exit(1);
+    std::uint64_t commands = preamble_cmds_;
+    if (!send_all(fd, preamble_.data(), preamble_.size())) _exit(1);
+    // UNLINK in batches: *N $6 UNLINK then $len key for each page.
+    static char buf[1 << 16];
+    std::uint64_t page_of[kUnlinkBatch];
+    std::size_t n = 0;
+    auto flush = [&] {
+      if (!n) return;
+      std::size_t len = 0;
+      len += put(buf + len, "*"), len += put_u64(buf + len, n + 1), len += put(buf + len, "\r\n$6\r\nUNLINK\r\n");
+      for (std::size_t i = 0; i < n; ++i) {
+        char key[256];
+        std::size_t k = put(key, prefix_.c_str());
+        k += put_u64(key + k, page_of[i] / redis::kPagesPerStripe);
+        k += put(key + k, "}:");
+        k += put_u64(key + k, page_of[i]);
+        len += put(buf + len, "$"), len += put_u64(buf + len, k), len += put(buf + len, "\r\n");
+        std::memcpy(buf + len, key, k), len += k;
+        len += put(buf + len, "\r\n");
+      }
+      if (!send_all(fd, buf, len)) _exit(1);
+      ++commands;
+      n = 0;
+    };
+    for (std::uint64_t w = 0; w < words_; ++w)
+      for (std::uint64_t bits = written_[w].load(std::memory_order_relaxed); bits; bits &= bits - 1) {
+        page_of[n++] = w * 64 + static_cast<unsigned>(__builtin_ctzll(bits));
+        if (n == kUnlinkBatch) flush();
+      }
+    flush();
+    // Every reply is one line (+OK, :N or -ERR): wait for them all before closing.
+    for (std::uint64_t lines = 0; lines < commands;) {
+      ssize_t got = read(fd, buf, sizeof buf);
+      if (got <= 0) _exit(1);
+      for (ssize_t i = 0; i < got; ++i) lines += buf[i] == '\n';
+    }
+    _exit(0);
+  }
+
+  static std::size_t put(char* dst, const char* text) {
+    std::size_t n = std::strlen(text);
+    std::memcpy(dst, text, n);
+    return n;
+  }
+  static std::size_t put_u64(char* dst, std::uint64_t v) {
+    char digits[24];
+    std::size_t n = 0;
+    do digits[n++] = static_cast<char>('0' + v % 10), v /= 10;
+    while (v);
+    for (std::size_t i = 0; i < n; ++i) dst[i] = digits[n - 1 - i];
+    return n;
+  }
+  static bool send_all(int fd, const char* p, std::size_t len) {
+    while (len) {
+      ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+      if (n <= 0 && errno != EINTR) return false;
+      if (n > 0) p += n, len -= static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  sockaddr_storage addr_{};
+  socklen_t addr_len_ = 0;
+  int family_ = AF_INET;
+  std::string preamble_, prefix_;
+  std::uint64_t preamble_cmds_ = 0;
+  const std::atomic<std::uint64_t>* written_ = nullptr;
+  std::uint64_t words_ = 0;
+  int keep_open_ = -1;
+};
+
 class RedisTransport final : public Transport {
  public:
   explicit RedisTransport(const Config& cfg) {
@@ -418,14 +571,17 @@ class RedisTransport final : public Transport {
     gethostname(host, sizeof host - 1);
     for (char* p = host; *p; ++p)
       if (*p == '{' || *p == '}' || *p == '*' || *p == ' ') *p = '_';  // keep the hash tag and patterns whole
-    s_.prefix = redis::key_prefix(host, getpid(), static_cast<std::uint64_t>(std::time(nullptr)));
+    // Microseconds: an exec keeps the pid, and the image before it may still have a reaper at work.
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    s_.prefix = redis::key_prefix(host, getpid(), static_cast<std::uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000);
     // Offsets may reach past far_mem_bytes by a codec's packing: room for twice it.
     std::uint64_t far = cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30;
     s_.npages = (2 * far + kPageSize - 1) / kPageSize;
     bitmap_bytes_ = (s_.npages + 63) / 64 * 8;
-    void* m = mmap(nullptr, bitmap_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* m = mmap(nullptr, bitmap_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) throw Error(std::string("redis: cannot map the written-page bitmap: ") + detail::errno_text(errno));
-    s_.written = static_cast<std::atomic<std::uint64_t>*>(m);
+    s_.written = static_cast<std::atomic<std::uint64_t>*>(m);  // shared with the reaper
 
     ctl_ = open_connection(s_, s_.uri.nodes[0]);
     const long long replicas = connected_replicas();
@@ -439,6 +595,7 @@ class RedisTransport final : public Transport {
                     " has " + std::to_string(replicas) + " connected replicas; add replicas or lower FARMEM_REDIS_WAIT");
       }
     }
+    reaper_.start(s_);
   }
   ~RedisTransport() override {
     shutdown();
@@ -496,6 +653,7 @@ class RedisTransport final : public Transport {
   }
 
   Shared s_;
+  Reaper reaper_;
   std::size_t bitmap_bytes_ = 0;
   redisContext* ctl_ = nullptr;  // blocking, for discard, INFO and the clean-up at exit
   std::mutex mu_;
