@@ -47,7 +47,7 @@ rcli "$MAIN" set keep "me" >/dev/null
 rcli "$MAIN" -n 2 hset keep2 field value >/dev/null
 
 # 1. A 64 MiB far array at 25% local through Redis, in database 2 (SELECT).
-out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN/2" 64M --ops 40000)
+out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN/2" 64M --ops 20000)
 stats=$(grep farmem_stats "$tmp/err")
 if grep -q '"verified":true' <<<"$out" && grep -q '"evictions":[1-9]' <<<"$out" &&
   grep -q '"redis":{"reads":[1-9]' <<<"$stats"; then
@@ -62,17 +62,17 @@ else bad "keys after exit: $(farmem_keys "$MAIN" -n 2) in db 2, $(farmem_keys "$
 start_redis auth --requirepass pw
 AUTH=$RPORT
 rcli "$AUTH" -a pw acl setuser alice on '>apw' '~farmem:*' '+@all' >/dev/null
-out=$(bench "redis://:pw@127.0.0.1:$AUTH" 32M --ops 10000)
+out=$(bench "redis://:pw@127.0.0.1:$AUTH" 32M --ops 3000)
 grep -q '"verified":true' <<<"$out" && ok "AUTH with the URI's password" || bad "URI password: $(tail -1 "$tmp/err")"
 echo "alice apw" >"$tmp/authfile"
-out=$(FARMEM_REDIS_AUTH_FILE=$tmp/authfile bench "redis://127.0.0.1:$AUTH" 32M --ops 10000)
+out=$(FARMEM_REDIS_AUTH_FILE=$tmp/authfile bench "redis://127.0.0.1:$AUTH" 32M --ops 3000)
 grep -q '"verified":true' <<<"$out" && ok "AUTH as ACL user alice from FARMEM_REDIS_AUTH_FILE" ||
   bad "auth file: $(tail -1 "$tmp/err")"
 
 # 3. WAIT: with a replica attached, writes complete once it holds them.
 start_redis replica --replicaof 127.0.0.1 "$MAIN"
 for _ in $(seq 100); do rcli "$MAIN" info replication | grep -q 'slave0:.*state=online' && break; sleep 0.1; done
-out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN" 32M --ops 10000)
+out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN" 32M --ops 3000)
 if grep -q '"verified":true' <<<"$out" && grep -q '"waits":[1-9][0-9]*,"wait_replicas":1' "$tmp/err"; then
   ok "a replica: writes wait for it by default (WAIT 1)"
 else bad "WAIT: $out $(tail -1 "$tmp/err")"; fi
@@ -87,7 +87,7 @@ kill "$RPID"
 FARMEM_BACKEND=redis://127.0.0.1:$MAIN FARMEM_FAR_MEM=256M "$BENCH" --working-set 64M --local-mem 25% --ops 100000000 \
   --json >/dev/null 2>&1 &
 victim=$!
-for _ in $(seq 100); do (($(farmem_keys "$MAIN") > 100)) && break; sleep 0.1; done
+for _ in $(seq 300); do (($(farmem_keys "$MAIN") > 100)) && break; sleep 0.1; done
 left=$(farmem_keys "$MAIN")
 kill -9 "$victim"; wait "$victim" 2>/dev/null
 no_keys_within() {  # SECONDS REDIS-CLI-ARGS...
@@ -112,7 +112,7 @@ rcli "$MAIN" del "farmem:{$(hostname)-888888-1-0}:0" >/dev/null
 if [[ -n $RUN ]]; then
   cat >"$tmp/prog.py" <<'PY'
 import hashlib
-blocks = [bytes([i % 251]) * (1 << 20) for i in range(96)]
+blocks = [bytes([i % 251]) * (1 << 20) for i in range(48)]
 h = hashlib.sha256()
 for b in blocks: h.update(b)
 print(h.hexdigest(), sum(len(b) for b in blocks))
