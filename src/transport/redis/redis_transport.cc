@@ -33,6 +33,7 @@
 #include "farmem/runtime.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
+#include "runtime/runtime.hpp"
 #include "transport/queue_pair.hpp"
 #include "transport/redis/redis_logic.hpp"
 #include "transport/redis/redis_transport.hpp"
@@ -564,6 +565,9 @@ class Reaper {
 class RedisTransport final : public Transport {
  public:
   explicit RedisTransport(const Config& cfg) {
+    // Ordinary memory under the preload shim: the reaper reads these strings in a
+    // copy of this process where the transparent region is not served.
+    detail::InternalAlloc internal;
     s_.uri = redis::parse_uri(cfg.backend);
     if (!cfg.redis_auth_file.empty()) redis::read_auth_file(cfg.redis_auth_file, s_.uri.user, s_.uri.password);
     if (cfg.server_timeout_ms) s_.silence_ns = cfg.server_timeout_ms * 1000000ull;
