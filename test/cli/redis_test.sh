@@ -73,7 +73,7 @@ grep -q '"verified":true' <<<"$out" && ok "AUTH as ACL user alice from FARMEM_RE
 # 3. WAIT: with a replica attached, writes complete once it holds them.
 start_redis replica --replicaof 127.0.0.1 "$MAIN"
 for _ in $(seq 100); do rcli "$MAIN" info replication | grep -q 'slave0:.*state=online' && break; sleep 0.1; done
-out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN" 32M --ops 1000)
+out=$(FARMEM_STATS=1 bench "redis://127.0.0.1:$MAIN" 16M --local-mem 8M --ops 1000)
 if grep -q '"verified":true' <<<"$out" && grep -q '"waits":[1-9][0-9]*,"wait_replicas":1' "$tmp/err"; then
   ok "a replica: writes wait for it by default (WAIT 1)"
 else bad "WAIT: $out $(tail -1 "$tmp/err")"; fi

@@ -425,6 +425,14 @@ class RedisQueuePair final : public QueuePair {
 // before the clone.
 class Reaper {
  public:
+  Reaper() = default;
+  Reaper(const Reaper&) = delete;
+  Reaper& operator=(const Reaper&) = delete;
+  // A transport closed before exit (a probe, a test) ends its reaper now: the
+  // clean-up at shutdown has cleared the bit map, so it has nothing to do.
+  ~Reaper() {
+    if (keep_open_ >= 0) close(keep_open_);
+  }
   // Prepares and starts it; on any failure there is simply no reaper.
   void start(const Shared& s) {
     const redis::Node& node = s.uri.nodes[0];
