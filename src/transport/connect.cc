@@ -53,12 +53,14 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
 }  // namespace
 
 std::string member_refusal(const std::string& uri) {
-  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT or dpdk://... (rdma:// not yet)";
+  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0 || uri.rfind("redis://", 0) == 0) return {};
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, dpdk://... or redis://HOST:PORT "
+         "(rdma://, redis+cluster:// not yet)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
   if (std::string no = member_refusal(member.uri); !no.empty()) throw Error(no);
+  if (member.uri.rfind("redis://", 0) == 0) return connect_redis_member(cfg, member);
   if (member.uri.rfind("dpdk://", 0) == 0) {
 #if FARMEM_HAVE_DPDK
     return connect_dpdk_member(cfg, member);

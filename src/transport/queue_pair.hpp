@@ -93,7 +93,7 @@ class Transport {
 // (the preload shim) any but rdma starts on the first transfer; otherwise it
 // connects now. Throws farmem::Error.
 std::unique_ptr<Transport> connect(const Config& cfg);
-// Empty when `uri` can be a pool member (tcp:// or dpdk://); else why not, and the fix.
+// Empty when `uri` can be a pool member (tcp://, dpdk:// or redis://); else why not, and the fix.
 std::string member_refusal(const std::string& uri);
 // One server of a pool (tcp:// or dpdk://), connected now. Throws farmem::Error
 // naming the server, or member_refusal() for a URI that cannot be a member.

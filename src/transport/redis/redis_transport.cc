@@ -10,6 +10,7 @@
 // far memory in place at exit). A dead, full or silent Redis ends the process
 // with one line, as the other transports do.
 #include <fcntl.h>
+#include <pthread.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
 #include <poll.h>
@@ -60,6 +61,37 @@ struct Reply {  // owns a redisReply
   Reply& operator=(const Reply&) = delete;
 };
 
+// hiredis 0.14 writes with write(): a write to a connection Redis closed raises
+// SIGPIPE, which would end the program without a word. Blocked on this thread
+// while hiredis writes; one that became pending is taken back, and the write
+// fails with EPIPE instead.
+class NoSigpipe {
+ public:
+  NoSigpipe() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+  }
+  ~NoSigpipe() {
+    sigset_t pending;
+    sigpending(&pending);
+    if (!was_pending_ && sigismember(&pending, SIGPIPE)) {
+      timespec now{0, 0};
+      sigtimedwait(&pipe_, nullptr, &now);
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  NoSigpipe(const NoSigpipe&) = delete;
+  NoSigpipe& operator=(const NoSigpipe&) = delete;
+
+ private:
+  sigset_t pipe_, old_;
+  bool was_pending_;
+};
+
 std::string text(const redisReply* r) { return r && r->str ? std::string(r->str, r->len) : std::string(); }
 
 bool starts(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
@@ -72,6 +104,7 @@ struct Shared {
   std::string prefix;
   unsigned wait_replicas = 0;
   std::uint64_t silence_ns = kSilenceLimitNs;
+  bool survive = false;  // a pool member: a lost Redis fails requests instead of ending the process
   std::atomic<std::uint64_t>* written = nullptr;  // bitmap, mmap'd: only touched parts cost memory
   std::uint64_t npages = 0;
   std::atomic<std::uint64_t> keys{0}, reads{0}, writes{0}, waits{0};
@@ -124,6 +157,7 @@ Reply command(redisContext* c, const Shared& s, std::vector<std::string> args) {
   std::vector<const char*> argv;
   std::vector<std::size_t> lens;
   for (auto& a : args) argv.push_back(a.data()), lens.push_back(a.size());
+  NoSigpipe quiet;
   Reply r(redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
   if (!r.r) {
     std::string why = c->errstr;
@@ -183,7 +217,8 @@ redisContext* open_connection(const Shared& s, const redis::Node& node) {
 }
 
 // UNLINK the keys of pages, kUnlinkBatch a command, all pipelined.
-void unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& pages) {
+// False if a pool member's connection broke.
+bool unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& pages) {
   std::size_t sent = 0;
   for (std::size_t i = 0; i < pages.size(); i += kUnlinkBatch) {
     std::vector<std::string> keys{"UNLINK"};
@@ -195,12 +230,17 @@ void unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& page
     redisAppendCommandArgv(ctl, static_cast<int>(argv.size()), argv.data(), lens.data());
     ++sent;
   }
+  NoSigpipe quiet;
   for (; sent; --sent) {
     void* raw = nullptr;
-    if (redisGetReply(ctl, &raw) != REDIS_OK) s.gone(std::string("control connection: ") + ctl->errstr);
+    if (redisGetReply(ctl, &raw) != REDIS_OK) {
+      if (s.survive) return false;  // a pool member's lost Redis: its keys went with it
+      s.gone(std::string("control connection: ") + ctl->errstr);
+    }
     Reply r(raw);
-    if (r.r->type == REDIS_REPLY_ERROR) s.refused(text(r.r));
+    if (r.r->type == REDIS_REPLY_ERROR && !s.survive) s.refused(text(r.r));
   }
+  return true;
 }
 
 // UNLINK every key this run wrote.
@@ -212,7 +252,10 @@ void unlink_all(redisContext* ctl, Shared& s) {
       std::uint64_t p = w * 64 + static_cast<unsigned>(__builtin_ctzll(bits));
       if (s.unmark(p)) pages.push_back(p);
     }
-    if (pages.size() >= 64 * kUnlinkBatch) unlink(ctl, s, pages), pages.clear();
+    if (pages.size() >= 64 * kUnlinkBatch) {
+      if (!unlink(ctl, s, pages)) return;
+      pages.clear();
+    }
   }
   unlink(ctl, s, pages);
 }
@@ -231,15 +274,20 @@ void Shared::remove_all_keys() const {
 // A queue pair's non-blocking pipelined connection.
 class RedisQueuePair final : public QueuePair {
  public:
-  RedisQueuePair(Shared& s, redisContext* c) : s_(s), c_(c) {
+  // c null: a pool member's queue pair whose Redis could not be reached; it fails everything.
+  RedisQueuePair(Shared& s, redisContext* c) : s_(s), c_(c), dead_(c == nullptr) {
+    if (dead_) return;
     // hiredis 0.14 has no switch to non-blocking once connected: clear its flag
     // and the socket's together, so redisBufferRead/Write return on EAGAIN.
     fcntl(c_->fd, F_SETFL, fcntl(c_->fd, F_GETFL) | O_NONBLOCK);
     c_->flags &= ~REDIS_BLOCK;
   }
-  ~RedisQueuePair() override { redisFree(c_); }
+  ~RedisQueuePair() override {
+    if (c_) redisFree(c_);
+  }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    if (dead_) return done_.push_back({cookie, true});
     auto parts = checked_split(off, len, "read");
     char* dst = static_cast<char*>(local);
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -256,6 +304,7 @@ class RedisQueuePair final : public QueuePair {
     s_.reads.fetch_add(1, std::memory_order_relaxed);
   }
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    if (dead_) return done_.push_back({cookie, true});
     auto parts = checked_split(off, len, "write");
     const char* src = static_cast<const char*>(local);
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -271,18 +320,25 @@ class RedisQueuePair final : public QueuePair {
     s_.writes.fetch_add(1, std::memory_order_relaxed);
   }
   void submit() override {
-    if (unwaited_writes_ && s_.wait_replicas) append_wait();
-    flush();
+    if (dead_) return;
+    try {
+      if (unwaited_writes_ && s_.wait_replicas) append_wait();
+      flush();
+    } catch (const Lost&) {
+    }
   }
   std::size_t poll(Completion* out, std::size_t max) override {
-    if (done_.empty() && !expect_.empty()) {
-      receive();
-      if (done_.empty() && !expect_.empty()) check_silence();
+    if (done_.empty() && !expect_.empty() && !dead_) {
+      try {
+        receive();
+        if (done_.empty() && !expect_.empty()) check_silence();
+      } catch (const Lost&) {
+      }
     }
     return take_completions(done_, out, max);
   }
   void wait(unsigned timeout_us) override {
-    if (expect_.empty()) return;
+    if (expect_.empty() || dead_) return;
     pollfd p{c_->fd, POLLIN, 0};
     timespec ts{0, static_cast<long>(timeout_us) * 1000};
     ppoll(&p, 1, &ts, nullptr);
@@ -298,6 +354,23 @@ class RedisQueuePair final : public QueuePair {
     std::uint32_t len;
     std::uint64_t page;
   };
+
+  struct Lost {};  // thrown by lost() in a pool member, caught by submit() and poll()
+
+  // Redis is gone or unusable. Alone, that ends the process; in a pool, every
+  // post in flight and every later one completes as failed.
+  [[noreturn]] void lost(const std::string& why) {
+    if (!s_.survive) s_.gone(why);
+    dead_ = true;
+    for (const Expect& e : expect_)
+      if (e.last && e.kind != Kind::Wait) done_.push_back({e.cookie, true});
+    for (const Completion& c : unacked_) done_.push_back({c.cookie, true});
+    expect_.clear();
+    unacked_.clear();
+    redisFree(c_);
+    c_ = nullptr;
+    throw Lost{};
+  }
 
   std::vector<redis::Part> checked_split(std::uint64_t off, std::size_t len, const char* what) {
     auto parts = redis::split(off, len);
@@ -328,7 +401,12 @@ class RedisQueuePair final : public QueuePair {
   void flush() {
     int done = 0;
     while (!done) {
-      if (redisBufferWrite(c_, &done) != REDIS_OK) s_.gone(c_->errstr);
+      int rc;
+      {
+        NoSigpipe quiet;
+        rc = redisBufferWrite(c_, &done);
+      }
+      if (rc != REDIS_OK) lost(c_->errstr);
       if (done) break;
       receive();
       pollfd p{c_->fd, POLLOUT | POLLIN, 0};
@@ -340,16 +418,16 @@ class RedisQueuePair final : public QueuePair {
   void receive() {
     for (;;) {
       void* raw = nullptr;
-      if (redisGetReplyFromReader(c_, &raw) != REDIS_OK) s_.gone(std::string("malformed reply: ") + c_->errstr);
+      if (redisGetReplyFromReader(c_, &raw) != REDIS_OK) lost(std::string("malformed reply: ") + c_->errstr);
       if (!raw) {
         std::size_t before = c_->reader->len;
-        if (redisBufferRead(c_) != REDIS_OK) s_.gone(c_->err == REDIS_ERR_EOF ? "it closed the connection" : c_->errstr);
+        if (redisBufferRead(c_) != REDIS_OK) lost(c_->err == REDIS_ERR_EOF ? "it closed the connection" : c_->errstr);
         if (c_->reader->len == before) return;  // nothing more has arrived
         continue;
       }
       Reply r(raw);
       progress_ns_ = now_ns();
-      if (expect_.empty()) s_.gone("a reply to a request we did not send");
+      if (expect_.empty()) lost("a reply to a request we did not send");
       Expect e = expect_.front();
       expect_.pop_front();
       on_reply(e, r.r);
@@ -357,10 +435,18 @@ class RedisQueuePair final : public QueuePair {
   }
 
   void on_reply(const Expect& e, const redisReply* r) {
-    if (r->type == REDIS_REPLY_ERROR) s_.refused(text(r));
+    if (r->type == REDIS_REPLY_ERROR) {
+      if (!s_.survive || starts(text(r), "OOM")) s_.refused(text(r));  // a full member: far memory is full
+      lost("it refused a request: " + text(r));
+    }
     switch (e.kind) {
       case Kind::GetWhole:
       case Kind::GetRange: {
+        if (r->type == REDIS_REPLY_NIL && s_.survive) {  // the pool reads the page elsewhere
+          part_failed_ = true;
+          if (e.last) done_.push_back({e.cookie, true}), part_failed_ = false;
+          break;
+        }
         if (r->type == REDIS_REPLY_NIL) {
           // We read only pages we wrote: a missing key is a lost page.
           s_.remove_all_keys();
@@ -369,19 +455,19 @@ class RedisQueuePair final : public QueuePair {
                         "restart the application",
                         s_.uri.shown.c_str(), static_cast<unsigned long long>(e.page));
         }
-        if (r->type != REDIS_REPLY_STRING) s_.gone("a GET answered with something other than a string");
+        if (r->type != REDIS_REPLY_STRING) lost("a GET answered with something other than a string");
         // Shorter than asked: the page was written in part (SETRANGE), the rest is zeros.
         std::size_t n = std::min<std::size_t>(e.len, r->len);
         std::memcpy(e.dst, r->str, n);
         std::memset(e.dst + n, 0, e.len - n);
-        if (e.last) done_.push_back({e.cookie});
+        if (e.last) done_.push_back({e.cookie, part_failed_}), part_failed_ = false;
         break;
       }
       case Kind::Write:
         if (e.last) (s_.wait_replicas ? unacked_ : done_).push_back({e.cookie});
         break;
       case Kind::Wait: {
-        if (r->type != REDIS_REPLY_INTEGER) s_.gone("WAIT answered with something other than a number");
+        if (r->type != REDIS_REPLY_INTEGER) lost("WAIT answered with something other than a number");
         if (r->integer >= static_cast<long long>(s_.wait_replicas)) {
           for (auto& c : unacked_) done_.push_back(c);
           unacked_.clear();
@@ -390,6 +476,7 @@ class RedisQueuePair final : public QueuePair {
         }
         // Fewer replicas than asked hold the batch: ask again, until the silence limit.
         if (!wait_since_ns_) wait_since_ns_ = now_ns();
+        if (now_ns() - wait_since_ns_ > s_.silence_ns && s_.survive) lost("its replicas did not acknowledge");
         if (now_ns() - wait_since_ns_ > s_.silence_ns)
           detail::fatal("Redis at %s: only %lld of the %u replicas FARMEM_REDIS_WAIT asks for acknowledged written "
                         "pages within %llu s; bring its replicas back or lower FARMEM_REDIS_WAIT",
@@ -404,6 +491,7 @@ class RedisQueuePair final : public QueuePair {
 
   void check_silence() {
     if (now_ns() - progress_ns_ <= s_.silence_ns) return;
+    if (s_.survive) lost("no answer for " + std::to_string(s_.silence_ns / 1000000) + " ms");
     detail::fatal("Redis at %s has not answered for %llu s; giving up", s_.uri.shown.c_str(),
                   static_cast<unsigned long long>(s_.silence_ns / 1000000000ull));
   }
@@ -414,6 +502,8 @@ class RedisQueuePair final : public QueuePair {
   std::deque<Completion> done_;
   std::deque<Completion> unacked_;   // writes Redis holds, waiting for WAIT's replicas
   bool unwaited_writes_ = false;
+  bool dead_;
+  bool part_failed_ = false;  // a part of the post being completed found its key missing
   std::uint64_t progress_ns_ = 0, wait_since_ns_ = 0;
 };
 
@@ -572,21 +662,29 @@ class Reaper {
 
 class RedisTransport final : public Transport {
  public:
-  explicit RedisTransport(const Config& cfg) {
+  RedisTransport(const Config& cfg, const MemberOptions* member) {
     // Ordinary memory under the preload shim: the reaper reads these strings in a
     // copy of this process where the transparent region is not served.
     detail::InternalAlloc internal;
-    s_.uri = redis::parse_uri(cfg.backend);
+    s_.uri = redis::parse_uri(member ? member->uri : cfg.backend);
+    s_.survive = member != nullptr;
     if (!cfg.redis_auth_file.empty()) redis::read_auth_file(cfg.redis_auth_file, s_.uri.user, s_.uri.password);
     if (cfg.server_timeout_ms) s_.silence_ns = cfg.server_timeout_ms * 1000000ull;
+    if (member && member->timeout_ns) s_.silence_ns = member->timeout_ns;
     char host[256] = "host";
     gethostname(host, sizeof host - 1);
     for (char* p = host; *p; ++p)
       if (*p == '{' || *p == '}' || *p == '*' || *p == ' ') *p = '_';  // keep the hash tag and patterns whole
     // Microseconds: an exec keeps the pid, and the image before it may still have a reaper at work.
+    // Unique within the process too: a pool's members start in the same microsecond.
+    static std::atomic<std::uint64_t> last_start{0};
     timespec now{};
     clock_gettime(CLOCK_REALTIME, &now);
-    s_.prefix = redis::key_prefix(host, getpid(), static_cast<std::uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000);
+    std::uint64_t start = static_cast<std::uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+    for (std::uint64_t prev = last_start.load(); !last_start.compare_exchange_weak(prev, std::max(start, prev + 1));) {
+    }
+    start = last_start.load();
+    s_.prefix = redis::key_prefix(host, getpid(), start);
     // Offsets may reach past far_mem_bytes by a codec's packing: room for twice it.
     std::uint64_t far = cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30;
     s_.npages = (2 * far + kPageSize - 1) / kPageSize;
@@ -619,6 +717,7 @@ class RedisTransport final : public Transport {
     try {
       return std::make_unique<RedisQueuePair>(s_, open_connection(s_, s_.uri.nodes[0]));
     } catch (const Error& e) {
+      if (s_.survive) return std::make_unique<RedisQueuePair>(s_, nullptr);  // the pool goes elsewhere
       detail::fatal("lost Redis at %s (a new core could not connect: %s)", s_.uri.shown.c_str(), e.what());
     }
   }
@@ -629,7 +728,7 @@ class RedisTransport final : public Transport {
     // Only whole pages are dropped: a part of one may still hold another piece.
     for (std::uint64_t p = (off + kPageSize - 1) / kPageSize; (p + 1) * kPageSize <= off + len; ++p)
       if (s_.unmark(p)) pages.push_back(p);
-    unlink(ctl_, s_, pages);
+    if (!unlink(ctl_, s_, pages)) redisFree(ctl_), ctl_ = nullptr;
   }
   std::uint64_t remote_usage() override { return s_.keys.load(std::memory_order_relaxed) * kPageSize; }
   void shutdown() override {
@@ -674,12 +773,23 @@ class RedisTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> connect_redis(const Config& cfg) {
-  redis::Uri u = redis::parse_uri(cfg.backend);
+namespace {
+void refuse_cluster(const std::string& uri) {
+  redis::Uri u = redis::parse_uri(uri);
   if (u.cluster)
     throw Error("FARMEM_BACKEND=" + u.shown + ": Redis Cluster is not supported yet; point redis:// at one "
                 "standalone Redis (or one master with its replicas)");
-  return std::make_unique<RedisTransport>(cfg);
+}
+}  // namespace
+
+std::unique_ptr<Transport> connect_redis(const Config& cfg) {
+  refuse_cluster(cfg.backend);
+  return std::make_unique<RedisTransport>(cfg, nullptr);
+}
+
+std::unique_ptr<Transport> connect_redis_member(const Config& cfg, const MemberOptions& member) {
+  refuse_cluster(member.uri);
+  return std::make_unique<RedisTransport>(cfg, &member);
 }
 
 }  // namespace farmem::net
