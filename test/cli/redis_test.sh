@@ -5,7 +5,8 @@
 # after the program exits and other keys are untouched, AUTH with a password
 # and with an ACL user (URI and FARMEM_REDIS_AUTH_FILE), WAIT for a replica, a
 # killed client's keys removed by its reaper, the documented clean-up command, an unmodified
-# program under farmem-run with identical output, and one line with a non-zero
+# program under farmem-run with identical output, two Redis in a replicated
+# pool that loses one mid-run, and one line with a non-zero
 # exit for each problem: no server, wrong or missing password, a full Redis,
 # a server that is not Redis, a Redis that dies mid-run, a bad URI, a cluster URI.
 # Usage: redis_test.sh FARMEM_BENCH [FARMEM_RUN]
@@ -42,7 +43,7 @@ bench() {  # URI WORKING_SET ARGS...: farmem-bench at 25% local; JSON on stdout,
 }
 farmem_keys() { rcli "$@" --scan --pattern 'farmem:*' | wc -l; }
 
-start_redis main
+start_redis main --repl-diskless-sync-delay 0  # a replica syncs at once, not after 5 s
 MAIN=$RPORT
 rcli "$MAIN" set keep "me" >/dev/null
 rcli "$MAIN" -n 2 hset keep2 field value >/dev/null
@@ -114,7 +115,7 @@ rcli "$MAIN" del "farmem:{$(hostname)-888888-1-0}:0" >/dev/null
 if [[ -n $RUN ]]; then
   cat >"$tmp/prog.py" <<'PY'
 import hashlib
-blocks = [bytes([i % 251]) * (1 << 20) for i in range(40)]
+blocks = [bytes([i % 251]) * (1 << 20) for i in range(32)]
 h = hashlib.sha256()
 for b in blocks: h.update(b)
 print(h.hexdigest(), sum(len(b) for b in blocks))
@@ -129,7 +130,24 @@ PY
   else bad "farmem-run: rc $rc $(cat "$tmp/run.out") $(tail -2 "$tmp/run.err")"; fi
 fi
 
-# 6. Problems: one line, non-zero exit, within seconds.
+# 6. Two Redis in a pool with replicas:2: one is killed mid-run, nothing is lost.
+start_redis pool1
+P1=$RPORT
+start_redis pool2
+P2=$RPORT
+P2PID=$RPID
+FARMEM_STATS=1 FARMEM_REDUNDANCY=replicas:2 FARMEM_BACKEND=redis://127.0.0.1:$P1,redis://127.0.0.1:$P2 \
+  FARMEM_FAR_MEM=256M timeout 120 "$BENCH" --working-set 32M --local-mem 25% --ops 20000 --json >"$tmp/pool.out" 2>"$tmp/pool.err" &
+client=$!
+for _ in $(seq 300); do (($(farmem_keys "$P2") > 1000)) && break; sleep 0.1; done
+kill -9 "$P2PID"
+wait "$client"; rc=$?
+if ((rc == 0)) && grep -q '"verified":true' "$tmp/pool.out" && grep -q "redis://127.0.0.1:$P2 is down" "$tmp/pool.err" &&
+  no_keys_within 5 "$P1"; then
+  ok "a pool of two Redis (replicas:2), one killed mid-run: verified, its keys removed from the other"
+else bad "redis pool: rc $rc $(cat "$tmp/pool.out") $(grep -v measured "$tmp/pool.err" | tail -3)"; fi
+
+# 7. Problems: one line, non-zero exit, within seconds.
 expect_line() {  # WHAT PATTERN URI [ENV...]: runs a short bench, wants one farmem line matching PATTERN
   local what=$1 pattern=$2 uri=$3
   shift 3
