@@ -67,7 +67,7 @@ void usage() {
       "  --working-set  bytes the ops spread over (default 1G)\n"
       "  --local-mem    local-memory budget, SIZE or PCT%% of the working set (default 25%%)\n"
       "  --backend      where far memory lives: shm (default: a memory server on this machine),\n"
-      "                 tcp://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH\n"
+      "                 tcp://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH\n"
       "                 (an SSD tier: a file made in PATH, or a block device); overrides FARMEM_BACKEND\n"
       "  --ops          measured ops (default 5000000), after a tenth as many to warm up\n"
       "  --threads      application threads (default 1)\n"

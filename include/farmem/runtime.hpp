@@ -42,6 +42,8 @@ struct Config {
   std::string compress = "none";       // far pages compressed: none, lz4, zstd or zstd:LEVEL
   std::uint64_t repair_rate = 256ull << 20;  // bytes of pages a second a pool rebuilds at most; 0 = no limit
   std::string token_file;              // shared secret for a networked memory server
+  std::string redis_auth_file;         // redis://: "password" or "user password" (else from the URI)
+  int redis_wait = -1;                 // redis://: replicas that must hold a written page; -1 = 1 if any
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)
   std::string server_path;             // farmem-server binary; empty = search
   int evictor_cpu = -1;                // -1 = last CPU

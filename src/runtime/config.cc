@@ -152,6 +152,12 @@ Config Config::from_env() {
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
   if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;
+  if (const char* v = env("FARMEM_REDIS_AUTH_FILE")) c.redis_auth_file = v;
+  if (const char* v = env("FARMEM_REDIS_WAIT")) {
+    std::uint64_t n = parse_u64("FARMEM_REDIS_WAIT", v);
+    if (n > 16) throw Error(std::string("FARMEM_REDIS_WAIT=") + v + " is out of range; use 0 to 16 replicas");
+    c.redis_wait = static_cast<int>(n);
+  }
   if (const char* v = env("FARMEM_EVICTOR_CPU")) {
     std::uint64_t cpu = parse_u64("FARMEM_EVICTOR_CPU", v);
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);

@@ -369,6 +369,7 @@ std::string Pool::stats_json() const {
 }  // namespace impl
 
 bool names_pool(const std::string& backend) {
+  if (backend.rfind("redis+cluster://", 0) == 0) return false;  // its commas list one cluster's nodes
   return backend.find(',') != std::string::npos || (!backend.empty() && backend[0] == '@');
 }
 

@@ -13,6 +13,7 @@
 #include "transport/queue_pair.hpp"
 #include "transport/rdma/rdma_logic.hpp"
 #include "transport/rdma/rdma_transport.hpp"
+#include "transport/redis/redis_transport.hpp"
 #include "transport/shm/shm_transport.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
@@ -27,6 +28,10 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
   if (cfg.backend == "shm") return connect_shm(cfg);
   if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
   if (cfg.backend.rfind("file://", 0) == 0) return connect_file(cfg);
+  if (cfg.backend.rfind("redis://", 0) == 0 || cfg.backend.rfind("redis+cluster://", 0) == 0) return connect_redis(cfg);
+  if (cfg.backend.rfind("rediss://", 0) == 0)
+    throw Error("FARMEM_BACKEND=rediss://...: TLS to Redis needs hiredis 1.0 or later built with SSL (this build has "
+                "hiredis 0.14); use redis:// on a trusted network or through a TLS tunnel (stunnel, spiped)");
   if (cfg.backend.rfind("rdma://", 0) == 0) {
 #if FARMEM_HAVE_RDMA
     return connect_rdma(cfg);
@@ -45,7 +50,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
                 "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
 }
 
 }  // namespace
@@ -58,13 +63,15 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 std::string member_refusal(const std::string& uri) {
-  if (uri.rfind("tcp://", 0) == 0 || uri.rfind("dpdk://", 0) == 0 || uri.rfind("file://", 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, dpdk://... or file:///PATH "
-         "(rdma:// not yet)";
+  for (const char* scheme : {"tcp://", "dpdk://", "file://", "redis://"})
+    if (uri.rfind(scheme, 0) == 0) return {};
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, dpdk://..., file:///PATH or "
+         "redis://HOST:PORT (rdma://, redis+cluster:// not yet)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
   if (std::string no = member_refusal(member.uri); !no.empty()) throw Error(no);
+  if (member.uri.rfind("redis://", 0) == 0) return connect_redis_member(cfg, member);
   if (member.uri.rfind("dpdk://", 0) == 0) {
 #if FARMEM_HAVE_DPDK
     return connect_dpdk_member(cfg, member);

@@ -104,7 +104,7 @@ std::unique_ptr<Transport> connect(const Config& cfg);
 // dpdk's wire unit, file's O_DIRECT block; 1 for shm and rdma): what the
 // compressed tier rounds its pieces up to (at least 256).
 std::uint32_t io_unit(const Config& cfg);
-// Empty when `uri` can be a pool member (tcp://, dpdk:// or file://); else why not, and the fix.
+// Empty when `uri` can be a pool member (tcp://, dpdk://, file:// or redis://); else why not, and the fix.
 std::string member_refusal(const std::string& uri);
 // One server of a pool (tcp://, dpdk:// or file://), connected now. Throws farmem::Error
 // naming the server, or member_refusal() for a URI that cannot be a member.

@@ -1,0 +1,61 @@
+// The redis:// transport's pure logic, apart from any socket so it is unit-tested:
+// URIs and auth files, the names of our keys, the Redis Cluster slot of a key,
+// and how a transfer at any 512-byte-aligned offset splits into per-page parts.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace farmem::net::redis {
+
+constexpr std::uint64_t kPageSize = 4096;
+constexpr std::uint64_t kUnit = 512;          // the smallest transfer, and its alignment
+constexpr std::uint64_t kPagesPerStripe = 16; // pages that share one hash tag (one cluster slot)
+
+struct Node {
+  std::string host;
+  int port = 6379;
+};
+
+struct Uri {
+  bool cluster = false;  // redis+cluster://
+  std::vector<Node> nodes;
+  std::string user, password;  // both empty: no AUTH; user empty: AUTH password
+  int db = 0;
+  std::string shown;  // the URI with its password masked, for messages
+};
+
+// redis://[user:password@]HOST[:PORT][/DB] or redis+cluster://[auth@]H1:P1,H2:P2,...
+// Throws farmem::Error naming what is wrong.
+Uri parse_uri(const std::string& uri);
+
+// An auth file holds "password" or "user password" on its first line; fills
+// user and password (user empty for a password alone). Throws farmem::Error.
+void read_auth_file(const std::string& path, std::string& user, std::string& password);
+
+// "farmem:{HOST-PID-START-": every key of this run starts with it; a page's key
+// adds its stripe, closes the hash tag and names the page.
+std::string key_prefix(const std::string& host, long pid, std::uint64_t start_time);
+// "farmem:{HOST-PID-START-STRIPE}:PAGE", STRIPE = PAGE / kPagesPerStripe.
+std::string page_key(const std::string& prefix, std::uint64_t page);
+
+// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as the Redis Cluster
+// spec defines it, and the slot of a key (its hash tag's, if it has one).
+std::uint16_t crc16(std::string_view bytes);
+unsigned key_slot(std::string_view key);
+
+// One page's share of a transfer: bytes [in_page, in_page+len) of page `page`,
+// at `at` bytes into the caller's buffer.
+struct Part {
+  std::uint64_t page;
+  std::uint32_t in_page, len;
+  std::size_t at;
+  bool whole() const { return in_page == 0 && len == kPageSize; }
+};
+// Splits [off, off+len) at page boundaries; off and len must be multiples of
+// kUnit and len > 0 (else returns no parts).
+std::vector<Part> split(std::uint64_t off, std::uint64_t len);
+
+}  // namespace farmem::net::redis
