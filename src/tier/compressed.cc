@@ -129,10 +129,14 @@ class CompressedTransport final : public net::Transport {
     }
     data_stored_.fetch_sub(loc_len(w), std::memory_order_relaxed);
     if (loc_len(w) == kPage) raw_pages_.fetch_sub(1, std::memory_order_relaxed);
+    free_piece(w);
+  }
+  // Frees a piece; a span left empty goes back to the server.
+  void free_piece(std::uint64_t w) {
     PackedStore::Range r = store_.free(loc_off(w), store_.units_for(loc_len(w)));
-    if (r.len) {
+    if (r.len) {  // sent before the span can be synced and reused
       inner_->discard(r.off, r.len);
-      discards_.fetch_add(1, std::memory_order_release);
+      store_.given_back(r);
     }
   }
   void account(std::uint64_t w) {
@@ -151,8 +155,9 @@ class CompressedTransport final : public net::Transport {
     bool sync = false;
     std::uint64_t off = store_.alloc(units, &sync);
     if (sync) {
+      const std::size_t n = store_.to_sync();
       inner_->sync_discards();
-      store_.synced();
+      store_.synced(n);
       off = store_.alloc(units, &sync);
     }
     if (off == UINT64_MAX)
@@ -172,7 +177,6 @@ class CompressedTransport final : public net::Transport {
   // Statistics (FARMEM_STATS "compress"); relaxed counters.
   std::atomic<std::uint64_t> pages_{0}, zero_pages_{0}, raw_pages_{0}, data_stored_{0};
   std::atomic<std::uint64_t> writes_{0}, reads_{0}, compress_ns_{0}, decompress_ns_{0}, damaged_{0};
-  std::atomic<std::uint64_t> discards_{0};
 };
 
 // One per core, like the queue pair it wraps. Work the inner queue pair does
@@ -280,7 +284,7 @@ class CompressedQueuePair final : public net::QueuePair {
     if (op.write) {
       if (op.buf) give_buf(op.buf);
       if (failed) {
-        t_.store_.free(loc_off(op.new_w), t_.store_.units_for(loc_len(op.new_w)));
+        t_.free_piece(op.new_w);
         return {op.cookie, true};
       }
       t_.crc_[op.page].store(op.crc, std::memory_order_relaxed);
@@ -323,7 +327,7 @@ class CompressedQueuePair final : public net::QueuePair {
       t_.account(now);
       t_.release(before);
     } else if (has_piece(now)) {
-      t_.store_.free(loc_off(now), t_.store_.units_for(loc_len(now)));
+      t_.free_piece(now);
     }
     t_.writes_.fetch_add(written, std::memory_order_relaxed);
   }

@@ -91,8 +91,6 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
     drop_partial(units, base, s);
     spans_.erase(it);
     span_bytes_ -= span_bytes;
-    unsynced_.emplace_back(base, units);
-    unsynced_pages_ += units;
     return {base, span_bytes};
   }
   if (was_full) {
@@ -102,11 +100,25 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
   return {};
 }
 
-void PackedStore::synced() {
+void PackedStore::given_back(Range r) {
   std::lock_guard<std::mutex> g(mu_);
-  for (auto [base, pages] : unsynced_) free_spans_[pages].push_back(base);
-  unsynced_.clear();
-  unsynced_pages_ = 0;
+  const unsigned pages = static_cast<unsigned>(r.len / kPage);
+  unsynced_.emplace_back(r.off, pages);
+  unsynced_pages_ += pages;
+}
+
+std::size_t PackedStore::to_sync() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return unsynced_.size();
+}
+
+void PackedStore::synced(std::size_t n) {
+  std::lock_guard<std::mutex> g(mu_);
+  for (std::size_t i = 0; i < n; ++i) {
+    free_spans_[unsynced_[i].second].push_back(unsynced_[i].first);
+    unsynced_pages_ -= unsynced_[i].second;
+  }
+  unsynced_.erase(unsynced_.begin(), unsynced_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 PackedStore::Usage PackedStore::usage() const {

@@ -33,13 +33,19 @@ class PackedStore {
   // calls synced() and asks again; otherwise the address space is used up.
   // Reusing spans keeps the address space, and the server's page tables, small.
   std::uint64_t alloc(unsigned units, bool* sync);
-  void synced();
+  // How many given-back spans the caller is about to make sure of, and then
+  // that it did: only those become reusable (others may be given back, and
+  // their discards sent, while it waits).
+  std::size_t to_sync() const;
+  void synced(std::size_t n);
   // Frees the piece of `units` units at off. Returns the remote range of a
-  // span that became empty and should be discarded (len 0 if none).
+  // span that became empty (len 0 if none): the caller discards it, then
+  // hands it back with given_back() to be reused once synced.
   struct Range {
     std::uint64_t off = 0, len = 0;
   };
   Range free(std::uint64_t off, unsigned units);
+  void given_back(Range r);
 
   struct Usage {
     std::uint64_t spans = 0, span_bytes = 0, piece_bytes = 0;
