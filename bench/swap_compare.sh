@@ -30,6 +30,8 @@ REPEAT=3
 OUT=""
 CSV=""                 # --csv FILE: one row per run appended (header when the file is new); bench/plot.py draws it
 SWAP_FILE_DIR=""        # --swap-file DIR: swap to a file in DIR, farmem on file://DIR (no zram)
+DATA=zeros             # --data KIND: what the pages hold (farmem-bench --data)
+COMPRESS=""            # --compress CODEC: also farmem-sw with FARMEM_COMPRESS=CODEC (farmem-sw-z)
 UTHREADS=""            # --uthreads N for the farmem runs (64 with --swap-file unless given)
 HW=0                   # --hw: also the transparent region (--mode hw), faults in-thread and on the handler thread
 SLACK_ARG=16M          # extra cgroup headroom for the binary itself (text, libs, stack, page tables)
@@ -40,7 +42,7 @@ usage() {
 usage: $PROG [--bench PATH] [--working-set 2G] [--local-pct 25] [--ops N]
              [--workload uniform|seq|zipf] [--repeat 3] [--threads 1]
              [--slack 16M] [--out FILE] [--csv FILE] [--hw]
-             [--swap-file DIR] [--uthreads N]
+             [--swap-file DIR] [--uthreads N] [--data KIND] [--compress CODEC]
 
 Compares Linux swap to zram (farmem-bench --mode local in a memory cgroup
 limited to local-pct% of the working set + slack) against farmem
@@ -51,6 +53,9 @@ With --swap-file DIR, the SSD tier instead: Linux swap goes to a swap file made 
 DIR (no zram for that run) and farmem to its file:// tier in the same directory
 (farmem-file: --backend file://DIR, --uthreads 64 unless --uthreads says).
 --uthreads N: uthreads per thread for the farmem runs (--mode local has none).
+--data KIND: what the pages hold (zeros, text, ints, random, mixed: farmem-bench --data);
+--compress CODEC: also farmem-sw with FARMEM_COMPRESS=CODEC (farmem-sw-z), against
+zram's own compression (lz4 where the kernel has it).
 Default bench: build/bench/farmem-bench (relative to the repo root).
 Must run as root. Defaults: working-set=$WS_ARG local-pct=$LOCAL_PCT ops=$OPS
 workload=$WORKLOAD repeat=$REPEAT threads=$THREADS slack=$SLACK_ARG.
@@ -78,6 +83,8 @@ while [[ $# -gt 0 ]]; do
         --hw)          HW=1; shift ;;
         --swap-file)   need_arg "$@"; SWAP_FILE_DIR=$2; shift 2 ;;
         --uthreads)    need_arg "$@"; UTHREADS=$2; shift 2 ;;
+        --data)        need_arg "$@"; DATA=$2; shift 2 ;;
+        --compress)    need_arg "$@"; COMPRESS=$2; shift 2 ;;
         -h|--help)     usage; exit 0 ;;
         *) echo "$PROG: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -183,7 +190,7 @@ swapenv_cgroup_setup "farmem-swapcmp-$$" "$CG_LIMIT"
 log "cgroup v$CG_VER: $CG_DIR, limit $(human "$CG_LIMIT") = ${LOCAL_PCT}% of $(human "$WS_BYTES") + $(human "$SLACK_BYTES") slack"
 
 # --- runs -----------------------------------------------------------------------
-COMMON=(--workload "$WORKLOAD" --working-set "$WS_FMT" --ops "$OPS" --threads "$THREADS" --json)
+COMMON=(--workload "$WORKLOAD" --working-set "$WS_FMT" --ops "$OPS" --threads "$THREADS" --data "$DATA" --json)
 RESULTS=$TMPD/results.tsv      # config \t run \t pswpout_delta_pages \t json
 : >"$RESULTS"
 [[ -z $OUT ]] || echo "# swap_compare $(date -Is) workload=$WORKLOAD working_set=$WS_BYTES local_pct=$LOCAL_PCT ops=$OPS threads=$THREADS repeat=$REPEAT swap=${SWAP_FILE:-$ZRAM_DEV/$ZRAM_ALG} uthreads=${UTHREADS:-0} cgroup=v$CG_VER limit=$CG_LIMIT slack=$SLACK_BYTES" >>"$OUT"
@@ -244,7 +251,7 @@ if csv:
     # config of the run, then what it measured (bench/plot.py reads these columns)
     mode, transport = {"local-swap": ("swap", swap_kind), "farmem-sw": ("farmem-sw", "shm"),
                        "farmem-file": ("farmem-sw", "file"),
-                       "farmem-hw-sig": ("farmem-hw-signal", "shm"), "farmem-hw-thr": ("farmem-hw", "shm"),
+                       "farmem-sw-z": ("farmem-sw-compressed", "shm"), "farmem-hw-sig": ("farmem-hw-signal", "shm"), "farmem-hw-thr": ("farmem-hw", "shm"),
                        "local-ideal": ("local", "none")}.get(cfg, (cfg, ""))
     new = not os.path.exists(csv) or os.path.getsize(csv) == 0
     with open(csv, "a") as f:
@@ -264,6 +271,9 @@ log "running $REPEAT x {local-swap ($SWAP_KIND), $FARMEM_CFG, local-ideal}: work
 for ((r = 1; r <= REPEAT; r++)); do
     run_one local-swap  "$r" 1 -- --mode local "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
     run_one "$FARMEM_CFG" "$r" 0 -- --mode sw  "${COMMON[@]}" --local-mem "${LOCAL_PCT}%" "${FARMEM_ARGS[@]}"
+    if [[ -n $COMPRESS ]]; then
+        RUN_ENV=FARMEM_COMPRESS=$COMPRESS run_one farmem-sw-z "$r" 0 -- --mode sw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%" "${FARMEM_ARGS[@]}"
+    fi
     if (( HW )); then
         RUN_ENV=FARMEM_HW_FAULTS=signal run_one farmem-hw-sig "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
         RUN_ENV=FARMEM_HW_FAULTS=thread run_one farmem-hw-thr "$r" 0 -- --mode hw "${COMMON[@]}" --local-mem "${LOCAL_PCT}%"
@@ -295,7 +305,7 @@ out.append(f"   Linux swap: {swap_name}, cgroup v{cgver} limit {limit/2**20:.1f}
            f"= {pct}% of working set + {slack/2**20:.0f} MiB slack for the binary; farmem uthreads {uthreads}")
 out.append(f"   {'config':<12}{'median ns/op':>14}{'min':>11}{'max':>11}{'median ops/s':>15}{'swapout/run':>14}")
 names = {"local-swap": "local-swap", "farmem-sw": "farmem-sw", "local-ideal": "local-ideal"}
-for k in ("local-swap", "farmem-sw", "farmem-file", "farmem-hw-sig", "farmem-hw-thr", "local-ideal"):
+for k in ("local-swap", "farmem-sw", "farmem-sw-z", "farmem-file", "farmem-hw-sig", "farmem-hw-thr", "local-ideal"):
     v = rows.get(k, [])
     if not v: continue
     out.append(f"   {k:<12}{med[k]:>14.1f}{min(v):>11.1f}{max(v):>11.1f}{1e9/med[k]:>15.0f}"
@@ -311,7 +321,7 @@ summary = {"workload": workload, "working_set_bytes": ws, "local_pct": pct,
            "local_ns_per_op": round(med["local-ideal"], 2),
            "sw_speedup_vs_swap": round(sp, 4), "sw_slowdown_vs_local": round(sl, 4),
            "runs": int(rep)}
-for k, name in (("farmem-hw-sig", "hw_signal"), ("farmem-hw-thr", "hw_thread")):
+for k, name in (("farmem-sw-z", "sw_compressed"), ("farmem-hw-sig", "hw_signal"), ("farmem-hw-thr", "hw_thread")):
     if k in med:
         out.append(f"   farmem {name} speedup vs Linux swap (zram): {med['local-swap'] / med[k]:.2f}x")
         summary[name + "_ns_per_op"] = round(med[k], 2)
