@@ -53,7 +53,7 @@ void usage(FILE* out) {
                "  \"listeners\", \"clients\", \"reserved_bytes\", \"capacity_bytes\"); SIGTERM stops it.\n"
                "  Live usage for farmem-stat is published in FARMEM_STATS_DIR (default /dev/shm/farmem, off:\n"
                "  none); FARMEM_METRICS=HOST:PORT serves it as Prometheus text at GET /metrics.\n"
-               "       farmem-server --shm-fd FD --capacity BYTES   (internal: the embedded server)\n",
+               "       farmem-server --shm-fd FD --capacity BYTES [--small-pages]   (internal: the embedded server)\n",
                FARMEM_HAVE_RDMA ? "" : "\n                      (not in this build: it was built without rdma-core)");
 }
 [[noreturn]] void die(const std::string& msg) {
@@ -125,9 +125,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> listens;
   std::string token_file;
   unsigned stats_interval = 0;
+  bool huge_pages = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") { usage(stdout); return 0; }
+    if (a == "--small-pages") {  // internal, with --shm-fd: see run_shm
+      huge_pages = false;
+      continue;
+    }
     if (i + 1 >= argc) die(a + " needs a value; see --help");
     std::string v = argv[++i];
     try {
@@ -145,7 +150,7 @@ int main(int argc, char** argv) {
   }
   if (shm_fd >= 0) {
     if (capacity == 0) die("--shm-fd needs --capacity");
-    return server::run_shm(shm_fd, capacity);
+    return server::run_shm(shm_fd, capacity, huge_pages);
   }
   if (listens.empty()) die("--listen tcp://HOST:PORT is required (or rdma://HOST:PORT or dpdk://...); see --help");
   if (capacity == 0) die("--capacity SIZE is required (e.g. --capacity 16G)");

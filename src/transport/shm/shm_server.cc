@@ -34,7 +34,7 @@ std::uint64_t self_rss_bytes() {
 
 }  // namespace
 
-int run_shm(int fd, std::uint64_t capacity) {
+int run_shm(int fd, std::uint64_t capacity, bool huge_pages) {
   struct sigaction sa {};
   sa.sa_handler = on_term;
   sigaction(SIGTERM, &sa, nullptr);
@@ -51,8 +51,9 @@ int run_shm(int fd, std::uint64_t capacity) {
                  static_cast<unsigned long long>(capacity), std::strerror(errno));
     return 1;
   }
-  // Huge pages make the client's one-sided copies cheaper (fewer page walks).
-  madvise(base, capacity, MADV_HUGEPAGE);
+  // Huge pages make the client's one-sided copies cheaper (fewer page walks);
+  // small ones let the compressed tier's discards give memory back for good.
+  madvise(base, capacity, huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 
   net::shm::Hello hello{net::shm::kMagic, net::shm::kVersion,
                         static_cast<std::uint64_t>(getpid()),

@@ -196,7 +196,9 @@ class ShmTransport final : public Transport {
       close(sv[1]);
     }
     std::string cap = std::to_string(cfg.far_mem_bytes);
-    const char* argv[] = {server.c_str(), "--shm-fd", "3", "--capacity", cap.c_str(), nullptr};
+    const bool small = cfg.compress != "none";  // see run_shm
+    const char* argv[] = {server.c_str(), "--shm-fd", "3", "--capacity", cap.c_str(), small ? "--small-pages" : nullptr,
+                          nullptr};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, child_fd, 3);
