@@ -158,6 +158,13 @@ class Pool final : public net::Transport {
 class PoolQueuePair final : public net::QueuePair {
  public:
   explicit PoolQueuePair(Pool& p) : p_(p), codec_(p.scheme) {}
+  // The members' queue pairs go first: one whose transfers the kernel finishes
+  // on its own (file://, io_uring) waits for them, and a spare piece read late
+  // lands in ops_' scratch buffers, which must still be there.
+  ~PoolQueuePair() override {
+    orphans_.clear();
+    for (auto& q : qps_) q.reset();
+  }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override;
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override;

@@ -1,7 +1,7 @@
 // Integrity under eviction: a large far array with 10% local memory, random
 // reads and writes from two threads racing the evictor, checked word for word
 // against a shadow copy in plain memory. (4 GiB normally, 128 MiB under sanitizers.)
-// With FARMEM_COMPRESS set (the integrity_lz4 and integrity_zstd tests) the
+// With FARMEM_COMPRESS set (the integrity_lz4 test) the
 // words are small numbers, so pages compress and the codec's path is the one
 // taken, at 96 MiB (24 MiB under sanitizers).
 #include <catch2/catch.hpp>
