@@ -5,6 +5,7 @@
 // locale.
 #pragma once
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,6 +15,15 @@
 #include <cstring>
 
 namespace farmem::detail {
+
+// n zeroed T's in address space reserved, not committed (MAP_NORESERVE): a
+// per-far-page table that costs memory only where pages were touched. Null if
+// the mapping fails; the caller names what it was for.
+template <class T>
+T* map_table(std::uint64_t n) {
+  void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<T*>(p);
+}
 
 inline std::uint64_t now_ns() {
   timespec ts;

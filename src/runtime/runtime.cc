@@ -20,7 +20,7 @@
 #include "runtime/fatal.hpp"
 #include "runtime/live_stats.hpp"
 #include "runtime/metrics.hpp"
-#include "tier/compressor.hpp"
+#include "tier/compressed.hpp"
 #include "tier/pool.hpp"
 
 namespace farmem {
@@ -206,10 +206,7 @@ void check_config(Config& cfg) {
   if (cfg.local_mem_bytes == 0) cfg.local_mem_bytes = phys / 4;
   if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = kDefaultFarMem;
   auto mib = [](std::uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
-  tier::parse_compress(cfg.compress);
-  if (cfg.compress != "none" && tier::is_pool(cfg))
-    throw Error("FARMEM_COMPRESS=" + cfg.compress +
-                " with a pool of servers is not supported yet; use one server, or FARMEM_COMPRESS=none");
+  if (std::string no = tier::compress_refusal(cfg); !no.empty()) throw Error(no);  // also names a bad codec
   if (cfg.local_mem_bytes > phys)
     throw Error("local memory budget " + mib(cfg.local_mem_bytes) +
                 " exceeds this machine's physical memory (" + mib(phys) +

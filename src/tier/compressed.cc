@@ -22,7 +22,6 @@
 #include <sys/mman.h>
 
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -30,6 +29,7 @@
 
 #include "farmem/runtime.hpp"
 #include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
 #include "tier/compressor.hpp"
 #include "tier/packed_store.hpp"
 #include "tier/pool.hpp"
@@ -38,6 +38,7 @@
 namespace farmem::tier {
 namespace {
 
+using detail::now_ns;
 constexpr std::size_t kPage = 4096;
 
 // The location word: 0 = nothing stored.
@@ -53,11 +54,6 @@ inline std::size_t loc_len(std::uint64_t w) { return static_cast<std::size_t>(w 
 inline std::uint64_t loc_off(std::uint64_t w) { return ((w >> 13) & ((1ull << 40) - 1)) << 8; }
 inline bool has_piece(std::uint64_t w) { return (w & kStored) && !(w & kZero); }
 
-std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now().time_since_epoch())
-                                        .count());
-}
 
 bool is_zero_page(const void* p) {
   const auto* w = static_cast<const std::uint64_t*>(p);
@@ -67,9 +63,9 @@ bool is_zero_page(const void* p) {
 
 template <class T>
 T* map_array(std::uint64_t n) {
-  void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) throw Error("cannot map the compressed tier's page map; raise vm.max_map_count or lower FARMEM_FAR_MEM");
-  return static_cast<T*>(p);
+  T* t = detail::map_table<T>(n);
+  if (t == nullptr) throw Error("cannot map the compressed tier's page map; raise vm.max_map_count or lower FARMEM_FAR_MEM");
+  return t;
 }
 
 class CompressedQueuePair;
@@ -122,14 +118,8 @@ class CompressedTransport final : public net::Transport {
   // became empty back to the server.
   void release(std::uint64_t w) {
     if (!(w & kStored)) return;
-    pages_.fetch_sub(1, std::memory_order_relaxed);
-    if (w & kZero) {
-      zero_pages_.fetch_sub(1, std::memory_order_relaxed);
-      return;
-    }
-    data_stored_.fetch_sub(loc_len(w), std::memory_order_relaxed);
-    if (loc_len(w) == kPage) raw_pages_.fetch_sub(1, std::memory_order_relaxed);
-    free_piece(w);
+    count(w, -1);
+    if (has_piece(w)) free_piece(w);
   }
   // Frees a piece; a span left empty goes back to the server.
   void free_piece(std::uint64_t w) {
@@ -139,14 +129,16 @@ class CompressedTransport final : public net::Transport {
       store_.given_back(r);
     }
   }
-  void account(std::uint64_t w) {
-    pages_.fetch_add(1, std::memory_order_relaxed);
+  // The statistics of a stored page w, added (sign 1) or taken away (-1).
+  void count(std::uint64_t w, int sign) {
+    const auto d = static_cast<std::uint64_t>(static_cast<std::int64_t>(sign));  // wraps: -1 subtracts
+    pages_.fetch_add(d, std::memory_order_relaxed);
     if (w & kZero) {
-      zero_pages_.fetch_add(1, std::memory_order_relaxed);
+      zero_pages_.fetch_add(d, std::memory_order_relaxed);
       return;
     }
-    data_stored_.fetch_add(loc_len(w), std::memory_order_relaxed);
-    if (loc_len(w) == kPage) raw_pages_.fetch_add(1, std::memory_order_relaxed);
+    data_stored_.fetch_add(d * loc_len(w), std::memory_order_relaxed);
+    if (loc_len(w) == kPage) raw_pages_.fetch_add(d, std::memory_order_relaxed);
   }
   // A piece for `units` units. A span given back earlier is written to only
   // after the discards sent for it have reached the server, so a late discard
@@ -197,7 +189,7 @@ class CompressedQueuePair final : public net::QueuePair {
     const std::uint64_t t0 = now_ns();
     if (is_zero_page(local)) {
       t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
-      commit(page, old, kStored | kZero, 0);
+      commit(page, old, kStored | kZero);
       ready_.push_back({cookie});
       return;
     }
@@ -288,7 +280,8 @@ class CompressedQueuePair final : public net::QueuePair {
         return {op.cookie, true};
       }
       t_.crc_[op.page].store(op.crc, std::memory_order_relaxed);
-      commit(op.page, op.w, op.new_w, 1);
+      commit(op.page, op.w, op.new_w);
+      t_.writes_.fetch_add(1, std::memory_order_relaxed);
       return {op.cookie};
     }
     if (!failed) {
@@ -321,15 +314,14 @@ class CompressedQueuePair final : public net::QueuePair {
   // Publishes a page's new location if it still has the one it had when its
   // write was posted (a far free may have dropped it meanwhile), and frees the
   // piece that is no longer used.
-  void commit(std::uint64_t page, std::uint64_t before, std::uint64_t now, int written) {
+  void commit(std::uint64_t page, std::uint64_t before, std::uint64_t now) {
     std::uint64_t expect = before;
     if (t_.loc_[page].compare_exchange_strong(expect, now, std::memory_order_acq_rel)) {
-      t_.account(now);
+      t_.count(now, 1);
       t_.release(before);
     } else if (has_piece(now)) {
       t_.free_piece(now);
     }
-    t_.writes_.fetch_add(written, std::memory_order_relaxed);
   }
 
   char* take_buf() {
@@ -395,12 +387,16 @@ std::string CompressedTransport::stats_json() const {
 
 }  // namespace
 
+std::string compress_refusal(const Config& cfg) {
+  if (parse_compress(cfg.compress).kind == CompressSpec::Kind::None || !is_pool(cfg)) return {};
+  return "FARMEM_COMPRESS=" + cfg.compress +
+         " with a pool of servers is not supported yet; use one server, or FARMEM_COMPRESS=none";
+}
+
 std::unique_ptr<net::Transport> compress_transport(const Config& cfg, std::unique_ptr<net::Transport> inner) {
   const CompressSpec spec = parse_compress(cfg.compress);
   if (spec.kind == CompressSpec::Kind::None) return inner;
-  if (is_pool(cfg))
-    throw Error("FARMEM_COMPRESS=" + cfg.compress +
-                " with a pool of servers is not supported yet; use one server, or FARMEM_COMPRESS=none");
+  if (std::string no = compress_refusal(cfg); !no.empty()) throw Error(no);
   return std::make_unique<CompressedTransport>(cfg, spec, std::move(inner));
 }
 

@@ -23,7 +23,7 @@ std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
     Span& s = spans_[base];
     const unsigned slot = static_cast<unsigned>(std::countr_one(s.used));
     s.used |= 1u << slot;
-    if (std::popcount(s.used) == static_cast<int>(n_)) drop_partial(units, base, s);
+    if (std::popcount(s.used) == static_cast<int>(n_)) drop_partial(units, s);
     return base + std::uint64_t{slot} * units * unit_;
   }
   const std::uint64_t bytes = std::uint64_t{units} * kPage;  // a new span: u pages, n pieces
@@ -60,7 +60,7 @@ std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
   return base;
 }
 
-void PackedStore::drop_partial(unsigned units, std::uint64_t base, Span& s) {
+void PackedStore::drop_partial(unsigned units, Span& s) {
   std::vector<std::uint64_t>& part = partial_[units];
   const std::uint32_t pos = s.partial_pos;
   if (pos == UINT32_MAX) return;
@@ -70,7 +70,6 @@ void PackedStore::drop_partial(unsigned units, std::uint64_t base, Span& s) {
   }
   part.pop_back();
   s.partial_pos = UINT32_MAX;
-  (void)base;
 }
 
 PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
@@ -88,7 +87,7 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
   const bool was_full = std::popcount(s.used) == static_cast<int>(n_);
   s.used &= ~(1u << slot);
   if (s.used == 0) {  // empty: give it back to the server
-    drop_partial(units, base, s);
+    drop_partial(units, s);
     spans_.erase(it);
     span_bytes_ -= span_bytes;
     return {base, span_bytes};

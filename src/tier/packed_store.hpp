@@ -62,7 +62,7 @@ class PackedStore {
     unsigned units = 0;
     std::uint32_t partial_pos = UINT32_MAX;  // index in partial_[units], or none
   };
-  void drop_partial(unsigned units, std::uint64_t base, Span& s);
+  void drop_partial(unsigned units, Span& s);
 
   const std::uint32_t unit_;
   const unsigned n_;  // pieces per span

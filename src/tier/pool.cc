@@ -42,9 +42,9 @@ std::vector<std::string> split_uris(const std::string& list) {
 
 template <class T>
 T* map_table(std::uint64_t n) {
-  void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) throw Error("cannot map the pool's page table (" + std::to_string(n * sizeof(T) >> 20) + " MiB)");
-  return static_cast<T*>(p);
+  T* t = detail::map_table<T>(n);
+  if (t == nullptr) throw Error("cannot map the pool's page table (" + std::to_string(n * sizeof(T) >> 20) + " MiB)");
+  return t;
 }
 
 std::int64_t file_stamp(const std::string& path) {
