@@ -10,15 +10,7 @@ RUN=${3:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 # 1. Over tcp://: verified, and the server holds well under the data it was given.
-"$SERVER" --listen tcp://127.0.0.1:0 --capacity 1G >"$tmp/server.out" 2>"$tmp/server.err" &
-SPID=$!
-pids+=("$SPID")
-for _ in $(seq 100); do
-  PORT=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/server.out")
-  [[ -n $PORT ]] && break
-  sleep 0.05
-done
-[[ -n ${PORT:-} ]] || { bad "farmem-server did not start: $(cat "$tmp/server.err")"; exit 1; }
+start_tcp_server server --capacity 1G
 rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$SPID/status")
 out=$(FARMEM_COMPRESS=lz4 FARMEM_BACKEND=tcp://127.0.0.1:$PORT FARMEM_FAR_MEM=256M FARMEM_STATS=1 timeout 120 \
       "$BENCH" --working-set 96M --local-mem 12M --data text --ops 40000 --uthreads 16 --json 2>"$tmp/e1")

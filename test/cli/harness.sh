@@ -7,4 +7,20 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 ok() { echo "ok   $*"; }
+
+# start_tcp_server NAME ARGS...: starts $SERVER (farmem-server) on a free tcp
+# port with ARGS; sets PORT and SPID, output in $tmp/NAME.out and .err.
+start_tcp_server() {
+  local name=$1
+  shift
+  "$SERVER" --listen tcp://127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  SPID=$!
+  pids+=("$SPID")
+  for _ in $(seq 100); do
+    PORT=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.out")
+    [[ -n $PORT ]] && return 0
+    sleep 0.05
+  done
+  echo "server did not start:"; cat "$tmp/$name.err"; exit 1
+}
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }

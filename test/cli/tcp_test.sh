@@ -9,28 +9,13 @@ BENCH=$1
 SERVER=$2
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
-# start_server NAME ARGS...: starts farmem-server on a free port; sets PORT and SPID.
-start_server() {
-  local name=$1
-  shift
-  "$SERVER" --listen tcp://127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  SPID=$!
-  pids+=("$SPID")
-  for _ in $(seq 100); do
-    PORT=$(sed -n 's/.*listening on tcp:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.out")
-    [[ -n $PORT ]] && return 0
-    sleep 0.05
-  done
-  echo "server did not start:"; cat "$tmp/$name.err"; exit 1
-}
-
 usage_line() {  # asks the server for a usage line, prints the newest
   kill -USR1 "$1"; sleep 0.3; grep '"farmem_server":"usage"' "$2" | tail -1
 }
 
 echo "s3cret-token" >"$tmp/token"
 echo "wrong-token" >"$tmp/wrong"
-start_server main --capacity 12G --token-file "$tmp/token"
+start_tcp_server main --capacity 12G --token-file "$tmp/token"
 MAIN=$SPID
 export FARMEM_TOKEN_FILE=$tmp/token
 URI=tcp://127.0.0.1:$PORT
@@ -151,7 +136,7 @@ done
 out=$(env -u FARMEM_FAR_MEM FARMEM_BACKEND=$URI timeout 60 "$BENCH" --working-set 64M --ops 2000 --json 2>&1)
 grep -q '"verified":true' <<<"$out" && ok "default far memory (64 GiB) against a 12 GiB server" ||
   bad "default far memory against a 12 GiB server: $out"
-start_server small --capacity 64M
+start_tcp_server small --capacity 64M
 FARMEM_BACKEND=tcp://127.0.0.1:$PORT timeout 60 "$BENCH" --working-set 256M --local-mem 25% --ops 1000 \
   >/dev/null 2>"$tmp/cap.err"
 rc=$?
@@ -181,7 +166,7 @@ out=$(FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 2
 grep -q '"verified":true' <<<"$out" && ok "server still serves after the client died" || bad "after client death: $out"
 
 # 7. The server killed mid-run: the client ends non-zero with a message within 15 s.
-start_server doomed --capacity 2G
+start_tcp_server doomed --capacity 2G
 FARMEM_BACKEND=tcp://127.0.0.1:$PORT FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
   --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
 client=$!
