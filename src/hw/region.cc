@@ -456,6 +456,7 @@ void Region::fill_from_frame(std::uint64_t vpn, std::uint32_t f) {
     e = copy_page(uffd_.fd, page, rt_.frame_addr(f));
     if (e == 0) detail::kernel_madvise(rt_.frame_addr(f), 4096, MADV_DONTNEED);
   }
+  if (e == EEXIST) return;  // mapped already: keep what is there, as fill_by_copy does; the slot stays full
   if (e != 0)
     detail::fatal("cannot map a page into the transparent region at %p: %s", static_cast<void*>(page),
                   std::strerror(e));
@@ -489,8 +490,15 @@ void Region::unmap_written(const Leaving& l) {
   for (std::size_t k = 0; k < iov.size();) {
     const std::size_t n = std::min<std::size_t>(iov.size() - k, 1024);  // IOV_MAX
     long done = self_pidfd_ < 0 ? -1 : syscall(SYS_process_madvise, self_pidfd_, iov.data() + k, n, MADV_DONTNEED, 0);
-    if (done < 0)  // no process_madvise (before Linux 5.10) or no pidfd: one range a call
-      for (std::size_t i = k; i < k + n; ++i) detail::kernel_madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
+    // No process_madvise (before Linux 5.10) or no pidfd: one range a call. It
+    // may also stop early on an error: the ranges it did not reach go one a call,
+    // because a page left mapped here would be used while the page table says far.
+    std::size_t i = k;
+    for (; done > 0 && i < k + n; ++i) {
+      if (static_cast<std::size_t>(done) < iov[i].iov_len) break;
+      done -= static_cast<long>(iov[i].iov_len);
+    }
+    for (; i < k + n; ++i) detail::kernel_madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
     k += n;
   }
   // Wake the writers that blocked on the protection: their pages are gone, so
@@ -830,7 +838,32 @@ void Region::fork_child() {
     detail::fatal("forked child: %s", e.what());
   }
   child_qp_ = rt_.transport->create_qp();
+  child_handler_up_.store(0);
+  child_serving_done_.store(0);
   start_handler(&Region::child_loop);
+  serve_until_child_handler_up();
+}
+
+// A new thread's start-up reads memory the program allocated (glibc's locale
+// data, for one), which may be far in the region; the handler thread would then
+// wait for itself. So the forking thread serves faults until the handler is in
+// its loop, and the handler waits until it stopped: the child's queue pair and
+// staging page are never used by both.
+void Region::serve_until_child_handler_up() {
+  while (!child_handler_up_.load(std::memory_order_acquire)) {
+    pollfd p{uffd_.fd, POLLIN, 0};
+    if (poll(&p, 1, 1) > 0) serve_child_faults(1);
+  }
+  child_serving_done_.store(1, std::memory_order_release);
+  detail::futex_wake(&child_serving_done_);
+}
+
+// Reads up to `max` fault messages and serves them.
+void Region::serve_child_faults(std::size_t max) {
+  uffd_msg msgs[64];
+  const ssize_t got = read(uffd_.fd, msgs, std::min<std::size_t>(max, 64) * sizeof(uffd_msg));
+  for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i)
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_in_child(msgs[i].arg.pagefault.address & ~std::uint64_t{4095});
 }
 
 // In a forked child: a page that was far at fork time comes from the memory
@@ -871,7 +904,8 @@ void Region::resolve_in_child(std::uint64_t addr) {
 
 void Region::child_loop() {
   detail::g_internal_alloc = 1;
-  uffd_msg msgs[64];
+  child_handler_up_.store(1, std::memory_order_release);
+  while (!child_serving_done_.load(std::memory_order_acquire)) detail::futex_wait(&child_serving_done_, 0, 1000000);
   while (!stop_.load(std::memory_order_relaxed)) {
     park_if_asked();
     pollfd p[2] = {{uffd_.fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
@@ -881,11 +915,7 @@ void Region::child_loop() {
       if (read(wake_fd_, &v, sizeof v) < 0) {
       }
     }
-    if (!(p[0].revents & POLLIN)) continue;
-    ssize_t got = read(uffd_.fd, msgs, sizeof msgs);
-    for (ssize_t i = 0; i < got / static_cast<ssize_t>(sizeof(uffd_msg)); ++i)
-      if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-        resolve_in_child(msgs[i].arg.pagefault.address & ~std::uint64_t{4095});
+    if (p[0].revents & POLLIN) serve_child_faults(64);
   }
 }
 

@@ -121,6 +121,8 @@ class Region {
     return addr >= pool && addr < pool + pool_bytes_;
   }
   void child_loop();
+  void serve_child_faults(std::size_t max);
+  void serve_until_child_handler_up();
   // staging: 1 + kAhead pages (or 1: no fault-around) for frames whose slot is empty.
   // write: the access was a write (a page read in goes in write-protected when tracking).
   bool resolve(std::uint64_t addr, bool write, char* staging, unsigned staging_pages);  // false: retry later
@@ -163,6 +165,9 @@ class Region {
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
   bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
   std::unique_ptr<net::QueuePair> child_qp_;
+  // Forked child: the handler thread says it reached its loop; the forking
+  // thread, which served the faults of its start-up, says it stopped.
+  std::atomic<std::uint32_t> child_handler_up_{0}, child_serving_done_{0};
   bool lazy_ = false;                                  // FARMEM_HW_FIRST_TOUCH=kernel
   std::unique_ptr<std::atomic<std::uint8_t>[]> watched_;  // per chunk: registered with userfaultfd
   std::uint64_t nchunks_ = 0;

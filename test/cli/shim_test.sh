@@ -5,7 +5,8 @@
 # under the budget plus a fixed overhead (OVERHEAD_MIB: the program's own code
 # and libraries, the runtime's threads and tables, mimalloc's bookkeeping).
 # Then a C program that forks, starts threads, reallocs and mremaps (shim_check),
-# a server with a client, and the one-line errors.
+# python3 forking children that read its far heap, a server with a client, and
+# the one-line errors.
 # Usage: shim_test.sh FARMEM_RUN SHIM_CHECK
 set -uo pipefail
 RUN=$1
@@ -98,6 +99,28 @@ if timeout 600 "$RUN" --local-mem 16M -- "$CHECK" 128 >"$T/c.out" 2>"$T/c.err" &
   pass "shim_check (threads, realloc, mmap/munmap/mremap/madvise, fork, system) at 16 MiB local"
 else
   fail "shim_check"; tail -5 "$T/c.err"
+fi
+
+# fork() of an interpreter whose heap (its locale data too) is mostly far: each
+# child reads every value from the embedded server's snapshot. The child's
+# fault-handler thread reads far memory as it starts (glibc's locale set-up),
+# which once left the child waiting for itself.
+cat >"$T/fork.py" <<'PY'
+import os
+d = {i: ("%x" % (i * 2654435761)) * 4 for i in range(300000)}
+total = sum(len(v) for v in d.values())
+kids = []
+for k in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if sum(len(v) for v in d.values()) == total else 3)
+    kids.append(pid)
+print(total, [os.waitpid(p, 0)[1] for p in kids])
+PY
+if out=$(timeout 120 "$RUN" --local-mem 16M -- "$PY" "$T/fork.py" 2>"$T/fork.err") && [[ $out == "15147528 [0, 0]" ]]; then
+  pass "python3 forks two children that read its far heap: $out"
+else
+  fail "python3 fork: printed '${out:-nothing}' (exit $?)"; tail -3 "$T/fork.err"
 fi
 
 # A server with a client: a key-value server under farmem-run, a plain client.
