@@ -55,10 +55,10 @@ inline std::uint64_t loc_off(std::uint64_t w) { return ((w >> 13) & ((1ull << 40
 inline bool has_piece(std::uint64_t w) { return (w & kStored) && !(w & kZero); }
 
 
-bool is_zero_page(const void* p) {
+bool is_zero_page(const void* p, std::size_t len) {
   const auto* w = static_cast<const std::uint64_t*>(p);
   if (w[0] != 0) return false;
-  return std::memcmp(w, w + 1, kPage - sizeof *w) == 0;
+  return std::memcmp(w, w + 1, len - sizeof *w) == 0;
 }
 
 template <class T>
@@ -70,13 +70,26 @@ T* map_array(std::uint64_t n) {
 
 class CompressedQueuePair;
 
+// How the layer is used: over a lone server, a page is 4 KiB and is freed
+// from the server when it is read back (exclusive loads); over one server of a
+// pool, a "page" is the pool's piece of one (4 KiB / K), a piece read stays
+// stored (the pool keeps its redundancy), and a damaged piece reaches the pool
+// as zeros, whose checksum then rebuilds the page from other pieces.
+struct Layout {
+  std::size_t page = kPage;
+  bool member = false;
+};
+
 class CompressedTransport final : public net::Transport {
  public:
-  CompressedTransport(const Config& cfg, CompressSpec spec, std::unique_ptr<net::Transport> inner)
+  CompressedTransport(const Config& cfg, CompressSpec spec, std::unique_ptr<net::Transport> inner,
+                      std::uint32_t unit, Layout layout)
       : spec_(spec),
         inner_(std::move(inner)),
+        page_(layout.page),
+        member_(layout.member),
         npages_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage),
-        store_(std::max<std::uint32_t>(256, net::io_unit(cfg)), npages_ * kPage),
+        store_(std::max<std::uint32_t>(256, unit), npages_ * page_),
         loc_(map_array<std::atomic<std::uint64_t>>(npages_)),
         crc_(map_array<std::atomic<std::uint32_t>>(npages_)) {}
   ~CompressedTransport() override {
@@ -86,7 +99,7 @@ class CompressedTransport final : public net::Transport {
 
   std::unique_ptr<net::QueuePair> create_qp() override;
   void discard(std::uint64_t off, std::uint64_t len) override {
-    const std::uint64_t first = off / kPage, end = std::min(npages_, (off + len + kPage - 1) / kPage);
+    const std::uint64_t first = off / page_, end = std::min(npages_, (off + len + page_ - 1) / page_);
     for (std::uint64_t p = first; p < end; ++p) {
       if (loc_[p].load(std::memory_order_relaxed) == 0) continue;
       release(loc_[p].exchange(0, std::memory_order_acq_rel));
@@ -99,7 +112,7 @@ class CompressedTransport final : public net::Transport {
   void register_local(void* base, std::size_t len) override { inner_->register_local(base, len); }
   bool pins_local_memory() const override { return inner_->pins_local_memory(); }
   bool connected() const override { return inner_->connected(); }
-  bool drops_copy_on_read() const override { return true; }
+  bool drops_copy_on_read() const override { return !member_; }
   void sync_discards() override { inner_->sync_discards(); }
   bool fork_prepare() override {
     store_.lock();
@@ -138,7 +151,7 @@ class CompressedTransport final : public net::Transport {
       return;
     }
     data_stored_.fetch_add(d * loc_len(w), std::memory_order_relaxed);
-    if (loc_len(w) == kPage) raw_pages_.fetch_add(d, std::memory_order_relaxed);
+    if (loc_len(w) == page_) raw_pages_.fetch_add(d, std::memory_order_relaxed);
   }
   // A piece for `units` units. A span given back earlier is written to only
   // after the discards sent for it have reached the server, so a late discard
@@ -161,6 +174,8 @@ class CompressedTransport final : public net::Transport {
 
   const CompressSpec spec_;
   const std::unique_ptr<net::Transport> inner_;
+  const std::size_t page_;  // bytes of a page as this layer sees it (Layout)
+  const bool member_;
   const std::uint64_t npages_;
   PackedStore store_;
   std::atomic<std::uint64_t>* const loc_;
@@ -184,10 +199,11 @@ class CompressedQueuePair final : public net::QueuePair {
 
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
     check(off, len);
-    const std::uint64_t page = off / kPage;
+    const std::size_t pb = t_.page_;
+    const std::uint64_t page = off / pb;
     const std::uint64_t old = t_.loc_[page].load(std::memory_order_acquire);
     const std::uint64_t t0 = now_ns();
-    if (is_zero_page(local)) {
+    if (is_zero_page(local, pb)) {
       t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
       commit(page, old, kStored | kZero);
       ready_.push_back({cookie});
@@ -195,17 +211,17 @@ class CompressedQueuePair final : public net::QueuePair {
     }
     const unsigned unit = t_.store_.unit();
     char* buf = take_buf();
-    std::size_t n = comp_.compress(local, buf, kPage - unit);  // must save at least a unit
+    std::size_t n = pb > unit ? comp_.compress(local, buf, pb - unit, pb) : 0;  // must save at least a unit
     const void* src = buf;
     if (n == 0) {
       give_buf(buf);
       buf = nullptr;
       src = local;
-      n = kPage;
+      n = pb;
     }
     const unsigned units = t_.store_.units_for(n);
     if (buf) std::memset(buf + n, 0, std::size_t{units} * unit - n);  // no stale bytes of another page leave
-    const std::uint32_t crc = page_checksum(local);
+    const std::uint32_t crc = page_checksum(local, pb);
     t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     const std::uint64_t remote = t_.alloc(units);
     const std::uint32_t slot = take_op({cookie, page, nullptr, buf, old, make_loc(remote, n), crc, true});
@@ -214,14 +230,15 @@ class CompressedQueuePair final : public net::QueuePair {
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
     check(off, len);
-    const std::uint64_t page = off / kPage;
+    const std::size_t pb = t_.page_;
+    const std::uint64_t page = off / pb;
     const std::uint64_t w = t_.loc_[page].load(std::memory_order_acquire);
     if (!(w & kStored))
       detail::fatal("far page %llu was read from %s but was never stored (a farmem bug; please report it)",
                     static_cast<unsigned long long>(page), t_.describe().c_str());
     t_.reads_.fetch_add(1, std::memory_order_relaxed);
     if (w & kZero) {
-      std::memset(local, 0, kPage);
+      std::memset(local, 0, pb);
       drop(page, w);
       ready_.push_back({cookie});
       return;
@@ -229,7 +246,7 @@ class CompressedQueuePair final : public net::QueuePair {
     const std::uint32_t crc = t_.crc_[page].load(std::memory_order_relaxed);
     const std::size_t n = loc_len(w);
     const std::size_t bytes = std::size_t{t_.store_.units_for(n)} * t_.store_.unit();
-    char* buf = n == kPage ? nullptr : take_buf();  // a page stored as it is lands in its frame
+    char* buf = n == pb ? nullptr : take_buf();  // a page stored as it is lands in its frame
     const std::uint32_t slot = take_op({cookie, page, local, buf, w, 0, crc, false});
     inner_->post_read(loc_off(w), buf ? static_cast<void*>(buf) : local, bytes, slot);
   }
@@ -264,8 +281,8 @@ class CompressedQueuePair final : public net::QueuePair {
     bool write;
   };
 
-  static void check(std::uint64_t off, std::size_t len) {
-    if (len != kPage || off % kPage)
+  void check(std::uint64_t off, std::size_t len) const {
+    if (len != t_.page_ || off % t_.page_)
       detail::fatal("the compressed tier moves whole pages; got %zu bytes at offset %llu (a farmem bug)", len,
                     static_cast<unsigned long long>(off));
   }
@@ -286,11 +303,13 @@ class CompressedQueuePair final : public net::QueuePair {
     }
     if (!failed) {
       const std::uint64_t t0 = now_ns();
-      bool ok = op.buf ? comp_.decompress(op.buf, loc_len(op.w), op.dst) : true;
-      ok = ok && page_checksum(op.dst) == op.crc;
+      bool ok = op.buf ? comp_.decompress(op.buf, loc_len(op.w), op.dst, t_.page_) : true;
+      ok = ok && page_checksum(op.dst, t_.page_) == op.crc;
       t_.decompress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
-      if (!ok) {
-        t_.damaged_.fetch_add(1, std::memory_order_relaxed);
+      if (!ok) t_.damaged_.fetch_add(1, std::memory_order_relaxed);
+      if (!ok && t_.member_) {
+        std::memset(op.dst, 0, t_.page_);  // the pool's checksum fails, and it reads other pieces
+      } else if (!ok) {
         detail::fatal("far page %llu came back damaged from %s: its stored piece (%zu bytes at offset %llu) does "
                       "not %s; the memory server's memory or the path to it is corrupting data",
                       static_cast<unsigned long long>(op.page), t_.describe().c_str(), loc_len(op.w),
@@ -307,6 +326,7 @@ class CompressedQueuePair final : public net::QueuePair {
   // the runtime installs it dirty, and writes it again when it evicts it, so
   // a page's memory is either local or stored, not both.
   void drop(std::uint64_t page, std::uint64_t w) {
+    if (t_.member_) return;  // a pool keeps what it stored
     std::uint64_t expect = w;
     if (t_.loc_[page].compare_exchange_strong(expect, 0, std::memory_order_acq_rel)) t_.release(w);
   }
@@ -364,7 +384,7 @@ std::unique_ptr<net::QueuePair> CompressedTransport::create_qp() {
 std::string CompressedTransport::stats_json() const {
   const PackedStore::Usage u = store_.usage();
   const std::uint64_t pages = pages_.load(std::memory_order_relaxed);
-  const std::uint64_t data = pages * kPage;
+  const std::uint64_t data = pages * page_;
   const std::uint64_t writes = writes_.load(std::memory_order_relaxed), reads = reads_.load(std::memory_order_relaxed);
   char ratio[32];
   std::snprintf(ratio, sizeof ratio, "%.2f", u.span_bytes ? double(data) / double(u.span_bytes) : 0.0);
@@ -388,16 +408,24 @@ std::string CompressedTransport::stats_json() const {
 }  // namespace
 
 std::string compress_refusal(const Config& cfg) {
-  if (parse_compress(cfg.compress).kind == CompressSpec::Kind::None || !is_pool(cfg)) return {};
-  return "FARMEM_COMPRESS=" + cfg.compress +
-         " with a pool of servers is not supported yet; use one server, or FARMEM_COMPRESS=none";
+  parse_compress(cfg.compress);  // throws naming a bad codec
+  return {};
 }
 
 std::unique_ptr<net::Transport> compress_transport(const Config& cfg, std::unique_ptr<net::Transport> inner) {
   const CompressSpec spec = parse_compress(cfg.compress);
-  if (spec.kind == CompressSpec::Kind::None) return inner;
-  if (std::string no = compress_refusal(cfg); !no.empty()) throw Error(no);
-  return std::make_unique<CompressedTransport>(cfg, spec, std::move(inner));
+  if (spec.kind == CompressSpec::Kind::None || is_pool(cfg)) return inner;  // a pool compresses its members
+  return std::make_unique<CompressedTransport>(cfg, spec, std::move(inner), net::io_unit(cfg), Layout{});
+}
+
+std::unique_ptr<net::Transport> compress_member(const Config& cfg, const std::string& uri,
+                                                std::unique_ptr<net::Transport> member, std::size_t piece_bytes) {
+  const CompressSpec spec = parse_compress(cfg.compress);
+  if (spec.kind == CompressSpec::Kind::None) return member;
+  Config one = cfg;
+  one.backend = uri;
+  return std::make_unique<CompressedTransport>(cfg, spec, std::move(member), net::io_unit(one),
+                                               Layout{piece_bytes, true});
 }
 
 }  // namespace farmem::tier

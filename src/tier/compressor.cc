@@ -10,7 +10,6 @@
 namespace farmem::tier {
 
 namespace {
-constexpr std::size_t kPage = 4096;
 }
 
 std::string CompressSpec::name() const {
@@ -61,26 +60,26 @@ Compressor::Compressor(const CompressSpec& spec) : spec_(spec) {
 
 Compressor::~Compressor() = default;
 
-std::size_t Compressor::compress(const void* page, void* out, std::size_t cap) {
+std::size_t Compressor::compress(const void* page, void* out, std::size_t cap, std::size_t len) {
   if (spec_.kind == CompressSpec::Kind::Lz4) {
-    int n = LZ4_compress_default(static_cast<const char*>(page), static_cast<char*>(out), kPage,
+    int n = LZ4_compress_default(static_cast<const char*>(page), static_cast<char*>(out), static_cast<int>(len),
                                  static_cast<int>(cap));
     return n > 0 ? static_cast<std::size_t>(n) : 0;
   }
   if (spec_.kind == CompressSpec::Kind::Zstd) {
-    std::size_t n = ZSTD_compressCCtx(zstd_->c, out, cap, page, kPage, spec_.level);
+    std::size_t n = ZSTD_compressCCtx(zstd_->c, out, cap, page, len, spec_.level);
     return ZSTD_isError(n) ? 0 : n;
   }
   return 0;
 }
 
-bool Compressor::decompress(const void* in, std::size_t len, void* page) {
+bool Compressor::decompress(const void* in, std::size_t len, void* page, std::size_t page_len) {
   if (spec_.kind == CompressSpec::Kind::Lz4)
     return LZ4_decompress_safe(static_cast<const char*>(in), static_cast<char*>(page), static_cast<int>(len),
-                               kPage) == static_cast<int>(kPage);
+                               static_cast<int>(page_len)) == static_cast<int>(page_len);
   if (spec_.kind == CompressSpec::Kind::Zstd) {
-    std::size_t n = ZSTD_decompressDCtx(zstd_->d, page, kPage, in, len);
-    return !ZSTD_isError(n) && n == kPage;
+    std::size_t n = ZSTD_decompressDCtx(zstd_->d, page, page_len, in, len);
+    return !ZSTD_isError(n) && n == page_len;
   }
   return false;
 }

@@ -25,12 +25,13 @@ class Compressor {
   Compressor(const Compressor&) = delete;
   Compressor& operator=(const Compressor&) = delete;
 
-  // Compresses the 4 KiB page into out (capacity cap). Returns the compressed
-  // size, or 0 if it does not fit in cap (the page does not shrink enough).
-  std::size_t compress(const void* page, void* out, std::size_t cap);
-  // Decompresses len bytes into the 4 KiB page. False unless exactly a page
+  // Compresses the page (4 KiB, or a pool's piece of one: page_len bytes) into
+  // out (capacity cap). Returns the compressed size, or 0 if it does not fit in
+  // cap (the page does not shrink enough).
+  std::size_t compress(const void* page, void* out, std::size_t cap, std::size_t page_len = 4096);
+  // Decompresses len bytes into the page. False unless exactly page_len bytes
   // came out: the stored piece is damaged.
-  bool decompress(const void* in, std::size_t len, void* page);
+  bool decompress(const void* in, std::size_t len, void* page, std::size_t page_len = 4096);
 
  private:
   CompressSpec spec_;

@@ -18,6 +18,7 @@
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 #include "runtime/runtime.hpp"
+#include "tier/compressed.hpp"
 #include "tier/pool_impl.hpp"
 
 namespace farmem::tier {
@@ -98,13 +99,18 @@ Pool::Pool(const Config& cfg)
   opt_.timeout_ns = (cfg.server_timeout_ms ? cfg.server_timeout_ms : 5000) * 1000000ull;
   for (const std::string& u : uris) {
     opt_.uri = u;
-    adopt(slots_.load(), u, net::connect_member(cfg_, opt_));  // throws naming the server
+    adopt(slots_.load(), u, connect(opt_));  // throws naming the server
   }
   last_retry_ns_ = farmem::detail::now_ns();
   loc = map_table<std::atomic<std::uint64_t>>(npages);
   sums = map_table<std::atomic<std::uint32_t>>(npages);
   repair_ = std::thread([this] { repair_loop(); });
   membership_ = std::thread([this] { membership_loop(); });
+}
+
+// One server, with its pieces compressed if FARMEM_COMPRESS asks (tier/compressed.cc).
+std::unique_ptr<net::Transport> Pool::connect(const net::MemberOptions& opt) {
+  return compress_member(cfg_, opt.uri, net::connect_member(cfg_, opt), scheme.piece_bytes());
 }
 
 void Pool::membership_loop() {
@@ -239,7 +245,7 @@ bool Pool::add_server(const std::string& uri) {
   opt.uri = uri;
   std::unique_ptr<net::Transport> t;
   try {
-    t = net::connect_member(cfg_, opt);
+    t = connect(opt);
   } catch (const Error& e) {
     return false;  // not there (yet): tried again in a few seconds
   }
@@ -363,7 +369,25 @@ std::string Pool::stats_json() const {
          ",\"degraded_writes\":" + u(degraded_writes) + ",\"pages_repaired\":" + u(repaired_pages) +
          ",\"repair_running\":" + (running ? "true" : "false") +
          ",\"redundancy_restored\":" + (restored ? "true" : "false") + ",\"last_repair_ms\":" + std::to_string(last) +
-         ",\"repair_ms\":" + std::to_string(total_ms) + "}";
+         ",\"repair_ms\":" + std::to_string(total_ms) + "}" + members_json();
+}
+
+// What each live server's own layers report (FARMEM_COMPRESS: its pieces'
+// sizes), as "members":[{"server":URI,...}], or "" when none reports anything.
+std::string Pool::members_json() const {
+  std::string out;
+  for (unsigned s = 0, n = slots(); s < n; ++s) {
+    if (members_[s].state.load() != State::Up) continue;
+    const std::string j = members_[s].t.load()->stats_json();
+    if (j.empty()) continue;
+    if (!out.empty()) out += ',';
+    out += "{\"server\":\"";
+    out += uri_of(s);
+    out += "\",";
+    out += j;
+    out += '}';
+  }
+  return out.empty() ? "" : ",\"members\":[" + out + "]";
 }
 
 }  // namespace impl

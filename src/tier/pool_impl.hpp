@@ -118,6 +118,8 @@ class Pool final : public net::Transport {
   void reconcile();
   bool add_server(const std::string& uri);
   void adopt(unsigned s, const std::string& uri, std::unique_ptr<net::Transport> t);
+  std::unique_ptr<net::Transport> connect(const net::MemberOptions& opt);
+  std::string members_json() const;
   void after_repair_scan(bool restored, std::uint64_t seq_at_start);
   void membership_loop();
   std::string uri_of(unsigned s) const;

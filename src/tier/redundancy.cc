@@ -100,8 +100,8 @@ bool Codec::decode(const unsigned* have, const unsigned char* const* pieces, uns
   return true;
 }
 
-std::uint32_t page_checksum(const void* page) {
-  return crc32_iscsi(static_cast<unsigned char*>(const_cast<void*>(page)), 4096, 0xffffffffu);
+std::uint32_t page_checksum(const void* page, std::size_t len) {
+  return crc32_iscsi(static_cast<unsigned char*>(const_cast<void*>(page)), static_cast<int>(len), 0xffffffffu);
 }
 
 }  // namespace farmem::tier

@@ -41,6 +41,6 @@ class Codec {
 };
 
 // CRC-32C of a page: the pool checks every page it reads back against the one it wrote.
-std::uint32_t page_checksum(const void* page);
+std::uint32_t page_checksum(const void* page, std::size_t len = 4096);
 
 }  // namespace farmem::tier

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The compressed tier end to end (FARMEM_COMPRESS, farmem-run --compress): a far
 # array of log-like pages over tcp:// to a real farmem-server whose memory
-# follows the compressed size, an unmodified program with byte-identical
-# output, and one-line errors for a bad codec and for a pool.
+# follows the compressed size, a pool whose servers' copies are compressed, an
+# unmodified program with byte-identical output, and one-line errors for a bad codec.
 set -uo pipefail
 BENCH=$1
 SERVER=$2
@@ -33,10 +33,19 @@ expect_error() {  # NAME PATTERN CMD...
 expect_error "unknown codec" "FARMEM_COMPRESS=gzip: unknown codec; use none, lz4, zstd or zstd:LEVEL" \
   env FARMEM_COMPRESS=gzip "$BENCH" --working-set 16M --ops 1000
 expect_error "bad zstd level" "the zstd level must be 1-" env FARMEM_COMPRESS=zstd:40 "$BENCH" --working-set 16M --ops 1000
-expect_error "compression over a pool" "with a pool of servers is not supported yet" \
-  env FARMEM_COMPRESS=lz4 FARMEM_BACKEND=tcp://127.0.0.1:$PORT,tcp://127.0.0.1:$PORT "$BENCH" --working-set 16M --ops 1000
 
-# 3. An unmodified program under farmem-run --compress: the same output as without.
+# 3. Over a pool (replicas:2 on two servers): each server's copy compressed, verified.
+P1=$PORT
+start_tcp_server server2 --capacity 1G
+out=$(FARMEM_COMPRESS=lz4 FARMEM_BACKEND=tcp://127.0.0.1:$P1,tcp://127.0.0.1:$PORT FARMEM_REDUNDANCY=replicas:2 \
+      FARMEM_FAR_MEM=256M FARMEM_STATS=1 timeout 120 \
+      "$BENCH" --working-set 48M --local-mem 8M --data text --ops 20000 --json 2>"$tmp/e2")
+members=$(grep -o '"compress":{[^}]*}' "$tmp/e2" | grep -c '"raw_pages":0,')
+if grep -q '"verified":true' <<<"$out" && ((members == 2)); then
+  ok "48 MiB of text pages over a pool of two with replicas:2 and lz4 verified; both servers' copies compressed"
+else bad "lz4 over a pool: $members servers compressed; $out $(tail -3 "$tmp/e2")"; fi
+
+# 4. An unmodified program under farmem-run --compress: the same output as without.
 if [[ -n $RUN ]]; then
   cat >"$tmp/prog.py" <<'PY'
 d = {}

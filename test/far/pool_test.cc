@@ -81,6 +81,11 @@ struct Servers {
 
 bool stats_say(const std::string& what) { return stats_json().find(what) != std::string::npos; }
 
+// The values the workload writes: all 64 bits, or (for the compressed pool)
+// 24 of them, so that pages shrink.
+std::uint64_t g_value_mask = ~std::uint64_t{0};
+std::uint64_t value(std::uint64_t i, std::uint64_t v) { return test::mix(i, v) & g_value_mask; }
+
 // Writes versions of random words of a far array at 10% local memory, with a
 // shadow copy; `event` runs once, a third of the way; then checks every word.
 // Returns the number of wrong words.
@@ -102,15 +107,15 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
   {
     FarArray<std::uint64_t> a(bytes / 8);
     std::vector<std::uint32_t> version(a.size(), 0);
-    for (std::uint64_t i = 0; i < a.size(); ++i) a.store(i, test::mix(i, 0));
+    for (std::uint64_t i = 0; i < a.size(); ++i) a.store(i, value(i, 0));
     test::Rng rng(7);
     for (std::uint64_t k = 0; k < ops; ++k) {
       if (k % (ops / 6) == 0 && k > 0) event(static_cast<int>(k / (ops / 6)));  // sixths 1-5
       const std::uint64_t i = rng.next() % a.size();
-      if (a.load(i) != test::mix(i, version[i])) ++bad;
-      a.store(i, test::mix(i, ++version[i]));
+      if (a.load(i) != value(i, version[i])) ++bad;
+      a.store(i, value(i, ++version[i]));
     }
-    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
+    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != value(i, version[i]);
     // Once the pool says its redundancy is back, every page reads right again
     // (now partly from the rebuilt pieces).
     for (int t = 0; t < 600 && !(stats_say("\"redundancy_restored\":true") && (expect.empty() || stats_say(expect)));
@@ -123,7 +128,7 @@ std::uint64_t run_workload(const std::string& backend, const std::string& redund
     else CHECK(stats_say(expect));
     CHECK(stats_say("\"redundancy_restored\":true"));
     CHECK_FALSE(stats_say("\"pages_repaired\":0,"));
-    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != test::mix(i, version[i]);
+    for (std::uint64_t i = 0; i < a.size(); ++i) bad += a.load(i) != value(i, version[i]);
     if (final_stats) *final_stats = stats_json();
   }
   shutdown();
@@ -153,6 +158,35 @@ TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy r
   const std::uint64_t pages = stat(st, "pages_repaired");
   CHECK(pages > 64);
   CHECK(stat(st, "repair_ms") * kRate / 1000 >= (pages - 64) * 4096);
+}
+
+TEST_CASE("ec:2+1 over 4 servers with lz4: each server's pieces compressed, one killed mid-run, nothing lost",
+          "[ec_compress]") {
+  Servers s(4);
+  setenv("FARMEM_COMPRESS", "lz4", 1);
+  if (!test::kSanitized) setenv("FARMEM_TEST_BYTES", "48M", 0);  // the long cases are the others
+  g_value_mask = 0xffffff;
+  std::string st;
+  const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&](int sixth) {
+    if (sixth == 2) kill(s.all[3].pid, SIGKILL);
+  }, "", &st);
+  g_value_mask = ~std::uint64_t{0};
+  unsetenv("FARMEM_COMPRESS");
+  CHECK(bad == 0);
+  INFO(st);
+  CHECK(stat(st, "pages_repaired") > 0);
+  // Every live server stores its 2 KiB pieces in less room than they take.
+  const std::size_t members = st.find("\"members\":[");
+  REQUIRE(members != std::string::npos);
+  unsigned compressed = 0;
+  for (std::size_t at = st.find("\"compress\":{", members); at != std::string::npos;
+       at = st.find("\"compress\":{", at + 1)) {
+    const std::string one = st.substr(at, st.find('}', at) - at);
+    CHECK(stat(one, "data_bytes") * 4 > 5 * stat(one, "stored_bytes"));  // at least 20% saved
+    CHECK(stat(one, "damaged") == 0);
+    ++compressed;
+  }
+  CHECK(compressed == 3);
 }
 
 TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",

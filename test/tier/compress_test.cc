@@ -244,3 +244,49 @@ TEST_CASE("a damaged stored piece stops the program with one line") {
     }
   }
 }
+
+// A pool's server: its "pages" are the pool's pieces (here 2 KiB, ec:2+M),
+// read back as often as the pool likes, and a damaged one comes back as zeros
+// (the pool's page checksum then rebuilds the page from other pieces) instead
+// of stopping the program.
+TEST_CASE("a pool server's pieces: compressed, kept when read, a damaged one handed up as zeros") {
+  farmem::Config cfg;
+  cfg.compress = "lz4";
+  cfg.far_mem_bytes = 64 << 20;
+  auto b = std::make_unique<Bytes>();
+  Bytes* bytes = b.get();
+  constexpr std::size_t kPiece = 2048;
+  auto t = farmem::tier::compress_member(cfg, "tcp://127.0.0.1:1", std::move(b), kPiece);
+  CHECK_FALSE(t->drops_copy_on_read());
+  auto qp = t->create_qp();
+  auto wait_one = [&] {
+    farmem::net::Completion c;
+    while (qp->poll(&c, 1) == 0) {
+    }
+    REQUIRE_FALSE(c.failed);
+  };
+  constexpr unsigned kPieces = 64;
+  std::vector<std::uint64_t> data(kPieces * kPiece / 8);
+  for (unsigned p = 0; p < kPieces; p += 2) bench::fill_page(bench::PageData::Text, p, &data[p * kPiece / 8]);
+  for (unsigned p = 0; p < kPieces; ++p) {
+    qp->post_write(std::uint64_t{p} * kPiece, &data[p * kPiece / 8], kPiece, p);
+    qp->submit();
+    wait_one();
+  }
+  CHECK(bytes->written < kPieces * kPiece * 3 / 4);
+  alignas(4096) std::uint64_t back[kPiece / 8];
+  for (int round = 0; round < 2; ++round)  // still there the second time
+    for (unsigned p = 0; p < kPieces; ++p) {
+      qp->post_read(std::uint64_t{p} * kPiece, back, kPiece, p);
+      qp->submit();
+      wait_one();
+      REQUIRE(std::memcmp(back, &data[p * kPiece / 8], kPiece) == 0);
+    }
+  for (std::size_t i = 0; i < bytes->mem.size(); i += 256) bytes->mem[i + 7] ^= 0x10;  // every piece damaged
+  std::memset(back, 0x55, sizeof back);
+  qp->post_read(0, back, kPiece, 0);
+  qp->submit();
+  wait_one();
+  CHECK(std::all_of(back, back + kPiece / 8, [](std::uint64_t w) { return w == 0; }));
+  CHECK(t->stats_json().find("\"damaged\":1}") != std::string::npos);
+}
