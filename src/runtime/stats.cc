@@ -111,6 +111,14 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
                              s.hw_evicted, rt.transport && rt.transport->connected() ? 1u : 0u};
   static_assert(sizeof v / sizeof v[0] <= live::kMaxCounters);
   for (std::size_t i = 0; i < sizeof v / sizeof v[0]; ++i) out.counters[i] = v[i];
+  // Far bytes per memory server: a pool's members from its counters; one
+  // server is the runtime's own far and written bytes.
+  out.nrows = out.rows_dropped = 0;
+  if (rt.transport && rt.transport->connected()) {
+    const std::vector<net::ServerBytes> per = rt.transport->per_server();
+    for (const net::ServerBytes& b : per) out.add_row(b.slot, b.uri, b.far_bytes, b.written_bytes, b.up ? 1 : 0);
+    if (per.empty()) out.add_row(0, rt.cfg.backend, s.far_bytes, s.bytes_out, 1);
+  }
   out.updated_ns = now_ns();
   if (!with_info) return;
   const Config& c = rt.cfg;
