@@ -141,6 +141,17 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
 }
 }  // namespace detail
 
+std::vector<LatencyBucket> fault_histogram() {
+  std::vector<LatencyBucket> out;
+  detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (rt == nullptr) return out;
+  std::uint64_t hist[kB] = {};
+  gather(rt, hist);
+  for (unsigned b = 0; b < kB; ++b)
+    if (hist[b]) out.push_back(LatencyBucket{detail::hist_value(b), hist[b]});
+  return out;
+}
+
 void reset_fault_histogram() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
   if (rt == nullptr) return;
