@@ -1,6 +1,6 @@
-// Live statistics (live_stats.hpp): the counter names, the per-process file
-// (made, replaced under a seqlock, removed), reading it from another process,
-// and the Prometheus text rendering of a snapshot.
+// Live statistics (live_stats.hpp): the counter and row names, the per-process
+// file (made, replaced under a seqlock, removed), reading it from another
+// process, and the Prometheus text rendering of a snapshot.
 //
 // The writer runs on a runtime thread (the evictor), also under the preload
 // shim: publish() only stores words, and mapping the file goes straight to the

@@ -3,7 +3,8 @@
 # format bench/swap_compare.sh --csv writes (a small one made here: the real
 # sweep needs root, zram and minutes), fault-latency CDFs from the CSV
 # farmem-bench --latency-csv writes (made by a short run of farmem-bench over
-# shm, plus a second transport's rows); a file that is not one, a mix of kinds,
+# shm, plus a second transport's rows), and bars from a CSV in the format
+# bench/apps_compare.sh --out writes; a file that is not one, a mix of kinds,
 # and a bad number get one line and status 2. Skipped (77) where
 # python3-matplotlib is not installed.
 # Usage: plot_test.sh SOURCE_DIR [FARMEM_BENCH]
@@ -55,39 +56,54 @@ fi
 for ns in 20480 24576 28672 32768 49152 65536 131072; do  # a second transport, slower
   echo "farmem-bench,tcp,sw,uniform,25,33554432,1,$ns,10,$($PY -c "print(round(min(1, $ns / 131072), 6))")" >>"$lat"
 done
-out=$($PY "$SRC/bench/plot.py" "$lat" -o "$tmp/cdf.png" 2>&1)
-is_png "$tmp/cdf.png" && [[ $out == *"wrote"* ]] && ok "plot.py drew the latency CDFs: $out" || bad "CDF: $out"
-# What a figure holds: plot.py's drawing function run with savefig caught.
-drawn() {  # FUNCTION CSV -> the first axes' curves (label:points) or bars (label=height)
-  $PY - "$SRC/bench" "$1" "$2" <<'PYEOF'
+# What a figure holds: plot.py's drawing function writes the PNG, then its axes are read.
+drawn() {  # FUNCTION CSV PNG -> the first axes' curves (label:points) or bars (label=height)
+  $PY - "$SRC/bench" "$1" "$2" "$3" <<'PYEOF'
 import sys
 sys.path.insert(0, sys.argv[1])
+import contextlib, io
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import contextlib, io
 import plot
-saved = []
-plt.Figure.savefig = lambda fig, *a, **k: saved.append(fig)
 with contextlib.redirect_stdout(io.StringIO()):  # its "wrote" line
-    getattr(plot, sys.argv[2])(plot.load([sys.argv[3]])[1], "unused.png", "")
-ax = saved[0].axes[0]
+    getattr(plot, sys.argv[2])(plot.load([sys.argv[3]])[1], sys.argv[4], "")
+ax = plt.gcf().axes[0]
 if ax.containers:
-    print(" ".join("%s=%.2f" % (c.get_label(), p.get_height()) for c in ax.containers for p in c.patches))
+    print(" ".join("%s=%.2f" % (c.get_label(), p.get_height()) for c in ax.containers for p in c.patches
+                   if not c.get_label().startswith("_")))
 else:
     print(" ".join("%s:%d" % (l.get_label(), len(l.get_xdata())) for l in ax.get_lines() if not l.get_label().startswith("_")))
 PYEOF
 }
-curves=$(drawn latency_cdf "$lat")
-[[ $curves =~ ^shm:[0-9]+\ tcp:7$ ]] && ok "one CDF curve per transport: $curves" || bad "CDF curves: '$curves'"
+curves=$(drawn latency_cdf "$lat" "$tmp/cdf.png")
+is_png "$tmp/cdf.png" && [[ $curves =~ ^shm:[0-9]+\ tcp:7$ ]] && ok "plot.py drew one CDF curve per transport: $curves" ||
+  bad "CDF curves: '$curves'"
+
+# Unmodified programs: grouped bars normalized to plain; a run that never finished is named.
+apps=$tmp/apps.csv
+echo "program,config,transport,point_pct,rep,budget_mib,wall_s,peak_rss_mib,major_faults,minor_faults,exit,status,output_identical,swapout_mib,cgroup_peak_mib,out_bytes,timeout_s" >"$apps"
+for rep in 0 1 2; do
+  echo "awk,plain,none,100,$rep,0,2.0,100.0,0,1000,\"0\",ok,yes,,,10,30" >>"$apps"
+  echo "sort,plain,none,100,$rep,0,4.0,300.0,0,1000,\"0\",ok,yes,,,10,60" >>"$apps"
+  ((rep == 0)) && continue
+  echo "awk,swap,zram,25,$rep,25,5.0,25.0,900,1000,\"0\",ok,yes,80.0,25.0,10,30" >>"$apps"
+  echo "awk,farmem,shm,25,$rep,25,3.0,25.0,0,1000,\"0\",ok,yes,,,10,30" >>"$apps"
+  echo "sort,swap,zram,25,$rep,75,,,,,\"signal 9\",oom,n/a,,,,60" >>"$apps"
+  echo "sort,farmem,shm,25,$rep,75,6.0,75.0,0,1000,\"0\",ok,yes,,,10,60" >>"$apps"
+done
+# The bars' heights: medians normalized to plain (awk: swap 2.5, farmem 1.5; sort: farmem 1.5, swap none).
+heights=$(drawn apps_bars "$apps" "$tmp/apps.png")
+is_png "$tmp/apps.png" && [[ $heights == "Linux swap (zram)=2.50 farmem-run=1.50 farmem-run=1.50" ]] &&
+  ok "plot.py drew the programs as bars normalized to plain: $heights" || bad "bar heights: '$heights'"
 
 echo "a,b" >"$tmp/bad.csv"
 err=$($PY "$SRC/bench/plot.py" "$tmp/bad.csv" -o "$tmp/bad.png" 2>&1); rc=$?
 ((rc == 2)) && [[ $(wc -l <<<"$err") == 1 ]] && ok "not a benchmark CSV: $err" || bad "bad csv: rc $rc: $err"
-err=$($PY "$SRC/bench/plot.py" "$lat" "$csv" -o "$tmp/mix.png" 2>&1); rc=$?
+err=$($PY "$SRC/bench/plot.py" "$lat" "$apps" -o "$tmp/mix.png" 2>&1); rc=$?
 ((rc == 2)) && [[ $(wc -l <<<"$err") == 1 && $err == *"one kind at a time"* ]] && ok "a mix of kinds: $err" ||
   bad "mixed csv: rc $rc: $err"
-sed '$ s/,[^,]*$/,fast/' "$lat" >"$tmp/nan.csv"  # the last row's cumulative_fraction
+sed 's/,2.0,100.0,/,fast,100.0,/' "$apps" >"$tmp/nan.csv"
 err=$($PY "$SRC/bench/plot.py" "$tmp/nan.csv" -o "$tmp/nan.png" 2>&1); rc=$?
 ((rc == 2)) && [[ $(wc -l <<<"$err") == 1 && $err == *"'fast' is not a number"* ]] && ok "a bad number: ${err:0:90}..." ||
   bad "bad number: rc $rc: $err"
