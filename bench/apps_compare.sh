@@ -6,8 +6,9 @@
 # The budget is a percentage (--points, default 25) of the program's plain peak
 # RSS, measured by a first plain run (rep 0, the reference output; not in the
 # medians). Then --repeat rounds, each running every program plain, under swap
-# and under farmem-run, interleaved. One CSV row per run; a Markdown table of
-# medians at the end. Everything set up (zram swap device, memory cgroup, work
+# and under farmem-run, interleaved. One CSV row per run, with its configuration
+# (program, config, transport, budget point, repetition); a Markdown table of
+# medians at the end, and with --png the figure (bench/plot.py: grouped bars). Everything set up (zram swap device, memory cgroup, work
 # directory, servers) is torn down on EXIT/INT/TERM.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ REPEAT=3
 POINTS=25
 OUT=""
 MD=""
+PNG=""
 TIMEOUT=auto
 FARMEM_RUN=$REPO_ROOT/build/apps/farmem-run/farmem-run
 INSTALL=1
@@ -33,7 +35,7 @@ PY=/usr/bin/python3
 usage() {
     cat <<EOF
 usage: $PROG [--repeat N] [--programs LIST] [--points 25,50] [--out CSV] [--md FILE]
-             [--timeout SEC|auto] [--farmem-run PATH] [--workdir DIR] [--keep]
+             [--png FILE] [--timeout SEC|auto] [--farmem-run PATH] [--workdir DIR] [--keep]
              [--no-install] [--no-stats-run]
 
 Runs real, unmodified programs three ways at the same memory budget, interleaved:
@@ -64,8 +66,15 @@ installed with apt-get unless --no-install; otherwise that program is SKIPPED.
 Options:
   --repeat N        rounds (default $REPEAT)
   --points LIST     budgets in % of plain peak RSS (default $POINTS; e.g. 25,50)
-  --out CSV         one row per run (default: apps_compare-DATE.csv in the current directory)
+  --out CSV         one row per run (default: apps_compare-DATE.csv in the current directory):
+                    program,config,transport,point_pct,rep,budget_mib,wall_s,peak_rss_mib,
+                    major_faults,minor_faults,exit,status,output_identical,swapout_mib,
+                    cgroup_peak_mib,out_bytes,timeout_s (config plain/swap/farmem; transport
+                    none, zram, or farmem-run's FARMEM_BACKEND, default shm; rep 0 is the
+                    reference run)
   --md FILE         also write the Markdown table there
+  --png FILE        also draw the CSV (bench/plot.py, python3-matplotlib): wall time per
+                    program normalized to plain, a bar per configuration
   --timeout SEC     per run; auto = max(30, 15 x the program's plain time). A run
                     that times out is not finished; its configuration is not
                     retried in later rounds at that point
@@ -90,6 +99,7 @@ while [[ $# -gt 0 ]]; do
         --points)     need_arg "$@"; POINTS=$2; shift 2 ;;
         --out)        need_arg "$@"; OUT=$2; shift 2 ;;
         --md)         need_arg "$@"; MD=$2; shift 2 ;;
+        --png)        need_arg "$@"; PNG=$2; shift 2 ;;
         --timeout)    need_arg "$@"; TIMEOUT=$2; shift 2 ;;
         --farmem-run) need_arg "$@"; FARMEM_RUN=$2; shift 2 ;;
         --workdir)    need_arg "$@"; WORKDIR=$2; shift 2 ;;
@@ -117,6 +127,12 @@ done
 [[ -f $SCRIPT_DIR/apps_measure.py ]] || die "$SCRIPT_DIR/apps_measure.py is missing"
 [[ -n $OUT ]] || OUT=$PWD/apps_compare-$(date +%Y%m%d-%H%M%S).csv
 : >"$OUT" 2>/dev/null || die "cannot write --out file '$OUT'"
+if [[ -n $PNG ]]; then
+    "$PY" -c 'import matplotlib' 2>/dev/null ||
+        die "--png needs python3-matplotlib: apt-get install python3-matplotlib (or scripts/setup.sh --plot)"
+    [[ -d $(dirname -- "$PNG") && -w $(dirname -- "$PNG") ]] || die "cannot write --png file '$PNG' (its directory is missing or read-only)"
+fi
+FARMEM_TRANSPORT=${FARMEM_BACKEND:-shm}  # farmem-run's; the CSV's transport column
 
 SWAP=1
 if (( EUID != 0 )); then
@@ -321,9 +337,18 @@ if (( SWAP )); then
 fi
 
 # --- runs ---------------------------------------------------------------------------
-echo "program,config,point_pct,rep,budget_mib,wall_s,peak_rss_mib,major_faults,minor_faults,exit,status,output_identical,swapout_mib,cgroup_peak_mib,out_bytes,timeout_s" >"$OUT"
+echo "program,config,transport,point_pct,rep,budget_mib,wall_s,peak_rss_mib,major_faults,minor_faults,exit,status,output_identical,swapout_mib,cgroup_peak_mib,out_bytes,timeout_s" >"$OUT"
 declare -A REF_SHA=() PEAK_KIB=() PLAIN_S=() TMO=() GAVE_UP=()
 PAGE=$(getconf PAGESIZE)
+
+# transport_of CONFIG: where the pages that do not fit go, for the CSV.
+transport_of() {
+    case $1 in
+        swap) echo zram ;;
+        farmem) echo "\"$FARMEM_TRANSPORT\"" ;;
+        *) echo none ;;
+    esac
+}
 
 # run_one PROGRAM CONFIG POINT REP BUDGET_MIB
 run_one() {
@@ -370,7 +395,7 @@ run_one() {
     fi
     local rss_mib
     rss_mib=$(awk -v k="$maxrss" 'BEGIN{printf "%.1f", k/1024}')
-    echo "$prog,$cfg,$point,$rep,$budget,$wall,$rss_mib,$majflt,$minflt,\"$exitv\",$status,$same,$swapout,$cgpeak,$nbytes,$tmo" >>"$OUT"
+    echo "$prog,$cfg,$(transport_of "$cfg"),$point,$rep,$budget,$wall,$rss_mib,$majflt,$minflt,\"$exitv\",$status,$same,$swapout,$cgpeak,$nbytes,$tmo" >>"$OUT"
     local note=""
     case $status in
         timeout) note="  NOT FINISHED: killed after ${tmo}s" ;;
@@ -424,7 +449,7 @@ for ((r = 1; r <= REPEAT; r++)); do
             for cfg in "${order[@]}"; do
                 key=$p/$cfg/$pt
                 if [[ -n ${GAVE_UP[$key]:-} ]]; then
-                    echo "$p,$cfg,$pt,$r,$b,,,,,,skipped,n/a,,,,${TMO[$p]}" >>"$OUT"
+                    echo "$p,$cfg,$(transport_of "$cfg"),$pt,$r,$b,,,,,,skipped,n/a,,,,${TMO[$p]}" >>"$OUT"
                     log "  [rep $r] $p $cfg $pt%: skipped (${GAVE_UP[$key]} in an earlier round)"
                     continue
                 fi
@@ -536,6 +561,11 @@ echo "== apps_compare $(date -I): $(uname -r), $(nproc) vCPUs; swap: $SWAPDESC; 
 echo
 echo "$TABLE"
 [[ -z $MD ]] || echo "$TABLE" >"$MD"
+if [[ -n $PNG ]]; then
+    "$PY" "$SCRIPT_DIR/plot.py" "$OUT" -o "$PNG" || warn "plot.py could not draw $OUT"
+else
+    log "draw it: bench/plot.py $OUT -o apps.png"
+fi
 
 # --- where the time goes for the worst one --------------------------------------------
 if (( STATS_RUN )) && [[ -n $WORST ]]; then

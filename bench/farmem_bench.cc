@@ -6,6 +6,8 @@
 // --mode local through plain pointers to ordinary memory (run it under a memory
 // cgroup with swap to measure Linux swap). Prints one JSON object per run with
 // --json; a run longer than a few seconds reports its progress on stderr.
+// --latency-csv FILE appends the measured ops' fault-latency histogram as a
+// CDF (one row per bucket, with the run's configuration) for bench/plot.py.
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -45,6 +47,7 @@ struct Options {
   unsigned uthreads = 0;  // per application thread; 0 = plain blocking threads
   bool json = false;
   bool verify = true;
+  std::string latency_csv;  // --latency-csv: append the fault-latency CDF here
   bench::PageData data = bench::PageData::Zeros;
   std::uint64_t seed = 42;
 };
@@ -59,6 +62,7 @@ void usage() {
       "usage: farmem-bench [--workload uniform|seq|zipf] [--mode sw|hw|local]\n"
       "                    [--working-set SIZE] [--local-mem SIZE|PCT%%] [--backend URI] [--ops N]\n"
       "                    [--threads N] [--uthreads N] [--seed N] [--data KIND] [--no-verify] [--json]\n"
+      "                    [--latency-csv FILE]\n"
       "  Each op reads and writes one word of one page of the working set.\n"
       "  --workload     which page: uniform (default), seq (in order), zipf (theta 0.99)\n"
       "  --mode         sw: far pointers (default); hw: plain pointers into the transparent\n"
@@ -78,6 +82,10 @@ void usage() {
       "                 what FARMEM_COMPRESS is measured on (bench/page_data.hpp)\n"
       "  --no-verify    skip the check of every word after the run\n"
       "  --json         one JSON object on stdout instead of the text summary\n"
+      "  --latency-csv  append the measured ops' fault-latency CDF to FILE (header if new):\n"
+      "                 bench,transport,mode,workload,local_pct,working_set_bytes,threads,\n"
+      "                 latency_ns,count,cumulative_fraction -- one row per histogram bucket\n"
+      "                 (its lower bound); bench/plot.py draws it, bench/latency_cdf.sh runs it\n"
       "  Runs longer than a few seconds print progress on stderr. Other settings come from\n"
       "  FARMEM_* variables (docs/configuration.md) and apply to --mode sw and hw.\n");
 }
@@ -110,6 +118,7 @@ Options parse(int argc, char** argv) {
       else if (a == "--uthreads") o.uthreads = static_cast<unsigned>(parse_count(a, value()));
       else if (a == "--seed") o.seed = parse_count(a, value());
       else if (a == "--json") o.json = true;
+      else if (a == "--latency-csv") o.latency_csv = value();
       else if (a == "--data") {
         std::string d = value();
         if (!bench::parse_page_data(d, &o.data)) die("--data '" + d + "' is not one of zeros, text, ints, random, mixed");
@@ -129,7 +138,39 @@ Options parse(int argc, char** argv) {
   if (o.ops < o.threads) die("--ops must be at least --threads");
   if (o.uthreads > 100000) die("--uthreads must be at most 100000");
   if (o.uthreads && o.mode == "local") die("--uthreads needs --mode sw or hw");
+  if (!o.latency_csv.empty() && o.mode == "local")
+    die("--latency-csv needs --mode sw or hw: --mode local takes no farmem faults");
   return o;
+}
+
+// How the latency CSV names a backend: its scheme (shm when none is set), "pool" for several.
+std::string transport_name(const std::string& backend) {
+  if (backend.empty() || backend == "shm") return "shm";
+  if (backend.find(',') != std::string::npos || backend[0] == '@') return "pool";
+  const std::size_t colon = backend.find("://");
+  return colon == std::string::npos ? backend : backend.substr(0, colon);
+}
+
+// --latency-csv: one row per histogram bucket, the cumulative fraction of
+// faults at or below it; the header when the file is new.
+void write_latency_csv(FILE* f, const Options& o, const std::string& transport, double local_pct,
+                       std::uint64_t ws, const std::vector<farmem::LatencyBucket>& hist) {
+  std::fseek(f, 0, SEEK_END);
+  if (std::ftell(f) == 0)
+    std::fprintf(f, "bench,transport,mode,workload,local_pct,working_set_bytes,threads,latency_ns,count,"
+                    "cumulative_fraction\n");
+  std::uint64_t total = 0, seen = 0;
+  for (const auto& b : hist) total += b.count;
+  for (const auto& b : hist) {
+    seen += b.count;
+    std::fprintf(f, "farmem-bench,%s,%s,%s,%.4g,%llu,%u,%llu,%llu,%.6f\n", transport.c_str(), o.mode.c_str(),
+                 o.workload.c_str(), local_pct, (unsigned long long)ws, o.threads, (unsigned long long)b.lower_ns,
+                 (unsigned long long)b.count, static_cast<double>(seen) / static_cast<double>(total));
+  }
+  if (std::fclose(f) != 0) die("--latency-csv " + o.latency_csv + ": cannot write it (" + std::strerror(errno) + ")");
+  if (total == 0)
+    std::fprintf(stderr, "farmem-bench: --latency-csv: the measured ops took no faults (the working set fits); "
+                         "nothing written\n");
 }
 
 struct Rng {  // xorshift64*
@@ -301,9 +342,17 @@ int main(int argc, char** argv) {
   if (o.workload == "zipf") zipf = std::make_unique<Zipf>(pages, 0.99);
   const std::uint64_t warm_ops = std::max<std::uint64_t>(o.ops / 10, o.threads);
 
+  FILE* latency_out = nullptr;
+  std::string transport = "local";
+  if (!o.latency_csv.empty()) {  // before the run: a file that cannot be written is found at once
+    latency_out = std::fopen(o.latency_csv.c_str(), "a");
+    if (latency_out == nullptr)
+      die("--latency-csv " + o.latency_csv + ": cannot write it (" + std::strerror(errno) + "); name a writable file");
+  }
   double seconds = 0;
   std::uint64_t faults = 0, evictions = 0, p50 = 0, p99 = 0;
   farmem::Stats before{}, after{}, end{};  // after: right after the measured ops
+  std::vector<farmem::LatencyBucket> hist;  // the measured ops' fault latencies
   bool verified = false;
   std::uint64_t expect_sum = warm_ops + o.ops;  // plus what the pages start with (--data)
 
@@ -313,6 +362,7 @@ int main(int argc, char** argv) {
       cfg.local_mem_bytes = local_mem;
       cfg.local_mem_from = "--local-mem";
       if (!o.backend.empty()) cfg.backend = o.backend;
+      transport = transport_name(cfg.backend);
       if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = std::max<std::uint64_t>(64ull << 30, 4 * pages * 4096);
       if (o.mode == "hw") {
         cfg.hw_mem_bytes = std::max(cfg.hw_mem_bytes, pages * 4096);
@@ -345,6 +395,7 @@ int main(int argc, char** argv) {
     before = farmem::stats();
     seconds = run(o.ops, o.seed);
     after = farmem::stats();
+    hist = farmem::fault_histogram();
     if (o.uthreads) farmem::uthread::stop();
     faults = after.faults - before.faults;
     evictions = after.evictions - before.evictions;
@@ -392,6 +443,7 @@ int main(int argc, char** argv) {
     std::uint64_t f0 = kernel_faults(), s0 = vmstat("pswpout");
     seconds = run(o.ops, o.seed);
     after = farmem::stats();
+    if (o.mode == "hw") hist = farmem::fault_histogram();
     if (o.uthreads) farmem::uthread::stop();
     if (o.mode == "hw") {
       faults = after.faults - before.faults;
@@ -412,6 +464,7 @@ int main(int argc, char** argv) {
     end = farmem::stats();  // after verifying: only for the resident/far lines
   }
 
+  if (latency_out) write_latency_csv(latency_out, o, transport, 100.0 * local_mem / (pages * 4096), pages * 4096, hist);
   const double ops_per_sec = static_cast<double>(o.ops) / seconds;
   const double ns_per_op = seconds * 1e9 / static_cast<double>(o.ops);
   if (o.json) {

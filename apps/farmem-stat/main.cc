@@ -24,8 +24,9 @@ void usage(FILE* out) {
                "usage: farmem-stat [--json] [--watch SECONDS [--count N]] [PID...]\n"
                "  Shows the counters every farmem process (a program using farmem, a farmem-run\n"
                "  program, a farmem-server) publishes while it runs: faults and evictions (and their\n"
-               "  rates), resident memory against the budget, far bytes, the fault-latency histogram,\n"
-               "  and the settings and transports in use. Without PID: every farmem process here.\n"
+               "  rates), resident memory against the budget, far bytes (and per memory server), the\n"
+               "  fault-latency histogram, a server's client sessions, and the settings and\n"
+               "  transports in use. Without PID: every farmem process here.\n"
                "  --json           one JSON object per process (counter names as in FARMEM_STATS)\n"
                "  --watch SECONDS  a line per process every SECONDS (like vmstat): rates over the interval\n"
                "  --count N        with --watch: stop after N lines per process\n"
@@ -95,6 +96,54 @@ std::map<unsigned, std::uint64_t> pow2_hist(const std::uint64_t* h) {
   return m;
 }
 
+void append_json_string(std::string& j, const std::string& v) {
+  j += '"';
+  for (char c : v) {
+    if (c == '"' || c == '\\') j += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) j += c;
+  }
+  j += '"';
+}
+
+// The row table: "servers" (a runtime's memory servers) or "client_sessions" (a server's clients).
+void rows_json(std::string& j, const live::Reading& r) {
+  if (r.s.nrows == 0) return;
+  const bool server = r.h.kind == live::kKindServer;
+  const auto& fields = live::row_fields(r.h.kind);
+  j += server ? ",\"client_sessions\":[" : ",\"servers\":[";
+  for (std::size_t i = 0; i < r.s.nrows; ++i) {
+    const live::Row& row = r.s.rows[i];
+    j += i ? ",{" : "{";
+    j += server ? "\"session\":" + std::to_string(row.id) + ",\"client\":" : "\"slot\":" + std::to_string(row.id) + ",\"server\":";
+    append_json_string(j, row.label_text());
+    for (std::size_t f = 0; f < fields.size(); ++f) j += ",\"" + std::string(fields[f].name) + "\":" + std::to_string(row.v[f]);
+    j += "}";
+  }
+  j += "]";
+  if (r.s.rows_dropped) j += ",\"rows_not_shown\":" + std::to_string(r.s.rows_dropped);
+}
+
+// The row table as text lines.
+void show_rows(const live::Reading& r) {
+  if (r.s.nrows == 0) return;
+  if (r.h.kind == live::kKindServer) {
+    std::printf("  client sessions:\n");
+    for (std::size_t i = 0; i < r.s.nrows; ++i) {
+      const live::Row& row = r.s.rows[i];
+      std::printf("    session %-4llu %-24s granted %s, written %s, read %s\n", static_cast<unsigned long long>(row.id),
+                  row.label_text().c_str(), mib(row.v[0]).c_str(), mib(row.v[1]).c_str(), mib(row.v[2]).c_str());
+    }
+  } else {
+    std::printf("  far bytes per server:\n");
+    for (std::size_t i = 0; i < r.s.nrows; ++i) {
+      const live::Row& row = r.s.rows[i];
+      std::printf("    %-32s far %s, written %s%s\n", row.label_text().c_str(), mib(row.v[0]).c_str(),
+                  mib(row.v[1]).c_str(), row.v[2] ? "" : " (not up)");
+    }
+  }
+  if (r.s.rows_dropped) std::printf("    (%llu more not shown)\n", static_cast<unsigned long long>(r.s.rows_dropped));
+}
+
 std::string json(const live::Reading& r, const live::Reading* prev) {
   std::string j = "{\"pid\":" + std::to_string(r.h.pid) + ",\"program\":\"";
   for (const char* c = r.h.name; *c && c < r.h.name + sizeof r.h.name; ++c)
@@ -127,6 +176,7 @@ std::string json(const live::Reading& r, const live::Reading* prev) {
     }
     j += "}";
   }
+  rows_json(j, r);
   const std::string info = r.s.info_text();
   if (!info.empty()) j += ",\"settings\":" + info;
   return j + "}";
@@ -170,6 +220,7 @@ void show(const live::Reading& r) {
       }
     }
   }
+  show_rows(r);
   const std::string info = r.s.info_text();
   if (!info.empty()) std::printf("  settings %s\n", info.c_str());
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace farmem {
 
@@ -101,5 +102,12 @@ struct Stats {
 Stats stats();
 std::string stats_json();
 void reset_fault_histogram();
+// The fault-latency histogram since start or reset_fault_histogram(): every
+// bucket that counted a fault (8 buckets per power of two), lowest first.
+struct LatencyBucket {
+  std::uint64_t lower_ns = 0;  // the bucket holds latencies from lower_ns up to the next bucket's
+  std::uint64_t count = 0;
+};
+std::vector<LatencyBucket> fault_histogram();
 
 }  // namespace farmem

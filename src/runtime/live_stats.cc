@@ -1,6 +1,6 @@
-// Live statistics (live_stats.hpp): the counter names, the per-process file
-// (made, replaced under a seqlock, removed), reading it from another process,
-// and the Prometheus text rendering of a snapshot.
+// Live statistics (live_stats.hpp): the counter and row names, the per-process
+// file (made, replaced under a seqlock, removed), reading it from another
+// process, and the Prometheus text rendering of a snapshot.
 //
 // The writer runs on a runtime thread (the evictor), also under the preload
 // shim: publish() only stores words, and mapping the file goes straight to the
@@ -80,6 +80,42 @@ const std::vector<CounterDef>& server_counters() {
       {"capacity_bytes", "--capacity", true},
   };
   return defs;
+}
+
+const std::vector<RowField>& row_fields(std::uint32_t kind) {
+  static const std::vector<RowField> runtime = {
+      {"far_bytes", "farmem_per_server_far_bytes", "Bytes of far pages (pieces) this memory server holds for us", true},
+      {"written_bytes", "farmem_per_server_written_bytes_total", "Bytes written to this memory server", false},
+      {"up", "farmem_per_server_up", "1 while this memory server takes pieces", true},
+  };
+  static const std::vector<RowField> server = {
+      {"granted_bytes", "farmem_server_client_granted_bytes", "Memory granted to this client session", true},
+      {"written_bytes", "farmem_server_client_written_bytes_total", "Bytes this client session wrote", false},
+      {"read_bytes", "farmem_server_client_read_bytes_total", "Bytes this client session read", false},
+  };
+  return kind == kKindServer ? server : runtime;
+}
+
+void Row::set_label(const std::string& text) {
+  const std::size_t n = std::min(text.size(), sizeof label - 1);
+  std::memcpy(label, text.data(), n);
+  label[n] = 0;
+}
+
+std::string Row::label_text() const { return std::string(label, strnlen(label, sizeof label)); }
+
+void Snapshot::add_row(std::uint64_t id, const std::string& label, std::uint64_t v0, std::uint64_t v1,
+                       std::uint64_t v2) {
+  if (nrows >= kMaxRows) {
+    ++rows_dropped;
+    return;
+  }
+  Row& r = rows[nrows++];
+  r.id = id;
+  r.v[0] = v0;
+  r.v[1] = v1;
+  r.v[2] = v2;
+  r.set_label(label);
 }
 
 void Snapshot::set_info(const std::string& json) {
@@ -192,6 +228,7 @@ void read_page(const Page& p, Reading* out) {
   }
   std::memcpy(&out->s, w, sizeof w);
   if (out->s.info_len > kInfoBytes) out->s.info_len = 0;
+  if (out->s.nrows > kMaxRows) out->s.nrows = 0;
 }
 
 bool read_file(const std::string& dir, pid_t pid, Reading* out, std::string* err) {
@@ -262,6 +299,14 @@ void append_seconds(std::string& s, std::uint64_t ns) {
   s.append(9 - frac.size(), '0');
   s += frac;
 }
+// A label value: backslash, double quote and newline escaped.
+void append_label(std::string& s, const std::string& v) {
+  for (char c : v) {
+    if (c == '\\' || c == '"') s += '\\';
+    if (c == '\n') s += "\\n";
+    else s += c;
+  }
+}
 }  // namespace
 
 std::string prometheus(const Reading& r) {
@@ -304,6 +349,27 @@ std::string prometheus(const Reading& r) {
     out += "\n" + h + "_sum ";
     append_seconds(out, sum_ns);
     out += "\n";
+  }
+  // The row table: one series per memory server (runtime) or client session (server).
+  const auto& fields = row_fields(r.h.kind);
+  for (std::size_t f = 0; f < fields.size() && r.s.nrows > 0; ++f) {
+    const std::string name = fields[f].metric;
+    out += "# HELP " + name + " " + fields[f].help + "\n# TYPE " + name + (fields[f].gauge ? " gauge\n" : " counter\n");
+    for (std::size_t i = 0; i < r.s.nrows && i < kMaxRows; ++i) {
+      const Row& row = r.s.rows[i];
+      out += name;
+      if (server) {
+        out += "{session=\"";
+        append_u64(out, row.id);
+        out += "\",client=\"";
+      } else {
+        out += "{server=\"";
+      }
+      append_label(out, row.label_text());
+      out += "\"} ";
+      append_u64(out, row.v[f]);
+      out += "\n";
+    }
   }
   const std::string up = prefix + "uptime_seconds";
   out += "# HELP " + up + " Seconds since the process started publishing statistics\n# TYPE " + up + " gauge\n" +

@@ -6,8 +6,9 @@
 // The file holds a fixed header, written once before the file appears under
 // its name, and a snapshot that one writer thread replaces under a seqlock:
 // counters by index (names in runtime_counters()/server_counters(), the same
-// as FARMEM_STATS), the fault-latency histogram, and a short JSON text with
-// the settings and transports in use.
+// as FARMEM_STATS), the fault-latency histogram, a table of rows (a runtime:
+// one per memory server it uses; a server: one per client session), and a
+// short JSON text with the settings and transports in use.
 #pragma once
 #include <sys/types.h>
 
@@ -20,11 +21,12 @@
 namespace farmem::live {
 
 constexpr char kMagic[8] = {'F', 'A', 'R', 'M', 'E', 'M', 'S', '1'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;  // 2: the row table
 constexpr std::uint32_t kKindRuntime = 1, kKindServer = 2;
 constexpr unsigned kMaxCounters = 48;
 constexpr unsigned kHistBuckets = 512;  // detail::CoreStats::kHistBuckets (log-linear, ns)
 constexpr unsigned kInfoBytes = 4096;
+constexpr unsigned kMaxRows = 64;
 constexpr const char* kDefaultDir = "/dev/shm/farmem";
 constexpr std::uint64_t kPeriodNs = 200'000'000;  // how often a process refreshes its page
 
@@ -39,15 +41,41 @@ inline const std::vector<CounterDef>& counters_of(std::uint32_t kind) {
   return kind == kKindServer ? server_counters() : runtime_counters();
 }
 
+// One row of the table: a memory server a runtime uses, or a client session
+// of a server. Its values are named by row_fields(kind).
+struct Row {
+  std::uint64_t id = 0;  // a runtime: the pool slot (0 for one server); a server: the session number
+  std::uint64_t v[3] = {};
+  char label[96] = {};   // a runtime: the server's URI; a server: the client's address
+  void set_label(const std::string& text);
+  std::string label_text() const;
+};
+static_assert(sizeof(Row) == 128);
+
+struct RowField {
+  const char* name;    // farmem-stat --json key
+  const char* metric;  // the Prometheus metric (counters end in _total)
+  const char* help;
+  bool gauge;
+};
+// A runtime's rows: far_bytes, written_bytes, up (per memory server).
+// A server's rows: granted_bytes, written_bytes, read_bytes (per client session).
+const std::vector<RowField>& row_fields(std::uint32_t kind);
+
 // What the writer replaces as a whole; plain data, a multiple of 8 bytes.
 struct Snapshot {
   std::uint64_t updated_ns = 0;  // CLOCK_MONOTONIC (the same clock in every process)
   std::uint64_t counters[kMaxCounters] = {};
   std::uint64_t hist[kHistBuckets] = {};  // runtime only: fault latency, log-linear ns buckets
+  std::uint64_t nrows = 0;                // rows in use
+  std::uint64_t rows_dropped = 0;         // rows that did not fit (more than kMaxRows)
+  Row rows[kMaxRows];
   std::uint64_t info_len = 0;
   char info[kInfoBytes] = {};             // a JSON object: settings, transports
   void set_info(const std::string& json);
   std::string info_text() const { return std::string(info, info_len); }
+  // Adds a row (counted in rows_dropped when the table is full).
+  void add_row(std::uint64_t id, const std::string& label, std::uint64_t v0, std::uint64_t v1, std::uint64_t v2);
 };
 static_assert(sizeof(Snapshot) % 8 == 0);
 

@@ -111,6 +111,14 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
                              s.hw_evicted, rt.transport && rt.transport->connected() ? 1u : 0u};
   static_assert(sizeof v / sizeof v[0] <= live::kMaxCounters);
   for (std::size_t i = 0; i < sizeof v / sizeof v[0]; ++i) out.counters[i] = v[i];
+  // Far bytes per memory server: a pool's members from its counters; one
+  // server is the runtime's own far and written bytes.
+  out.nrows = out.rows_dropped = 0;
+  if (rt.transport && rt.transport->connected()) {
+    const std::vector<net::ServerBytes> per = rt.transport->per_server();
+    for (const net::ServerBytes& b : per) out.add_row(b.slot, b.uri, b.far_bytes, b.written_bytes, b.up ? 1 : 0);
+    if (per.empty()) out.add_row(0, rt.cfg.backend, s.far_bytes, s.bytes_out, 1);
+  }
   out.updated_ns = now_ns();
   if (!with_info) return;
   const Config& c = rt.cfg;
@@ -132,6 +140,17 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
   out.set_info(j);
 }
 }  // namespace detail
+
+std::vector<LatencyBucket> fault_histogram() {
+  std::vector<LatencyBucket> out;
+  detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
+  if (rt == nullptr) return out;
+  std::uint64_t hist[kB] = {};
+  gather(rt, hist);
+  for (unsigned b = 0; b < kB; ++b)
+    if (hist[b]) out.push_back(LatencyBucket{detail::hist_value(b), hist[b]});
+  return out;
+}
 
 void reset_fault_histogram() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);

@@ -138,13 +138,18 @@ std::uint64_t now_ms() {
 }
 
 // What farmem-stat and FARMEM_METRICS show of a server: the capacity account
-// (clients, granted and capacity bytes), refreshed by the main thread.
+// (clients, granted and capacity bytes) and a row per client session (granted,
+// written and read bytes), refreshed by the main thread.
 void fill_snapshot(live::Snapshot& s, std::size_t listeners, const CapacityAccount& account) {
   CapacityAccount::Usage u = account.usage();
   s.counters[0] = listeners;
   s.counters[1] = u.sessions;
   s.counters[2] = u.granted;
   s.counters[3] = account.capacity();
+  s.nrows = s.rows_dropped = 0;
+  for (const auto& c : account.clients())
+    s.add_row(c->session, c->client, c->granted.load(std::memory_order_relaxed),
+              c->written.load(std::memory_order_relaxed), c->read.load(std::memory_order_relaxed));
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   s.updated_ns = static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);

@@ -1,3 +1,4 @@
+// One session's far memory and lease (session_memory.hpp).
 #include "server/session_memory.hpp"
 
 #include <sys/mman.h>
@@ -9,7 +10,8 @@ constexpr std::uint64_t kPage = 4096;
 
 }  // namespace
 
-std::unique_ptr<SessionMemory> SessionMemory::map(CapacityAccount& account, std::uint64_t bytes, std::string* why) {
+std::unique_ptr<SessionMemory> SessionMemory::map(CapacityAccount& account, std::uint64_t bytes,
+                                                  const std::string& client, std::string* why) {
   if (bytes == 0 || bytes > kMaxBytes) {
     *why = "a session's far memory must be between 4 KiB and 64 TiB; ask for less (FARMEM_FAR_MEM)";
     return nullptr;
@@ -20,18 +22,23 @@ std::unique_ptr<SessionMemory> SessionMemory::map(CapacityAccount& account, std:
     *why = "the server cannot map " + std::to_string(size >> 20) + " MiB of address space; ask for less (FARMEM_FAR_MEM)";
     return nullptr;
   }
-  return std::unique_ptr<SessionMemory>(new SessionMemory(account, static_cast<char*>(base), size));
+  return std::unique_ptr<SessionMemory>(new SessionMemory(account, static_cast<char*>(base), size, client));
 }
 
-SessionMemory::SessionMemory(CapacityAccount& account, char* base, std::uint64_t size)
-    : account_(account), base_(base), size_(size), written_((size / kPage + kPagesPerChunk - 1) / kPagesPerChunk) {
-  account_.session_opened();
+SessionMemory::SessionMemory(CapacityAccount& account, char* base, std::uint64_t size, const std::string& client)
+    : account_(account),
+      usage_(std::make_shared<ClientUsage>()),
+      base_(base),
+      size_(size),
+      written_((size / kPage + kPagesPerChunk - 1) / kPagesPerChunk) {
+  usage_->client = client;
+  account_.session_opened(usage_);
 }
 
 SessionMemory::~SessionMemory() {
   munmap(base_, size_);
-  account_.give_back(used_bytes());
-  account_.session_closed();
+  account_.give_back(used_bytes(), *usage_);
+  account_.session_closed(usage_);
 }
 
 std::uint64_t* SessionMemory::word(std::uint64_t page, bool create) {
@@ -53,14 +60,18 @@ bool SessionMemory::charge_write(std::uint64_t off, std::uint64_t len, std::stri
   const std::uint64_t first = off / kPage, end = (off + len + kPage - 1) / kPage;
   std::uint64_t fresh = 0;
   for (std::uint64_t p = first; p < end; ++p) fresh += !held(p);
-  if (fresh == 0) return true;
-  if (!account_.grant(fresh * kPage)) {
+  if (fresh == 0) {
+    usage_->written.fetch_add(len, std::memory_order_relaxed);
+    return true;
+  }
+  if (!account_.grant(fresh * kPage, *usage_)) {
     *why = "the server is full: " + account_.describe() +
            " (farmem-server --capacity); add servers to the pool or give this one more";
     return false;
   }
   for (std::uint64_t p = first; p < end; ++p) *word(p, true) |= std::uint64_t{1} << (p % 64);
   used_pages_ += fresh;
+  usage_->written.fetch_add(len, std::memory_order_relaxed);
   return true;
 }
 
@@ -77,7 +88,7 @@ void SessionMemory::discard(std::uint64_t off, std::uint64_t len) {
     *w &= ~bit;
   }
   used_pages_ -= dropped;
-  account_.give_back(dropped * kPage);
+  account_.give_back(dropped * kPage, *usage_);
 }
 
 }  // namespace farmem::server

@@ -22,9 +22,11 @@ class SessionMemory {
  public:
   static constexpr std::uint64_t kMaxBytes = 1ull << 46;
 
-  // Maps `bytes` (rounded up to pages) of address space. Null, with *why, when
-  // that is more than kMaxBytes or the mapping fails.
-  static std::unique_ptr<SessionMemory> map(CapacityAccount& account, std::uint64_t bytes, std::string* why);
+  // Maps `bytes` (rounded up to pages) of address space for a session of
+  // `client` (the peer, as the listener names it). Null, with *why, when that
+  // is more than kMaxBytes or the mapping fails.
+  static std::unique_ptr<SessionMemory> map(CapacityAccount& account, std::uint64_t bytes, const std::string& client,
+                                            std::string* why);
   ~SessionMemory();  // unmaps, gives the lease back, counts the session closed
   SessionMemory(const SessionMemory&) = delete;
   SessionMemory& operator=(const SessionMemory&) = delete;
@@ -36,7 +38,10 @@ class SessionMemory {
   // Call before writing [off, off+len): grows the lease by what the pages it
   // touches for the first time need and marks them. False when the server is
   // full (nothing marked, nothing to write); *why is the message for the client.
+  // Counts the bytes written.
   bool charge_write(std::uint64_t off, std::uint64_t len, std::string* why);
+  // Counts bytes the client read.
+  void note_read(std::uint64_t len) { usage_->read.fetch_add(len, std::memory_order_relaxed); }
   // Drops the whole pages inside [off, off+len) and shrinks the lease.
   void discard(std::uint64_t off, std::uint64_t len);
 
@@ -44,7 +49,7 @@ class SessionMemory {
   std::uint64_t used_bytes() const { return used_pages_ * 4096; }
 
  private:
-  SessionMemory(CapacityAccount& account, char* base, std::uint64_t size);
+  SessionMemory(CapacityAccount& account, char* base, std::uint64_t size, const std::string& client);
   // Which pages hold data: one bit each, in 32 KiB chunks (1 GiB of far memory
   // each) made on the first write there, so 64 TiB of address space costs 512 KiB.
   static constexpr std::uint64_t kPagesPerChunk = 1 << 18;
@@ -53,6 +58,7 @@ class SessionMemory {
   bool held(std::uint64_t page);
 
   CapacityAccount& account_;
+  std::shared_ptr<ClientUsage> usage_;  // this session's row in the server's statistics
   char* const base_;
   const std::uint64_t size_;
   std::vector<std::unique_ptr<Chunk>> written_;

@@ -156,7 +156,8 @@ std::uint64_t Pool::own(std::uint64_t page) {
 void Pool::discard(std::uint64_t off, std::uint64_t len) {
   const std::uint64_t first = off / kPage, end = std::min(npages, (off + len) / kPage);
   for (std::uint64_t p = first; p < end; ++p) {
-    own(p);
+    const std::uint64_t w = own(p);
+    if (w) pieces_moved(w, 0);
     loc[p].store(0, std::memory_order_release);
   }
   const std::uint32_t readable = readable_mask();
@@ -224,6 +225,7 @@ void Pool::adopt(unsigned s, const std::string& uri, std::unique_ptr<net::Transp
   uris_[s] = uri;
   members_[s].t.store(transports_.back().get(), std::memory_order_release);
   members_[s].clear.store(false);
+  members_[s].written_bytes.store(0, std::memory_order_relaxed);  // a new server in the slot
   members_[s].gen.fetch_add(1, std::memory_order_acq_rel);
   members_[s].state.store(State::Up, std::memory_order_release);
   if (s >= slots_.load()) slots_.store(s + 1, std::memory_order_release);
@@ -338,6 +340,24 @@ std::string Pool::describe() const {
     if (members_[s].state.load() != State::Empty)
       d += " " + uris_[s] + kState[static_cast<int>(members_[s].state.load())];
   return d;
+}
+
+std::vector<net::ServerBytes> Pool::per_server() const {
+  std::vector<net::ServerBytes> v;
+  std::lock_guard<std::mutex> g(mu_);
+  for (unsigned s = 0, n = slots(); s < n; ++s) {
+    const Member& m = members_[s];
+    const State st = m.state.load(std::memory_order_acquire);
+    if (st == State::Empty) continue;
+    net::ServerBytes b;
+    b.slot = s;
+    b.uri = uris_[s];
+    b.far_bytes = m.held_pieces.load(std::memory_order_relaxed) * scheme.piece_bytes();
+    b.written_bytes = m.written_bytes.load(std::memory_order_relaxed);
+    b.up = st == State::Up;
+    v.push_back(std::move(b));
+  }
+  return v;
 }
 
 std::string Pool::stats_json() const {

@@ -73,6 +73,7 @@ class Pool final : public net::Transport {
   void shutdown() override;
   std::string describe() const override;
   std::string stats_json() const override;
+  std::vector<net::ServerBytes> per_server() const override;
 
   const Scheme scheme;
   const bool spare_read;  // FARMEM_EC_SPARE_READ
@@ -85,6 +86,10 @@ class Pool final : public net::Transport {
     std::atomic<std::uint32_t> gen{0};             // bumped when the slot takes a new server
     std::atomic<net::Transport*> t{nullptr};       // owned by Pool::transports_
     std::atomic<bool> clear{true};                 // Down, and no page has a piece here
+    // For the live statistics (relaxed; never on the fault path): pieces the
+    // location words name here, and bytes of pieces written here since the
+    // slot took its server.
+    std::atomic<std::uint64_t> held_pieces{0}, written_bytes{0};
   };
   Member& member(unsigned s) { return members_[s]; }
   unsigned slots() const { return slots_.load(std::memory_order_acquire); }
@@ -99,6 +104,17 @@ class Pool final : public net::Transport {
   std::uint32_t up_mask() const { return mask_of(false); }        // may take pieces
   std::uint32_t readable_mask() const { return mask_of(true); }  // pieces there can be read
 
+  // A page's location word changed from `before` to `after`: moves the
+  // members' held-piece counts (pieces a write, repair or discard added or dropped).
+  void pieces_moved(std::uint64_t before, std::uint64_t after) {
+    int d[kMaxServers] = {};
+    for (unsigned piece = 0; piece < scheme.pieces(); ++piece) {
+      if (unsigned s = piece_server(before, piece)) --d[s - 1];
+      if (unsigned s = piece_server(after, piece)) ++d[s - 1];
+    }
+    for (unsigned s = 0; s < kMaxServers; ++s)
+      if (d[s]) members_[s].held_pieces.fetch_add(static_cast<std::uint64_t>(d[s]), std::memory_order_relaxed);
+  }
   void server_failed(unsigned s, std::uint32_t gen);
   [[noreturn]] void pages_lost(std::uint64_t page, std::uint64_t w);
   // Takes a page's location word for a write (waits while a repair holds it).
@@ -185,6 +201,7 @@ class PoolQueuePair final : public net::QueuePair {
     std::uint64_t cookie = 0, page = 0;
     unsigned char* local = nullptr;
     std::uint64_t loc = 0;           // write: the word being built; read: the word read from
+    std::uint64_t before = 0;        // write: the page's word before it (its pieces until this one lands)
     std::uint32_t outstanding = 0;   // pieces in flight
     std::uint32_t got = 0;           // pieces done (write) or arrived (read)
     std::uint32_t tried = 0;         // read: pieces asked for so far, or failed

@@ -100,10 +100,11 @@ bool PoolQueuePair::place_piece(unsigned op, unsigned piece) {
 void PoolQueuePair::post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) {
   if (len != kPage || off % kPage) farmem::detail::fatal("the pool writes whole pages (asked %zu bytes at %llu)", len,
                                                  static_cast<unsigned long long>(off));
-  p_.own(off / kPage);
+  const std::uint64_t before = p_.own(off / kPage);
   const std::uint64_t page = off / kPage;
   const unsigned i = start_write(page, local, cookie);
   Op& o = ops_[i];
+  o.before = before;
   unsigned order[kMaxServers];
   const unsigned n = rank_servers(page, p_.slots(), p_.up_mask(), order);
   if (n < p_.scheme.k) p_.pages_lost(page, 0);
@@ -116,6 +117,7 @@ void PoolQueuePair::post_write(std::uint64_t off, const void* local, std::size_t
 void PoolQueuePair::post_repair(std::uint64_t page, std::uint64_t w, const void* local, std::uint64_t cookie) {
   const unsigned i = start_write(page, local, cookie);
   Op& o = ops_[i];
+  o.before = w;
   const std::uint32_t live = p_.up_mask();
   for (unsigned piece = 0; piece < p_.scheme.pieces(); ++piece) {
     const unsigned s = piece_server(w, piece);
@@ -130,6 +132,7 @@ void PoolQueuePair::post_repair(std::uint64_t page, std::uint64_t w, const void*
   for (unsigned piece = 0; piece < p_.scheme.pieces(); ++piece)
     if (!(o.got & (1u << piece)) && !place_piece(i, piece)) break;
   if (o.outstanding == 0) {  // nowhere to put them: the page stays as it was
+    p_.pieces_moved(o.before, o.loc);
     p_.loc[page].store(o.loc, std::memory_order_release);
     finish(i);
   }
@@ -307,7 +310,10 @@ void PoolQueuePair::on_piece(unsigned op, unsigned piece, unsigned server, bool 
     }
   } else {
     o.got |= 1u << piece;
-    if (o.write) o.loc = with_piece(o.loc, piece, server + 1);
+    if (o.write) {
+      o.loc = with_piece(o.loc, piece, server + 1);
+      p_.member(server).written_bytes.fetch_add(p_.scheme.piece_bytes(), std::memory_order_relaxed);
+    }
     else if (o.into_scratch && (o.direct & (1u << piece)) && p_.scheme.k > 1)  // sent before the switch to a decode
       std::memcpy(o.scratch.data() + piece * p_.scheme.piece_bytes(), o.local + piece * p_.scheme.piece_bytes(),
                   p_.scheme.piece_bytes());
@@ -323,6 +329,7 @@ void PoolQueuePair::on_piece(unsigned op, unsigned piece, unsigned server, bool 
   if (__builtin_popcount(o.got) < p_.scheme.pieces()) p_.degraded_writes.fetch_add(1, std::memory_order_relaxed);
   p_.sums[o.page].store(o.sum, std::memory_order_relaxed);
   p_.note_written(o.page);
+  p_.pieces_moved(o.before, o.loc);
   p_.loc[o.page].store(o.loc, std::memory_order_release);  // also gives up ownership
   finish(op);
 }

@@ -160,6 +160,10 @@ class DeferredTransport final : public Transport {
     Transport* t = real_.load(std::memory_order_acquire);
     return t ? t->stats_json() : std::string();
   }
+  std::vector<ServerBytes> per_server() const override {
+    Transport* t = real_.load(std::memory_order_acquire);
+    return t ? t->per_server() : std::vector<ServerBytes>();
+  }
   bool connected() const override { return real_.load(std::memory_order_acquire) != nullptr; }
   void register_local(void* base, std::size_t len) override {
     local_ = base;

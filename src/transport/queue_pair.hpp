@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace farmem {
 struct Config;
@@ -59,6 +60,16 @@ class QueuePair {
   virtual void wait(unsigned timeout_us) { (void)timeout_us; }
 };
 
+// What one memory server holds for a client and what was written to it, as the
+// client counted (the live statistics' per-server rows).
+struct ServerBytes {
+  unsigned slot = 0;           // a pool's member slot
+  std::string uri;
+  std::uint64_t far_bytes = 0;      // pieces the client's location words name there
+  std::uint64_t written_bytes = 0;  // pieces written there (and completed)
+  bool up = true;
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -88,6 +99,10 @@ class Transport {
   virtual bool drops_copy_on_read() const { return false; }
   // Extra statistics for the FARMEM_STATS line: "" or `"name":{...}`.
   virtual std::string stats_json() const { return {}; }
+  // One entry per memory server when there are several (a pool), from counters
+  // kept as pieces are written and dropped: no round trip. Empty for one
+  // server, which the runtime shows with its own far and written bytes.
+  virtual std::vector<ServerBytes> per_server() const { return {}; }
 
   // fork(): before it, arrange for the child to read far memory as it is now
   // (returns false if this transport cannot); after it, keep or adopt that.

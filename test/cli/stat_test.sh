@@ -5,7 +5,10 @@
 # names the FARMEM_STATS counters, the farmem-run program's counters match its
 # exit statistics); FARMEM_METRICS serves the same counters as Prometheus text
 # (404 elsewhere) for the runtime and the server; bad pids, bad addresses and
-# ports in use get one line and a non-zero status.
+# ports in use get one line and a non-zero status. A farmem-run program over a
+# pool of two tcp farmem-servers shows far bytes per server that add up to what
+# it wrote, each equal to what that server granted its client session, and the
+# server's metrics and farmem-stat show that session.
 # Usage: stat_test.sh FARMEM_BENCH FARMEM_SERVER FARMEM_STAT [FARMEM_RUN HOLD]
 set -uo pipefail
 BENCH=$1 SERVER=$2 STAT=$3 RUN=${4:-} HOLD=${5:-}
@@ -93,6 +96,8 @@ fi
   bad "server metrics: $(curl -s "http://127.0.0.1:$sport/metrics")"
 "$STAT" --json "$client" | grep -q "\"transport\":\"tcp://127.0.0.1:$port\"" && ok "the client names its transport" ||
   bad "client transport: $("$STAT" --json "$client")"
+"$STAT" --json "$client" | $PY -c 'import json,sys; r=json.load(sys.stdin)["servers"]; sys.exit(not (len(r) == 1 and r[0]["server"] == sys.argv[1] and r[0]["written_bytes"] > 0))' "tcp://127.0.0.1:$port" &&
+  ok "one server is one row of far bytes per server" || bad "one server's row: $("$STAT" --json "$client")"
 kill "$client" "$server"
 wait "$client" "$server" 2>/dev/null
 
@@ -124,6 +129,68 @@ if [[ -n $RUN && -n $HOLD ]]; then
   [[ ! -e $FARMEM_STATS_DIR/$prog ]] && ok "the program removed its statistics file at exit" || bad "$prog file left"
   "$STAT" >/dev/null  # removes the files of the processes killed above
   [[ -z $(ls -A "$FARMEM_STATS_DIR") ]] && ok "no statistics file left behind" || bad "left: $(ls -A "$FARMEM_STATS_DIR")"
+fi
+
+# 5. Far bytes per server: a farmem-run program over a pool of two farmem-servers.
+if [[ -n $RUN && -n $HOLD ]]; then
+  sport=$(free_port)
+  start_tcp_server pool1 --capacity 256M
+  p1=$PORT s1=$SPID
+  FARMEM_METRICS=127.0.0.1:$sport start_tcp_server pool2 --capacity 256M
+  p2=$PORT s2=$SPID
+  mkfifo "$tmp/in2"
+  FARMEM_BACKEND=tcp://127.0.0.1:$p1,tcp://127.0.0.1:$p2 "$RUN" --local-mem 8M -- "$HOLD" 32 <"$tmp/in2" \
+    >"$tmp/pool.out" 2>"$tmp/pool.err" &
+  prog=$!
+  pids+=("$prog")
+  exec 7>"$tmp/in2"
+  wait_for 60 grep -q ready "$tmp/pool.out" || bad "the farmem-run program over the pool did not start"
+  # Once the program is idle: per server [far, written], the client's bytes_out, each server's grant to it.
+  check_pool() {
+    "$STAT" --json "$prog" >"$tmp/client.json" && "$STAT" --json "$s1" >"$tmp/s1.json" &&
+      "$STAT" --json "$s2" >"$tmp/s2.json" && $PY - "$tmp" "$p1" "$p2" <<'PYEOF'
+import json, sys
+d, p1, p2 = sys.argv[1], sys.argv[2], sys.argv[3]
+c = json.load(open(d + "/client.json"))
+rows = {r["server"]: r for r in c.get("servers", [])}
+a, b = rows.get("tcp://127.0.0.1:" + p1), rows.get("tcp://127.0.0.1:" + p2)
+if not a or not b:
+    sys.exit("no per-server rows: %s" % c.get("servers"))
+grants = []
+for f in ("s1.json", "s2.json"):
+    s = json.load(open(d + "/" + f))
+    sess = s.get("client_sessions", [])
+    if len(sess) != 1 or not sess[0]["client"].startswith("127.0.0.1:"):
+        sys.exit("server %s: client sessions %s" % (f, sess))
+    grants.append(sess[0]["granted_bytes"])
+written = a["written_bytes"] + b["written_bytes"]
+problems = []
+if a["far_bytes"] == 0 or b["far_bytes"] == 0: problems.append("a server holds nothing")
+if written != c["bytes_out"]: problems.append("written %d != bytes_out %d" % (written, c["bytes_out"]))
+if a["far_bytes"] + b["far_bytes"] < c["far_bytes"]: problems.append("far per server < far_bytes %d" % c["far_bytes"])
+if [a["far_bytes"], b["far_bytes"]] != grants: problems.append("far %s != granted %s" % ([a["far_bytes"], b["far_bytes"]], grants))
+if problems: sys.exit("; ".join(problems))
+print("far %d + %d bytes (granted %d, %d), written %d + %d = bytes_out %d" % (
+    a["far_bytes"], b["far_bytes"], grants[0], grants[1], a["written_bytes"], b["written_bytes"], c["bytes_out"]))
+PYEOF
+  }
+  if wait_for 10 check_pool; then
+    ok "pool of two servers: $(check_pool)"
+  else
+    bad "pool of two servers: $(check_pool 2>&1)"
+  fi
+  "$STAT" "$prog" | grep -q "far bytes per server" && "$STAT" "$s2" | grep -Eq "session [0-9]+ +127.0.0.1:[0-9]+ +granted" &&
+    ok "farmem-stat text shows far bytes per server and the server's client session" ||
+    bad "farmem-stat text: $("$STAT" "$prog" "$s2")"
+  read -r sess sgrant < <($PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["client_sessions"][0]; print(r["session"], r["granted_bytes"])' "$tmp/s2.json")
+  mfar=$(curl -s "http://127.0.0.1:$sport/metrics" | sed -n "s/^farmem_server_client_granted_bytes{session=\"$sess\",client=\"127.0.0.1:[0-9]*\"} //p")
+  [[ -n $mfar && $mfar == "$sgrant" ]] &&
+    ok "server metrics: farmem_server_client_granted_bytes{session=\"$sess\",client=...} $mfar" ||
+    bad "server metrics per client: '$mfar' $(curl -s "http://127.0.0.1:$sport/metrics" | grep client_)"
+  exec 7>&-
+  wait "$prog"
+  kill "$s1" "$s2"
+  wait "$s1" "$s2" 2>/dev/null
 fi
 
 exit $((fails > 0))

@@ -168,7 +168,10 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
       if (cand->nonce == h.floor && cand->port == p) s = cand.get();  // a repeated hello
     if (!s) {
       std::string refusal;
-      auto mem = SessionMemory::map(ctx_.account, h.offset, &refusal);
+      char client[40];  // the client's MAC and the port it came in on
+      std::snprintf(client, sizeof client, "%02x:%02x:%02x:%02x:%02x:%02x port %u", src[0], src[1], src[2], src[3],
+                    src[4], src[5], p);
+      auto mem = SessionMemory::map(ctx_.account, h.offset, client, &refusal);
       if (!mem) return fail(p, q, src, h, Errc::NoCapacity, refusal);
       if (uri_.memif)  // one client per memif interface: a new hello replaces a stale session
         for (auto it = sessions_.begin(); it != sessions_.end();) {
@@ -225,6 +228,7 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     case Op::Read:
       r.length = h.size;
       data = s.mem->base() + h.offset;
+      if (first) s.mem->note_read(h.size);
       break;
     case Op::Write:
       if (first) {

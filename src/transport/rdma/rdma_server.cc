@@ -57,6 +57,7 @@ struct Session {
   ibv_pd* pd = nullptr;  // the session's own protection domain
   ibv_mr* mr = nullptr;  // the session's own memory region (rkey)
   int conns = 0;
+  std::shared_ptr<ClientUsage> usage;  // its row in the server's statistics (granted: its whole size)
 };
 
 struct Conn {
@@ -210,12 +211,23 @@ Session* Server::new_session(Device& dev, std::uint64_t want, std::string* why) 
   return raw;
 }
 
+// ADDRESS:PORT of the client that asked for a connection (its row in the statistics).
+std::string peer_name(rdma_cm_id* id) {
+  sockaddr* sa = rdma_get_peer_addr(id);
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (sa == nullptr ||
+      getnameinfo(sa, sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in), host, sizeof host, port,
+                  sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "?";
+  return std::string(host) + ":" + port;
+}
+
 void Server::drop_session(Session* s) {
   ibv_dereg_mr(s->mr);
   ibv_dealloc_pd(s->pd);
   munmap(s->base, s->capacity);
-  ctx_.account.give_back(s->capacity);
-  ctx_.account.session_closed();
+  ctx_.account.give_back(s->capacity, *s->usage);
+  ctx_.account.session_closed(s->usage);
   sessions_.erase(s->id);
 }
 
@@ -241,16 +253,19 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
   if (req.kind == rd::ConnKind::NewSession) {
     // Registered memory is pinned: an RDMA session takes its whole size at once.
     std::uint64_t want = (req.capacity + 4095) / 4096 * 4096;
-    if (want == 0 || !ctx_.account.grant(want))
+    auto usage = std::make_shared<ClientUsage>();
+    usage->client = peer_name(id);
+    if (want == 0 || !ctx_.account.grant(want, *usage))
       return reject(id, wire::Errc::NoCapacity,
                     "the server cannot give " + std::to_string(want >> 20) + " MiB at once (RDMA memory is pinned): " +
                         ctx_.account.describe() + "; ask for less (FARMEM_FAR_MEM)");
     s = new_session(*dev, want, &why);
     if (!s) {
-      ctx_.account.give_back(want);
+      ctx_.account.give_back(want, *usage);
       return reject(id, wire::Errc::NoCapacity, why);
     }
-    ctx_.account.session_opened();
+    s->usage = usage;
+    ctx_.account.session_opened(usage);
   } else {
     auto it = sessions_.find(req.session);
     if (it == sessions_.end()) return reject(id, wire::Errc::NoSession, "no such session");

@@ -74,6 +74,22 @@ class Server {
   std::map<std::uint64_t, std::unique_ptr<Session>> sessions_;
 };
 
+// ADDRESS:PORT ([V6]:PORT) of an accepted connection: how the server's statistics name a client.
+std::string peer_name(const sockaddr_storage& ss) {
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof ss, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "?";
+  std::string name;
+  const bool v6 = std::strchr(host, ':') != nullptr;
+  if (v6) name += '[';
+  name += host;
+  if (v6) name += ']';
+  name += ':';
+  name += port;
+  return name;
+}
+
 bool Server::start_listening() {
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
@@ -132,6 +148,7 @@ void Server::accept_all() {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     auto c = std::make_unique<Conn>();
     c->fd = fd;
+    c->peer = peer_name(ss);
     c->in.resize(64 * 1024);
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
@@ -178,7 +195,7 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       c.session = it->second.get();
     } else {
       std::string refusal;
-      auto mem = SessionMemory::map(ctx_.account, h.offset, &refusal);
+      auto mem = SessionMemory::map(ctx_.account, h.offset, c.peer, &refusal);
       if (!mem) {
         fail(c, h.id, wire::Errc::NoCapacity, refusal);
         return false;
@@ -206,6 +223,7 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
   switch (op) {
     case wire::Op::Read:
       reply(c, wire::make(wire::Op::Reply, h.id, h.offset, h.size, h.size), s.base() + h.offset, size);
+      s.note_read(size);
       break;
     case wire::Op::Write: {
       std::string full;
