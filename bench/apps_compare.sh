@@ -30,13 +30,15 @@ INSTALL=1
 STATS_RUN=1
 KEEP=0
 WORKDIR=""
+COMPRESS=""      # --compress CODEC: farmem-run --compress CODEC (zram compresses with its own lz4)
+SWAP_FILE_DIR="" # --swap-file DIR: swap to a file in DIR, farmem-run on file://DIR (the SSD tier)
 PY=/usr/bin/python3
 
 usage() {
     cat <<EOF
 usage: $PROG [--repeat N] [--programs LIST] [--points 25,50] [--out CSV] [--md FILE]
              [--png FILE] [--timeout SEC|auto] [--farmem-run PATH] [--workdir DIR] [--keep]
-             [--no-install] [--no-stats-run]
+             [--no-install] [--no-stats-run] [--compress CODEC] [--swap-file DIR]
 
 Runs real, unmodified programs three ways at the same memory budget, interleaved:
   plain   no limit
@@ -79,6 +81,10 @@ Options:
                     that times out is not finished; its configuration is not
                     retried in later rounds at that point
   --farmem-run PATH default build/apps/farmem-run/farmem-run
+  --compress CODEC  farmem-run --compress CODEC (lz4, zstd[:LEVEL]): the compressed tier
+                    against zram, which compresses swapped pages with its own codec
+  --swap-file DIR   the SSD tier instead: Linux swap to a swap file made in DIR,
+                    farmem-run --backend file://DIR (the same filesystem)
   --workdir DIR     inputs and logs (default: a new directory under /var/tmp)
   --keep            keep the work directory
   --no-stats-run    skip the final FARMEM_STATS=1 run of the program with the
@@ -106,6 +112,8 @@ while [[ $# -gt 0 ]]; do
         --keep)       KEEP=1; shift ;;
         --no-install) INSTALL=0; shift ;;
         --no-stats-run) STATS_RUN=0; shift ;;
+        --compress)   need_arg "$@"; COMPRESS=$2; shift 2 ;;
+        --swap-file)  need_arg "$@"; SWAP_FILE_DIR=$2; shift 2 ;;
         -h|--help)    usage; exit 0 ;;
         *) echo "$PROG: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -133,6 +141,17 @@ if [[ -n $PNG ]]; then
     [[ -d $(dirname -- "$PNG") && -w $(dirname -- "$PNG") ]] || die "cannot write --png file '$PNG' (its directory is missing or read-only)"
 fi
 FARMEM_TRANSPORT=${FARMEM_BACKEND:-shm}  # farmem-run's; the CSV's transport column
+FARMEM_OPTS=()
+if [[ -n $SWAP_FILE_DIR ]]; then
+    SWAP_FILE_DIR=$(cd -- "$SWAP_FILE_DIR" 2>/dev/null && pwd) || die "--swap-file: no such directory"
+    FARMEM_TRANSPORT=file://$SWAP_FILE_DIR
+    FARMEM_OPTS+=(--backend "$FARMEM_TRANSPORT")
+fi
+if [[ -n $COMPRESS ]]; then
+    "$FARMEM_RUN" --compress "$COMPRESS" -- true || die "farmem-run refused --compress $COMPRESS (see above)"
+    FARMEM_TRANSPORT+=+$COMPRESS
+    FARMEM_OPTS+=(--compress "$COMPRESS")
+fi
 
 SWAP=1
 if (( EUID != 0 )); then
@@ -331,7 +350,8 @@ prog_cmd() {
 
 # --- swap environment ---------------------------------------------------------------
 if (( SWAP )); then
-    swapenv_zram_setup $((8 << 30))
+    if [[ -n $SWAP_FILE_DIR ]]; then swapenv_file_setup "$SWAP_FILE_DIR" $((8 << 30))
+    else swapenv_zram_setup $((8 << 30)); fi
     swapenv_cgroup_setup "farmem-apps-$$" $((1 << 30))
     log "cgroup v$CG_VER: $CG_DIR (its limit is set to each run's budget)"
 fi
@@ -344,7 +364,7 @@ PAGE=$(getconf PAGESIZE)
 # transport_of CONFIG: where the pages that do not fit go, for the CSV.
 transport_of() {
     case $1 in
-        swap) echo zram ;;
+        swap) [[ -n $SWAP_FILE_DIR ]] && echo swapfile || echo zram ;;
         farmem) echo "\"$FARMEM_TRANSPORT\"" ;;
         *) echo none ;;
     esac
@@ -364,7 +384,7 @@ run_one() {
             sw0=$(pswpout); oom0=$(cg_oom_kills)
             mopts+=(--cgroup-procs "$CG_DIR/cgroup.procs") ;;
         farmem)
-            pre=("$FARMEM_RUN" --local-mem "${budget}M" --) ;;
+            pre=("$FARMEM_RUN" --local-mem "${budget}M" "${FARMEM_OPTS[@]}" --) ;;
     esac
     rm -f "$RSOCK"
     local line rc=0
@@ -556,7 +576,8 @@ EOF
 WORST=$(grep '^#WORST' <<<"$SUMMARY" || true)
 TABLE=$(grep -v '^#WORST' <<<"$SUMMARY")
 echo
-if (( SWAP )); then SWAPDESC="zram /dev/$ZRAM_DEV ($ZRAM_ALG) in a memory cgroup v$CG_VER"; else SWAPDESC="skipped (not root)"; fi
+if (( SWAP )) && [[ -n $SWAP_FILE_DIR ]]; then SWAPDESC="swap file $SWAP_FILE in a memory cgroup v$CG_VER"
+elif (( SWAP )); then SWAPDESC="zram /dev/$ZRAM_DEV ($ZRAM_ALG) in a memory cgroup v$CG_VER"; else SWAPDESC="skipped (not root)"; fi
 echo "== apps_compare $(date -I): $(uname -r), $(nproc) vCPUs; swap: $SWAPDESC; CSV $OUT =="
 echo
 echo "$TABLE"
@@ -574,7 +595,7 @@ if (( STATS_RUN )) && [[ -n $WORST ]]; then
     log "FARMEM_STATS=1 run of the worst program where farmem-run finished: $wp at $wpt% ($wb MiB, $wwhat ${wsp})"
     rm -f "$RSOCK"
     FARMEM_STATS=1 "$PY" "$SCRIPT_DIR/apps_measure.py" --timeout "${TMO[$wp]}" --log "$WORK/logs/stats.err" \
-        ${DRIVER:+--driver "$DRIVER"} -- "$FARMEM_RUN" --local-mem "${wb}M" -- "${CMD[@]}" >"$WORK/m.out" &
+        ${DRIVER:+--driver "$DRIVER"} -- "$FARMEM_RUN" --local-mem "${wb}M" "${FARMEM_OPTS[@]}" -- "${CMD[@]}" >"$WORK/m.out" &
     CHILD=$!; wait "$CHILD" || true; CHILD=""
     echo
     echo "FARMEM_STATS=1 farmem-run --local-mem ${wb}M -- $wp: $(cut -f1 "$WORK/m.out") s"
