@@ -36,10 +36,10 @@ Default program: farmem-bench --mode local --working-set WS --data DATA --ops 20
   wall_s,peak_bytes,zram_bytes,memory_bytes,compress_ratio
   (config plain, farmem or zram-swap; transport none, farmem-run's FARMEM_BACKEND
   or shm, zram; local_pct on every row, budget_bytes (PCT% of the plain peak) on
-  the limited ones; codec farmem's --compress or zram's algorithm; repetition 0 is the
-  first plain run, whose peak sets the budget, not in the medians; peak_bytes is
-  the cgroup's peak, zram_bytes zram's growth, memory_bytes their sum as in the
-  table; compress_ratio from farmem-run --stats)
+  the farmem and zram-swap rows; codec farmem's --compress or zram's algorithm;
+  repetition 0 is the first plain run, whose peak sets the budget, not in the
+  medians; peak_bytes is the cgroup's peak, zram_bytes zram's growth,
+  memory_bytes their sum as in the table; compress_ratio from farmem-run --stats)
 Must run as root (memory cgroups, zram).
 EOF
 }
