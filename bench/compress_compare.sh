@@ -24,12 +24,22 @@ CODEC=lz4
 REPEAT=3
 WS=512M
 DATA=text
+CSV=""
 
 usage() {
     cat <<EOF
 usage: $PROG [--local-pct 25] [--compress lz4] [--repeat 3] [--working-set 512M] [--data text]
-             [-- PROGRAM ARGS...]
+             [--csv FILE] [-- PROGRAM ARGS...]
 Default program: farmem-bench --mode local --working-set WS --data DATA --ops 2000000 --workload zipf.
+--csv FILE: one row per run appended to FILE (the header when it is new):
+  bench,config,program,transport,local_pct,codec,budget_bytes,repetition,
+  wall_s,peak_bytes,zram_bytes,memory_bytes,compress_ratio
+  (config plain, farmem or zram-swap; transport none, farmem-run's FARMEM_BACKEND
+  or shm, zram; local_pct on every row, budget_bytes (PCT% of the plain peak) on
+  the farmem and zram-swap rows; codec farmem's --compress or zram's algorithm;
+  repetition 0 is the first plain run, whose peak sets the budget, not in the
+  medians; peak_bytes is the cgroup's peak, zram_bytes zram's growth,
+  memory_bytes their sum as in the table; compress_ratio from farmem-run --stats)
 Must run as root (memory cgroups, zram).
 EOF
 }
@@ -45,6 +55,7 @@ while [[ $# -gt 0 ]]; do
         --repeat)      need_arg "$@"; REPEAT=$2; shift 2 ;;
         --working-set) need_arg "$@"; WS=$2; shift 2 ;;
         --data)        need_arg "$@"; DATA=$2; shift 2 ;;
+        --csv)         need_arg "$@"; CSV=$2; shift 2 ;;
         -h|--help)     usage; exit 0 ;;
         --) shift; CMD=("$@"); break ;;
         *) die "unknown argument: $1 (see --help)" ;;
@@ -52,6 +63,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $(id -u) == 0 ]] || die "needs root (memory cgroups and a zram swap device); run: sudo $0"
 [[ -x $RUN ]] || die "farmem-run not found at $RUN; build first (./run.sh or ninja -C build)"
+[[ -z $CSV ]] || : >>"$CSV" || die "cannot write --csv file $CSV"
 ((${#CMD[@]})) || CMD=("$BENCH" --mode local --working-set "$WS" --data "$DATA" --ops 2000000 --workload zipf)
 
 source "$SCRIPT_DIR/swap_env.sh"
@@ -86,20 +98,41 @@ run_in_cgroup() {
     echo "$(( (t1 - t0) / 1000000 )) $(cg_peak)"
 }
 zram_bytes() { awk '{print $3}' "/sys/block/$ZRAM_DEV/mm_stat"; }  # mem_used_total
+# csv_row CONFIG REPETITION MS PEAK ZRAM [RATIO]: --csv's row for one run (configuration, then measurements)
+csv_row() {
+    [[ -n $CSV ]] || return 0
+    local transport=none codec=""
+    [[ $1 == farmem ]] && transport=${FARMEM_BACKEND:-shm} codec=$CODEC
+    [[ $1 == zram-swap ]] && transport=zram codec=$ZRAM_ALG
+    python3 - "$CSV" "$1" "${CMD[*]}" "${transport%%://*}" "$PCT" "$codec" "${BUDGET:-}" "$2" "$3" "$4" "$5" "${6:-}" <<'PY'
+import csv, os, sys
+path, cfg, program, transport, pct, codec, budget, rep, ms, peak, z, ratio = sys.argv[1:13]
+with open(path, "a", newline="") as f:
+    w = csv.writer(f, lineterminator="\n")
+    if os.path.getsize(path) == 0:
+        w.writerow(["bench", "config", "program", "transport", "local_pct", "codec", "budget_bytes", "repetition",
+                    "wall_s", "peak_bytes", "zram_bytes", "memory_bytes", "compress_ratio"])
+    w.writerow(["compress_compare", cfg, program, transport, pct, codec, budget if cfg != "plain" else "", rep,
+                "%.3f" % (int(ms) / 1000), peak, z, int(peak) + int(z), ratio])
+PY
+}
 
 RES=$TMPD/results.tsv
 : >"$RES"
 log "program: ${CMD[*]}"
 read -r ms PLAIN_PEAK < <(run_in_cgroup plain "${CMD[@]}")
 BUDGET=$((PLAIN_PEAK * PCT / 100))
+csv_row plain 0 "$ms" "$PLAIN_PEAK" 0
 log "plain peak $(human "$PLAIN_PEAK"): budget ${PCT}% = $(human "$BUDGET")"
 for ((r = 1; r <= REPEAT; r++)); do
     swapenv_cgroup_limit $((64 << 30))
     read -r ms peak < <(run_in_cgroup plain "${CMD[@]}")
     echo -e "plain\t$r\t$ms\t$peak\t0" >>"$RES"
+    csv_row plain "$r" "$ms" "$peak" 0
     log "[run $r] plain     ${ms} ms, peak $(human "$peak")"
     read -r ms peak < <(run_in_cgroup farmem "$RUN" --local-mem "$BUDGET" --compress "$CODEC" --stats -- "${CMD[@]}")
     echo -e "farmem\t$r\t$ms\t$peak\t0" >>"$RES"
+    csv_row farmem "$r" "$ms" "$peak" 0 "$(grep -o '"ratio":[0-9.]*' "$TMPD/farmem.err" | head -1 | cut -d: -f2)"
     log "[run $r] farmem    ${ms} ms, peak $(human "$peak") (program and memory server), $(grep -o '"ratio":[0-9.]*' "$TMPD/farmem.err" | head -1)"
     swapenv_cgroup_limit "$BUDGET"
     z0=$(zram_bytes)
@@ -111,6 +144,7 @@ for ((r = 1; r <= REPEAT; r++)); do
     zpeak=$(sort -n "$TMPD/zram.samples" | tail -1)
     zpeak=$(( ${zpeak:-0} > z0 ? zpeak - z0 : 0 ))
     echo -e "zram-swap\t$r\t$ms\t$peak\t$zpeak" >>"$RES"
+    csv_row zram-swap "$r" "$ms" "$peak" "$zpeak"
     log "[run $r] zram-swap ${ms} ms, cgroup peak $(human "$peak") + zram $(human "$zpeak")"
 done
 

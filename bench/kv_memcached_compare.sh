@@ -15,8 +15,27 @@
 # ops/s: gets a second for farmem-kv-load, gets and sets for memaslap.
 # Runs are interleaved (memcached, farmem-kv, ...) REPEAT times; medians shown.
 #
-# Usage: bench/kv_memcached_compare.sh [MEM_MIB (64)] [RATIO (8)] [VALUE_SIZE (4000)] [GETS (100000)] [REPEAT (3)]
+# Usage: bench/kv_memcached_compare.sh [--csv FILE] [MEM_MIB (64)] [RATIO (8)] [VALUE_SIZE (4000)] [GETS (100000)] [REPEAT (3)]
+#   --csv FILE: one row per measured run appended to FILE (the header when it is new):
+#     bench,config,workload,transport,mem_mib,keys,value_size,repetition,
+#     hit_rate,ops_per_sec,p50_us,p99_us,rss_mib,memory_server_mib
+#     (config is the server, memcached or farmem-kv; workload the load as printed,
+#     zipf, uniform or memaslap; transport none for memcached, farmem-kv's memory
+#     server for farmem-kv (FARMEM_BACKEND or shm); mem_mib is -m / --local-mem;
+#     p50/p99 are empty for memaslap, memory_server_mib 0 for memcached)
+# MEMASLAP_TIME: how long each memaslap run lasts (default 20s).
 set -euo pipefail
+CSV="" ARGS=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --csv) [[ $# -ge 2 ]] || { echo "kv_memcached_compare: --csv needs a file" >&2; exit 2; }
+      CSV=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+set -- "${ARGS[@]}"
+[[ -z $CSV ]] || : >>"$CSV" || { echo "kv_memcached_compare: cannot write --csv file $CSV" >&2; exit 2; }
 MEM=${1:-64} RATIO=${2:-8} VSIZE=${3:-4000} GETS=${4:-100000} REPEAT=${5:-3}
 B=${BUILD:-build}
 KV=$B/apps/farmem-kv/farmem-kv LOAD=$B/bench/farmem-kv-load
@@ -52,8 +71,16 @@ start() {  # start SERVER: sets pid, port (and srv_pid, the memory server, for f
   [[ $1 == memcached ]] || srv_pid=$(pgrep -P "$pid" farmem-server || true)
 }
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
+# csv_row SERVER WORKLOAD REPETITION HIT OPS_PER_SEC P50 P99 RSS MEMSERVER: --csv's row for one run
+csv_row() {
+  [[ -n $CSV ]] || return 0
+  local transport=none
+  [[ $1 == memcached ]] || transport=${FARMEM_BACKEND:-shm}
+  [[ -s $CSV ]] || echo "bench,config,workload,transport,mem_mib,keys,value_size,repetition,hit_rate,ops_per_sec,p50_us,p99_us,rss_mib,memory_server_mib" >>"$CSV"
+  echo "kv_memcached_compare,$1,$2,${transport%%://*},$MEM,$KEYS,$VSIZE,$3,$4,$5,$6,$7,$8,$9" >>"$CSV"
+}
 
-run_load() {  # run_load SERVER WORKLOAD
+run_load() {  # run_load SERVER WORKLOAD REPETITION
   local server=$1 wl=$2 json rss srv
   start "$server"
   "$LOAD" --server "127.0.0.1:$port" --keys "$KEYS" --value-size "$VSIZE" --connections 4 --ops 1000 --batch 1 \
@@ -70,9 +97,11 @@ run_load() {  # run_load SERVER WORKLOAD
   R["$server $wl p99"]+="$(field p99_us "$json") "
   R["$server $wl rss"]+="$rss "
   R["$server $wl srv"]+="$srv "
+  csv_row "$server" "$wl" "$3" "$(field hit_rate "$json")" "$(field keys_per_sec "$json")" "$(field p50_us "$json")" \
+    "$(field p99_us "$json")" "$rss" "$srv"
 }
 
-run_memaslap() {  # run_memaslap SERVER: memaslap's uniform get/set mix over KEYS objects
+run_memaslap() {  # run_memaslap SERVER REPETITION: memaslap's uniform get/set mix over KEYS objects
   local server=$1 out rss srv conc=16
   start "$server"
   out=$(memcaslap -s "127.0.0.1:$port" -T 2 -c $conc -w "$(( KEYS / conc / 1024 ))k" -X "$VSIZE" -t "${MEMASLAP_TIME:-20s}" 2>&1 || true)
@@ -87,17 +116,19 @@ run_memaslap() {  # run_memaslap SERVER: memaslap's uniform get/set mix over KEY
   R["$server memaslap kps"]+="$tps "
   R["$server memaslap rss"]+="$rss "
   R["$server memaslap srv"]+="$srv "
+  csv_row "$server" memaslap "$2" "$(awk -v g="$gets" -v m="$misses" 'BEGIN {printf "%.4f", g ? 1 - m / g : 0}')" "$tps" "" "" \
+    "$rss" "$srv"
 }
 
 median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 
 for r in $(seq "$REPEAT"); do
   for wl in zipf uniform; do
-    run_load memcached "$wl"
-    run_load farmem-kv "$wl"
+    run_load memcached "$wl" "$r"
+    run_load farmem-kv "$wl" "$r"
   done
-  run_memaslap memcached
-  run_memaslap farmem-kv
+  run_memaslap memcached "$r"
+  run_memaslap farmem-kv "$r"
 done
 
 echo "memory M=${MEM} MiB, data ${RATIO}x: $KEYS values of $VSIZE B ($(( KEYS * VSIZE >> 20 )) MiB); medians of $REPEAT interleaved rounds"

@@ -5,28 +5,46 @@
 # Programs: /bin/true, python3 -c pass, a shell wrapper that forks ten
 # subshells and then execs python3 (as pyenv-style launchers do), and the
 # README's far-array example (build/test/readme_example, no farmem-run).
-#   bench/startup_compare.sh [--rounds 11] [--budget 64M]
+#   bench/startup_compare.sh [--rounds 11] [--budget 64M] [--csv FILE]
+#   --csv FILE: one row per run appended to FILE (the header when it is new):
+#     bench,config,program,local_mem,repetition,wall_s
+#     (config and program as in the table; local_mem is --budget, empty where
+#     farmem-run is not used; repetition is the round, from 1)
+# FARMEM_RUN: the farmem-run to use (default build/apps/farmem-run/farmem-run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-RUN=$ROOT/build/apps/farmem-run/farmem-run
+RUN=${FARMEM_RUN:-$ROOT/build/apps/farmem-run/farmem-run}
 EXAMPLE=$ROOT/build/test/readme_example
-ROUNDS=11 BUDGET=64M
+ROUNDS=11 BUDGET=64M CSV=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --csv) CSV=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "startup_compare.sh: unknown option $1; see --help" >&2; exit 2 ;;
   esac
 done
 [[ -x $RUN ]] || { echo "startup_compare.sh: build first (./run.sh or scripts/setup.sh)" >&2; exit 2; }
+[[ -z $CSV ]] || : >>"$CSV" || { echo "startup_compare.sh: cannot write --csv file $CSV" >&2; exit 2; }
 PY=/usr/bin/python3
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 printf '#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8 9 10; do v=$(echo $i | cat); done\nexec %s "$@"\n' "$PY" >"$T/wrap.sh"
 chmod +x "$T/wrap.sh"
-"$PY" - "$ROUNDS" "$RUN" "$BUDGET" "$T/wrap.sh" "$EXAMPLE" <<'PY'
-import os, statistics, subprocess, sys, time
-rounds, run, budget, wrap, example = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+"$PY" - "$ROUNDS" "$RUN" "$BUDGET" "$T/wrap.sh" "$EXAMPLE" "$CSV" <<'PY'
+import csv, os, statistics, subprocess, sys, time
+rounds, run, budget, wrap, example, csv_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+
+def csv_row(mode, name, local_mem, r, seconds):  # --csv: the run's configuration, then its wall time
+    if not csv_path:
+        return
+    new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+    with open(csv_path, "a", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        if new:
+            w.writerow(["bench", "config", "program", "local_mem", "repetition", "wall_s"])
+        w.writerow(["startup_compare", mode, name, local_mem, r + 1, f"{seconds:.4f}"])
+
 progs = {"true": ["/bin/true"], "python3 -c pass": ["/usr/bin/python3", "-c", "pass"],
          "wrapper: 10 forks, exec python3": [wrap, "-c", "pass"]}
 modes = {"plain": ([], {}), "farmem-run": ([run, "--local-mem", budget, "--"], {}),
@@ -38,10 +56,13 @@ for r in range(rounds):
             t0 = time.perf_counter()
             subprocess.run(pre + argv, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
             res.setdefault((name, mode), []).append(time.perf_counter() - t0)
+            csv_row(mode, name, budget if pre else "", r, res[(name, mode)][-1])
     if os.access(example, os.X_OK):
         t0 = time.perf_counter()
         subprocess.run([example], check=True, stdout=subprocess.DEVNULL)
         res.setdefault(("README example (8 GiB FarArray, default budget)", "plain"), []).append(time.perf_counter() - t0)
+        csv_row("plain", "README example (8 GiB FarArray, default budget)", "", r,
+                res[("README example (8 GiB FarArray, default budget)", "plain")][-1])
 print("| program | " + " | ".join(modes) + " |")
 print("| --- |" + " --- |" * len(modes))
 names = list(progs) + ["README example (8 GiB FarArray, default budget)"]
