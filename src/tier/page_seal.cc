@@ -78,6 +78,9 @@ PageSeal::~PageSeal() {
 }
 
 void PageSeal::commit(std::uint64_t page, std::uint64_t version, const unsigned char* tag) {
+  // One writer a page at a time (the runtime never has two writes of a page
+  // in flight); an older write completing late must still not win.
+  if (version < table_[page].committed.load(std::memory_order_relaxed)) return;
   std::memcpy(table_[page].tag, tag, kTag);
   table_[page].committed.store(version, std::memory_order_release);
 }
