@@ -5,8 +5,9 @@
 # memory shows in the traffic and in the server's memory (so the checks can
 # see it); on, it shows in neither, with compression too. The relay then
 # flips a bit in pages and replays old versions of pages: the client stops
-# with the one-line error, exit status 1, never silent wrong data. Bad values
-# and a pool are refused with one line.
+# with the one-line error, exit status 1, never silent wrong data. The server
+# takes a token, which never shows in any recording (it is proven, not sent).
+# Bad values and a pool are refused with one line.
 set -uo pipefail
 BENCH=$1
 SERVER=$2
@@ -63,7 +64,10 @@ sys.exit(0 if found else 1)
 PY
 }
 
-start_tcp_server main --capacity 2G
+TOKEN=token-$RANDOM-never-on-the-wire
+echo "$TOKEN" >"$tmp/token"
+export FARMEM_TOKEN_FILE=$tmp/token
+start_tcp_server main --capacity 2G --token-file "$tmp/token"
 MAIN=$SPID
 MAIN_PORT=$PORT
 
@@ -92,7 +96,7 @@ PY
   run_marked() {  # NAME RUN-OPTIONS...: the program through a recording relay
     local name=$1
     shift
-    start_tcp_server "m-$name" --capacity 2G  # a server of its own: no earlier run's bytes in its heap
+    start_tcp_server "m-$name" --capacity 2G --token-file "$tmp/token"  # a server of its own: no earlier run's bytes in its heap
     local mem=$SPID
     start_relay "$name" record
     rm -f "$tmp/ready" "$tmp/go"
@@ -144,6 +148,12 @@ for mode in flip replay; do
     ok "$mode with protection: stopped with one line: $ERR"
   else bad "$mode with protection: rc $RC, '$ERR', $OUT $(tail -3 "$tmp/tamper.err")"; fi
 done
+
+# 4. The token: proven on every connection above, never in the traffic.
+recs=("$tmp"/*.rec)
+if ((${#recs[@]} >= 3)) && ! grep -q "$TOKEN" "${recs[@]}" && grep -q "$TOKEN" "$tmp/token"; then
+  ok "the token is in none of ${#recs[@]} recordings ($(cat "${recs[@]}" | wc -c) bytes)"
+else bad "the token was on the wire: $(grep -l "$TOKEN" "${recs[@]}")"; fi
 
 kill "$MAIN"
 echo "protect test: $fails failure(s)"
