@@ -9,7 +9,7 @@ PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
           libboost-context-dev libmimalloc-dev catch2 libisal-dev
           libibverbs-dev librdmacm-dev libdpdk-dev
           memcached libmemcached-tools python3-pymemcache
-          liblz4-dev libzstd-dev liburing-dev libhiredis-dev redis-server redis-tools)
+          liblz4-dev libzstd-dev libssl-dev liburing-dev libhiredis-dev redis-server redis-tools)
 
 # bench/plot.py's figures: scripts/setup.sh --plot (and ./test.sh, whose plot test draws one).
 [[ " $* " == *" --plot "* || -n ${FARMEM_SETUP_PLOT:-} ]] && PACKAGES+=(python3-matplotlib)

@@ -21,7 +21,7 @@ namespace {
 
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: farmem-run [--local-mem SIZE|PCT%%] [--backend URI] [--compress CODEC] [--stats] -- PROGRAM [ARGS...]\n"
+               "usage: farmem-run [--local-mem SIZE|PCT%%] [--backend URI] [--compress CODEC] [--protect aead] [--stats] -- PROGRAM [ARGS...]\n"
                "  Runs PROGRAM with its heap (malloc and large anonymous mmaps) in far memory;\n"
                "  only --local-mem of it stays in local memory (default 25%% of this machine).\n"
                "  --backend  shm (default: a memory server on this machine), tcp://HOST:PORT,\n"
@@ -29,6 +29,8 @@ void usage(FILE* out) {
                "             or several such URIs separated by commas: a pool (FARMEM_REDUNDANCY: replicas:N, ec:K+M)\n"
                "  --compress far pages compressed: none (default), lz4, zstd or zstd:LEVEL (FARMEM_COMPRESS);\n"
                "             with the default shm backend, far memory then really saves memory on this machine\n"
+               "  --protect  far pages encrypted and checked (AES-256-GCM, a key that never leaves the process):\n"
+               "             none (default) or aead (FARMEM_PROTECT)\n"
                "  --stats    the program prints one JSON line of statistics at exit, and a line with\n"
                "             its peak resident memory (so does any child that sent pages far)\n"
                "  Other settings come from FARMEM_* variables (docs/configuration.md).\n");
@@ -83,7 +85,7 @@ std::string find_server() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string local_mem, backend, compress;
+  std::string local_mem, backend, compress, protect;
   bool stats = false;
   int i = 1;
   for (; i < argc; ++i) {
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
     if (a == "--local-mem" || a.rfind("--local-mem=", 0) == 0) local_mem = value("--local-mem");
     else if (a == "--backend" || a.rfind("--backend=", 0) == 0) backend = value("--backend");
     else if (a == "--compress" || a.rfind("--compress=", 0) == 0) compress = value("--compress");
+    else if (a == "--protect" || a.rfind("--protect=", 0) == 0) protect = value("--protect");
     else if (!a.empty() && a[0] == '-') die("unknown option " + a + "; see --help");
     else break;  // the program (without "--")
   }
@@ -130,6 +133,7 @@ int main(int argc, char** argv) {
     }
     if (!backend.empty()) cfg.backend = backend;
     if (!compress.empty()) cfg.compress = compress;
+    if (!protect.empty()) cfg.protect = protect;
     farmem::check_config(cfg);
     if (cfg.hw_faults == "signal")
       throw farmem::Error("FARMEM_HW_FAULTS=signal cannot serve an unmodified program (its system calls on far "
@@ -141,7 +145,9 @@ int main(int argc, char** argv) {
     for (auto [var, opt, given] : {std::tuple<std::string, std::string, bool>{"FARMEM_BACKEND=", "--backend ", !backend.empty()},
                                    {"FARMEM_BACKEND", "--backend", !backend.empty()},
                                    {"FARMEM_COMPRESS=", "--compress ", !compress.empty()},
-                                   {"FARMEM_COMPRESS", "--compress", !compress.empty()}})
+                                   {"FARMEM_COMPRESS", "--compress", !compress.empty()},
+                                   {"FARMEM_PROTECT=", "--protect ", !protect.empty()},
+                                   {"FARMEM_PROTECT", "--protect", !protect.empty()}})
       if (given)
         for (std::size_t at; (at = msg.find(var)) != std::string::npos;) msg.replace(at, var.size(), opt);
     die(msg);
@@ -149,6 +155,7 @@ int main(int argc, char** argv) {
   if (!local_mem.empty()) setenv("FARMEM_LOCAL_MEM", std::to_string(cfg.local_mem_bytes).c_str(), 1);
   if (!backend.empty()) setenv("FARMEM_BACKEND", backend.c_str(), 1);
   if (!compress.empty()) setenv("FARMEM_COMPRESS", compress.c_str(), 1);
+  if (!protect.empty()) setenv("FARMEM_PROTECT", protect.c_str(), 1);
   std::string preload = find_preload();
   if (const char* old = getenv("LD_PRELOAD"); old && *old) preload += std::string(":") + old;
   setenv("LD_PRELOAD", preload.c_str(), 1);

@@ -10,6 +10,7 @@
 #include "farmem/runtime.hpp"
 #include "runtime/metrics.hpp"
 #include "tier/compressor.hpp"
+#include "tier/page_seal.hpp"
 #include "tier/redundancy.hpp"
 
 namespace farmem {
@@ -137,6 +138,10 @@ Config Config::from_env() {
   if (const char* v = env("FARMEM_COMPRESS")) {
     c.compress = lower(trim(v));
     tier::parse_compress(c.compress);  // a bad value is named now
+  }
+  if (const char* v = env("FARMEM_PROTECT")) {
+    c.protect = lower(trim(v));
+    tier::parse_protect(c.protect);  // a bad value is named now
   }
   if (const char* v = env("FARMEM_SERVER_TIMEOUT")) c.server_timeout_ms = parse_ms("FARMEM_SERVER_TIMEOUT", v);
   if (const char* v = env("FARMEM_EC_SPARE_READ")) {

@@ -130,6 +130,7 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
   add_json(j, "hw_mem_bytes", c.hw_mem_bytes);
   add_json(j, "redundancy", c.redundancy);
   add_json(j, "compress", c.compress);
+  add_json(j, "protect", c.protect);
   add_json(j, "evict_batch", c.evict_batch);
   add_json(j, "hw_faults", c.hw_faults);
   add_json(j, "hw_dirty", c.hw_dirty);

@@ -17,6 +17,12 @@
 // by a unit is stored as it is. Every page read back is decompressed into its
 // frame and checked against its CRC: a damaged piece ends the program with one
 // line, never reaches it.
+//
+// With FARMEM_PROTECT=aead too (compress, then encrypt), every piece that
+// leaves is sealed whole (padding and all) with tier/page_seal.cc, under the
+// far page's number and a new version, and opened before it is decompressed;
+// the piece's tag and version are in the seal's own per-page table (32 bytes a
+// page more). A page stored as it is is sealed into a scratch buffer too.
 #include "tier/compressed.hpp"
 
 #include <sys/mman.h>
@@ -32,6 +38,7 @@
 #include "runtime/os.hpp"
 #include "tier/compressor.hpp"
 #include "tier/packed_store.hpp"
+#include "tier/page_seal.hpp"
 #include "tier/pool.hpp"
 #include "tier/redundancy.hpp"
 
@@ -91,7 +98,8 @@ class CompressedTransport final : public net::Transport {
         npages_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage),
         store_(std::max<std::uint32_t>(256, unit), npages_ * page_),
         loc_(map_array<std::atomic<std::uint64_t>>(npages_)),
-        crc_(map_array<std::atomic<std::uint32_t>>(npages_)) {}
+        crc_(map_array<std::atomic<std::uint32_t>>(npages_)),
+        seal_(parse_protect(cfg.protect) && !layout.member ? std::make_unique<PageSeal>(npages_) : nullptr) {}  // never a pool: refused
   ~CompressedTransport() override {
     munmap(loc_, npages_ * sizeof *loc_);
     munmap(crc_, npages_ * sizeof *crc_);
@@ -108,6 +116,8 @@ class CompressedTransport final : public net::Transport {
   std::uint64_t remote_usage() override { return inner_->remote_usage(); }
   void shutdown() override { inner_->shutdown(); }
   std::string describe() const override { return inner_->describe() + ", compressed with " + spec_.name(); }
+  // The server alone, for the line that says a sealed piece failed its check.
+  std::string server() const { return inner_->describe(); }
   std::string stats_json() const override;
   void register_local(void* base, std::size_t len) override { inner_->register_local(base, len); }
   bool pins_local_memory() const override { return inner_->pins_local_memory(); }
@@ -180,6 +190,7 @@ class CompressedTransport final : public net::Transport {
   PackedStore store_;
   std::atomic<std::uint64_t>* const loc_;
   std::atomic<std::uint32_t>* const crc_;
+  const std::unique_ptr<PageSeal> seal_;  // FARMEM_PROTECT=aead, else null
 
   // Statistics (FARMEM_STATS "compress"); relaxed counters.
   std::atomic<std::uint64_t> pages_{0}, zero_pages_{0}, raw_pages_{0}, data_stored_{0};
@@ -192,7 +203,8 @@ class CompressedTransport final : public net::Transport {
 class CompressedQueuePair final : public net::QueuePair {
  public:
   CompressedQueuePair(CompressedTransport& t, std::unique_ptr<net::QueuePair> inner)
-      : t_(t), inner_(std::move(inner)), comp_(t.spec_) {}
+      : t_(t), inner_(std::move(inner)), comp_(t.spec_),
+        cipher_(t.seal_ ? std::make_unique<PageSeal::Cipher>(*t.seal_) : nullptr) {}
   ~CompressedQueuePair() override {
     for (char* b : bufs_) std::free(b);
   }
@@ -222,9 +234,17 @@ class CompressedQueuePair final : public net::QueuePair {
     const unsigned units = t_.store_.units_for(n);
     if (buf) std::memset(buf + n, 0, std::size_t{units} * unit - n);  // no stale bytes of another page leave
     const std::uint32_t crc = page_checksum(local, pb);
+    Op op{cookie, page, nullptr, buf, old, 0, crc, true, 0, {}};
+    if (cipher_) {  // sealed whole, into the piece's buffer (a page stored as it is gets one)
+      if (!op.buf) op.buf = take_buf();
+      op.version = t_.seal_->next_version(page);
+      cipher_->seal(page, op.version, src, op.buf, std::size_t{units} * unit, op.tag);
+      src = op.buf;
+    }
     t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     const std::uint64_t remote = t_.alloc(units);
-    const std::uint32_t slot = take_op({cookie, page, nullptr, buf, old, make_loc(remote, n), crc, true});
+    op.new_w = make_loc(remote, n);
+    const std::uint32_t slot = take_op(op);
     inner_->post_write(remote, src, std::size_t{units} * unit, slot);
   }
 
@@ -246,8 +266,14 @@ class CompressedQueuePair final : public net::QueuePair {
     const std::uint32_t crc = t_.crc_[page].load(std::memory_order_relaxed);
     const std::size_t n = loc_len(w);
     const std::size_t bytes = std::size_t{t_.store_.units_for(n)} * t_.store_.unit();
-    char* buf = n == pb ? nullptr : take_buf();  // a page stored as it is lands in its frame
-    const std::uint32_t slot = take_op({cookie, page, local, buf, w, 0, crc, false});
+    // A page stored as it is lands in its frame, unless it is sealed.
+    char* buf = n == pb && !cipher_ ? nullptr : take_buf();
+    Op op{cookie, page, local, buf, w, 0, crc, false, 0, {}};
+    if (cipher_) {
+      op.version = t_.seal_->version(page);
+      std::memcpy(op.tag, t_.seal_->tag(page), PageSeal::kTag);
+    }
+    const std::uint32_t slot = take_op(op);
     inner_->post_read(loc_off(w), buf ? static_cast<void*>(buf) : local, bytes, slot);
   }
 
@@ -279,6 +305,8 @@ class CompressedQueuePair final : public net::QueuePair {
     std::uint64_t new_w;  // write: the new location
     std::uint32_t crc;
     bool write;
+    std::uint64_t version;  // sealed: the version and tag of the piece
+    unsigned char tag[PageSeal::kTag];
   };
 
   void check(std::uint64_t off, std::size_t len) const {
@@ -297,13 +325,17 @@ class CompressedQueuePair final : public net::QueuePair {
         return {op.cookie, true};
       }
       t_.crc_[op.page].store(op.crc, std::memory_order_relaxed);
+      if (cipher_) t_.seal_->commit(op.page, op.version, op.tag);
       commit(op.page, op.w, op.new_w);
       t_.writes_.fetch_add(1, std::memory_order_relaxed);
       return {op.cookie};
     }
     if (!failed) {
       const std::uint64_t t0 = now_ns();
-      bool ok = op.buf ? comp_.decompress(op.buf, loc_len(op.w), op.dst, t_.page_) : true;
+      if (cipher_) open(op);
+      const bool raw = loc_len(op.w) == t_.page_;
+      if (cipher_ && raw) std::memcpy(op.dst, op.buf, t_.page_);
+      bool ok = op.buf && !raw ? comp_.decompress(op.buf, loc_len(op.w), op.dst, t_.page_) : true;
       ok = ok && page_checksum(op.dst, t_.page_) == op.crc;
       t_.decompress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
       if (!ok) t_.damaged_.fetch_add(1, std::memory_order_relaxed);
@@ -320,6 +352,18 @@ class CompressedQueuePair final : public net::QueuePair {
     if (op.buf) give_buf(op.buf);
     if (!failed) drop(op.page, op.w);
     return {op.cookie, failed};
+  }
+
+  // Opens a sealed piece in its buffer; one that fails the check ends the
+  // program before any of it reaches the frame.
+  void open(Op& op) {
+    const std::size_t bytes = std::size_t{t_.store_.units_for(loc_len(op.w))} * t_.store_.unit();
+    if (cipher_->open(op.page, op.version, op.buf, op.buf, bytes, op.tag)) return;
+    t_.damaged_.fetch_add(1, std::memory_order_relaxed);
+    detail::fatal("far page %llu came back from %s altered, replayed or moved: its piece (%zu bytes at offset %llu) "
+                  "fails its AES-GCM check (FARMEM_PROTECT=aead); the memory server or the path to it changed it",
+                  static_cast<unsigned long long>(op.page), t_.server().c_str(), bytes,
+                  static_cast<unsigned long long>(loc_off(op.w)));
   }
 
   // A page read back is no longer stored (exclusive loads, as zswap has):
@@ -371,6 +415,7 @@ class CompressedQueuePair final : public net::QueuePair {
   CompressedTransport& t_;
   std::unique_ptr<net::QueuePair> inner_;
   Compressor comp_;
+  const std::unique_ptr<PageSeal::Cipher> cipher_;  // FARMEM_PROTECT=aead, else null
   std::vector<Op> ops_;
   std::vector<std::uint32_t> free_ops_;
   std::vector<char*> bufs_, spare_;

@@ -18,6 +18,7 @@
 #include "transport/tcp/tcp_transport.hpp"
 #include "runtime/fatal.hpp"
 #include "tier/compressed.hpp"
+#include "tier/protected.hpp"
 #include "tier/pool.hpp"
 
 namespace farmem::net {
@@ -200,13 +201,19 @@ QueuePair& DeferredQueuePair::real() {
 
 }  // namespace
 
+// The codec layers over the transport: compress, then encrypt. With both, the
+// compressed tier seals its own pieces; protect_transport then adds nothing.
+static std::unique_ptr<Transport> layered(const Config& cfg, std::unique_ptr<Transport> t) {
+  return tier::protect_transport(cfg, tier::compress_transport(cfg, std::move(t)));
+}
+
 std::unique_ptr<Transport> connect(const Config& cfg) {
   // rdma registers (and may pin) the frame pool at start, and the transparent
   // region must know whether it did: it starts at once.
   if (!cfg.lazy_connect || cfg.backend.rfind("rdma://", 0) == 0)
-    return tier::compress_transport(cfg, connect_now(cfg));
+    return layered(cfg, connect_now(cfg));
   if (cfg.backend == "shm") check_shm(cfg);  // a missing server binary is named now, not at the first eviction
-  return tier::compress_transport(cfg, std::make_unique<DeferredTransport>(cfg));
+  return layered(cfg, std::make_unique<DeferredTransport>(cfg));
 }
 
 void probe(const Config& cfg) {

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "farmem/runtime.hpp"
+#include "transport/auth.hpp"
 
 namespace farmem::net::wire {
 
@@ -37,19 +38,23 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
     return e;
   };
   if (h.magic != kMagic) return fail(Errc::BadMessage, "bad magic");
-  if (h.version != kVersion) return fail(Errc::Version, "unsupported protocol version");
+  if (h.version != kVersion) return fail(Errc::Version, "unsupported protocol version");  // see version_refusal
   if (h.length > kMaxPayload) return fail(Errc::BadMessage, "payload too large");
   if (h.reserved != 0) return fail(Errc::BadMessage, "reserved field set");
   const auto op = static_cast<Op>(h.op);
   if (from_server) {
-    if (op != Op::Reply && op != Op::Error) return fail(Errc::BadMessage, "unexpected op from server");
+    if (op != Op::Reply && op != Op::Error && op != Op::Challenge) return fail(Errc::BadMessage, "unexpected op from server");
+    if (op == Op::Challenge && h.length != auth::kNonce) return fail(Errc::BadMessage, "bad challenge");
     if (op == Op::Error && h.status == 0) return fail(Errc::BadMessage, "error without a code");
     return Errc::Ok;
   }
   switch (op) {
     case Op::Hello:
-      if (h.length > kMaxToken) return fail(Errc::BadMessage, "token too long");
+      if (h.length != 0) return fail(Errc::BadMessage, "a hello carries no token (version 2 proves it)");
       if (h.size > 1) return fail(Errc::BadMessage, "bad hello mode");
+      return Errc::Ok;
+    case Op::Prove:
+      if (h.length != auth::kNonce + auth::kMac) return fail(Errc::BadMessage, "bad proof");
       return Errc::Ok;
     case Op::Read:
     case Op::Discard:
@@ -68,6 +73,13 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
     default:
       return fail(Errc::BadMessage, "unknown op");
   }
+}
+
+std::string version_refusal(std::uint16_t peer, const char* peer_is) {
+  return "farmem protocol version " + std::to_string(peer) + " is not supported: this " +
+         (std::string(peer_is) == "client" ? "farmem-server" : "client") + " speaks version " +
+         std::to_string(kVersion) + "; run the same farmem release on the " + peer_is + " and the " +
+         (std::string(peer_is) == "client" ? "server" : "client");
 }
 
 }  // namespace farmem::net::wire

@@ -42,12 +42,12 @@ else bad "two clients: $(cat "$tmp/c1" "$tmp/c2")"; fi
 # 3. Protocol-level checks with a raw client: isolation, bad token, malformed,
 #    truncated and random messages; the server must stay up and keep serving.
 python3 - "$PORT" "$tmp/token" <<'PY'
-import os, random, socket, struct, sys, time
+import hashlib, hmac, os, random, socket, struct, sys, time
 port = int(sys.argv[1]); token = open(sys.argv[2]).read().strip().encode()
-MAGIC, VER = 0x50574d46, 1
-HELLO, READ, WRITE, DISCARD, USAGE, REPLY, ERROR = 1, 2, 3, 4, 5, 16, 17
-def hdr(op, id=0, off=0, size=0, length=0, status=0):
-    return struct.pack("<IHHQQIIII", MAGIC, VER, op, id, off, size, length, status, 0)
+MAGIC, VER = 0x50574d46, 2
+HELLO, READ, WRITE, DISCARD, USAGE, PROVE, REPLY, ERROR, CHALLENGE = 1, 2, 3, 4, 5, 6, 16, 17, 18
+def hdr(op, id=0, off=0, size=0, length=0, status=0, ver=VER):
+    return struct.pack("<IHHQQIIII", MAGIC, ver, op, id, off, size, length, status, 0)
 def conn():
     s = socket.create_connection(("127.0.0.1", port), timeout=5); return s
 def recv_exact(s, n):
@@ -62,14 +62,25 @@ def reply(s):
     magic, ver, op, id, off, size, length, status, _ = struct.unpack("<IHHQQIIII", h)
     body = recv_exact(s, length) if length else b""
     return op, id, off, status, body
+def proof(tok, label, sn, cn):
+    return hmac.new(tok, label + b"\0" + sn + cn, hashlib.sha256).digest()
+def handshake(s, tok=token, cap=1 << 30, attach=0):  # version 2: the token is proven, never sent
+    s.sendall(hdr(HELLO, attach, cap, 1 if attach else 0, 0)); r = reply(s)
+    if r[0] != CHALLENGE: return r
+    cn = os.urandom(32)
+    s.sendall(hdr(PROVE, 0, 0, 0, 64) + cn + proof(tok, b"farmem v2 client proof", r[4], cn))
+    r2 = reply(s)
+    if r2[0] == REPLY:
+        if r2[4] != proof(token, b"farmem v2 server proof", r[4], cn): check(False, "the server proves it holds the token")
+    return r2
 def session(tok=token, cap=1 << 30):
-    s = conn(); s.sendall(hdr(HELLO, 0, cap, 0, len(tok)) + tok); return s, reply(s)
+    s = conn(); return s, handshake(s, tok, cap)
 fails = 0
 def check(cond, what):
     global fails
     print(("ok   " if cond else "FAIL ") + what); fails += 0 if cond else 1
 # isolation: A writes page 0; B (another client) reads page 0 as zeros
-a, r = session(); check(r[0] == REPLY, "hello accepted")
+a, r = session(); check(r[0] == REPLY and len(r[4]) == 32, "hello accepted after the challenge, with the server's proof")
 page = bytes([0xAB]) * 4096
 a.sendall(hdr(WRITE, 1, 0, 4096, 4096) + page); check(reply(a)[0] == REPLY, "write acked")
 a.sendall(hdr(READ, 2, 0, 4096, 0)); check(reply(a)[4] == page, "client reads its own data")
@@ -81,8 +92,13 @@ check(r[0] == ERROR and r[3] == 4, "read beyond the session's capacity refused")
 s, r = session(b"nope"); check(r[0] == ERROR and r[3] == 2, "wrong token refused")
 s, r = session(b""); check(r[0] == ERROR and r[3] == 2, "missing token refused")
 # attaching to a session needs the token too and a real session id
-s = conn(); s.sendall(hdr(HELLO, 12345, 0, 1, len(token)) + token); r = reply(s)
+s = conn(); r = handshake(s, attach=12345)
 check(r[0] == ERROR and r[3] == 5, "attach to an unknown session refused")
+# a version 1 peer (its hello carries the token) is refused in its own version, naming both
+s = conn(); s.sendall(hdr(HELLO, 0, 1 << 20, 0, len(token), ver=1) + token)
+h = recv_exact(s, 40); r = struct.unpack("<IHHQQIIII", h); msg = recv_exact(s, r[6])
+check(r[1] == 1 and r[2] == ERROR and r[7] == 6 and b"version 1 is not supported" in msg and b"speaks version 2" in msg,
+      "a version 1 client is refused: " + msg.decode())
 # malformed: bad magic, unknown op, huge length, request before hello, unaligned
 for name, msg in [("bad magic", b"\0" * 40), ("unknown op", hdr(99)),
                   ("huge payload", hdr(WRITE, 1, 0, 1 << 30, 1 << 30)),
@@ -98,12 +114,12 @@ s = conn(); s.sendall(hdr(READ, 1, 0, 4096)[:17]); s.close()
 s, _ = session(); s.sendall(hdr(WRITE, 1, 0, 4096, 4096) + b"x" * 100); s.close()
 # bounded fuzz: random bytes and mutated valid messages for 5 seconds
 rng = random.Random(7); seeds = [hdr(READ, 1, 0, 4096), hdr(WRITE, 2, 0, 4096, 4096) + page,
-                                  hdr(HELLO, 0, 1 << 20, 0, len(token)) + token, hdr(USAGE, 3)]
+                                  hdr(HELLO, 0, 1 << 20, 0, 0), hdr(PROVE, 0, 0, 0, 64) + bytes(64), hdr(USAGE, 3)]
 end = time.time() + 5; n = 0
 while time.time() < end:
     s = conn()
     if rng.random() < 0.5:
-        s.sendall(token and hdr(HELLO, 0, 1 << 20, 0, len(token)) + token)
+        handshake(s, cap=1 << 20)
     for _ in range(rng.randint(1, 8)):
         m = bytearray(rng.choice(seeds)) if rng.random() < 0.7 else bytearray(os.urandom(rng.randint(1, 200)))
         for _ in range(rng.randint(0, 4)):
@@ -136,7 +152,7 @@ done
 out=$(env -u FARMEM_FAR_MEM FARMEM_BACKEND=$URI timeout 60 "$BENCH" --working-set 64M --ops 2000 --json 2>&1)
 grep -q '"verified":true' <<<"$out" && ok "default far memory (64 GiB) against a 12 GiB server" ||
   bad "default far memory against a 12 GiB server: $out"
-start_tcp_server small --capacity 64M
+start_tcp_server small --capacity 64M --token-file "$tmp/token"  # a client with a token needs the server to prove it
 FARMEM_BACKEND=tcp://127.0.0.1:$PORT timeout 60 "$BENCH" --working-set 256M --local-mem 25% --ops 1000 \
   >/dev/null 2>"$tmp/cap.err"
 rc=$?
@@ -149,6 +165,15 @@ FARMEM_BACKEND=tcp://127.0.0.1:1 timeout 30 "$BENCH" --working-set 64M --ops 100
 rc=$?
 if [[ $rc -ne 0 ]] && grep -q "cannot connect to the memory server tcp://127.0.0.1:1" "$tmp/nc.err"; then ok "no server: $(cat "$tmp/nc.err")"
 else bad "no server: rc=$rc $(cat "$tmp/nc.err")"; fi
+# A server that cannot prove it holds our token (it has none: an impostor) is refused.
+start_tcp_server open --capacity 64M
+FARMEM_BACKEND=tcp://127.0.0.1:$PORT timeout 30 "$BENCH" --working-set 64M --ops 1000 >/dev/null 2>"$tmp/imp.err"
+rc=$?
+if [[ $rc -ne 0 && $(wc -l <"$tmp/imp.err") -eq 1 ]] &&
+   grep -q "the memory server tcp://127.0.0.1:$PORT could not prove it holds our token" "$tmp/imp.err"; then
+  ok "a server without our token: $(cat "$tmp/imp.err")"
+else bad "a server without our token: rc=$rc $(cat "$tmp/imp.err")"; fi
+kill -9 "$SPID"
 
 # 6. A client killed mid-run leaves the server healthy and its memory reclaimed.
 FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% --ops 100000000 --no-verify >/dev/null 2>&1 &
@@ -166,7 +191,7 @@ out=$(FARMEM_BACKEND=$URI FARMEM_FAR_MEM=1G timeout 120 "$BENCH" --working-set 2
 grep -q '"verified":true' <<<"$out" && ok "server still serves after the client died" || bad "after client death: $out"
 
 # 7. The server killed mid-run: the client ends non-zero with a message within 15 s.
-start_tcp_server doomed --capacity 2G
+start_tcp_server doomed --capacity 2G --token-file "$tmp/token"
 FARMEM_BACKEND=tcp://127.0.0.1:$PORT FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
   --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
 client=$!

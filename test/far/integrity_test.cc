@@ -3,11 +3,13 @@
 // against a shadow copy in plain memory. (4 GiB normally, 128 MiB under sanitizers.)
 // With FARMEM_COMPRESS set (the integrity_lz4 test) the
 // words are small numbers, so pages compress and the codec's path is the one
-// taken, at 96 MiB (24 MiB under sanitizers).
+// taken, at 96 MiB (24 MiB under sanitizers). With FARMEM_PROTECT=aead (the
+// integrity_aead tests) every page is sealed and checked, at the same sizes.
 #include <catch2/catch.hpp>
 
 #include <atomic>
 #include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,6 +20,8 @@ using namespace farmem;
 
 namespace {
 const bool kCompressed = std::getenv("FARMEM_COMPRESS") != nullptr;
+const bool kProtected = std::getenv("FARMEM_PROTECT") != nullptr && std::string(std::getenv("FARMEM_PROTECT")) != "none";
+const bool kSmall = kCompressed || kProtected;  // a codec's CPU work per page: smaller sizes
 // A value for word i at version v: random, or with FARMEM_COMPRESS 24 random
 // bits, enough that a misplaced or stale page still shows.
 std::uint64_t mix(std::uint64_t i, std::uint64_t v) {
@@ -27,7 +31,7 @@ std::uint64_t mix(std::uint64_t i, std::uint64_t v) {
 }  // namespace
 
 TEST_CASE("a far array matches its shadow copy while two threads race the evictor") {
-  const std::uint64_t bytes = kCompressed ? test::test_bytes(96ull << 20, 24ull << 20)
+  const std::uint64_t bytes = kSmall ? test::test_bytes(96ull << 20, 24ull << 20)
                                           : test::test_bytes(4ull << 30, 128ull << 20);
   Config cfg = Config::from_env();
   cfg.local_mem_bytes = std::max<std::uint64_t>(bytes / 10, 8ull << 20);
@@ -49,7 +53,7 @@ TEST_CASE("a far array matches its shadow copy while two threads race the evicto
 
   // Thread t owns the words i with i % 2 == t, so both threads share every page
   // but never write the same word.
-  const std::uint64_t ops = kCompressed ? (test::kSanitized ? 20'000 : 150'000)
+  const std::uint64_t ops = kSmall ? (test::kSanitized ? 20'000 : 150'000)
                                         : (test::kSanitized ? 100'000 : 1'500'000);
   std::atomic<std::uint64_t> bad_reads{0};
   auto worker = [&](unsigned t) {
@@ -95,5 +99,9 @@ TEST_CASE("a far array matches its shadow copy while two threads race the evicto
     const std::string j = stats_json();
     CHECK(j.find("\"compress\":{\"codec\"") != std::string::npos);
     CHECK(j.find("\"raw_pages\":0,") != std::string::npos);
+  }
+  if (kProtected && !kCompressed) {  // the pages really were sealed and opened
+    const std::string j = stats_json();
+    CHECK(j.find("\"protect\":{\"cipher\":\"aes-256-gcm\"") != std::string::npos);
   }
 }

@@ -26,12 +26,14 @@
 #include <vector>
 
 #include "server/session_memory.hpp"
+#include "transport/auth.hpp"
 #include "transport/wire.hpp"
 
 namespace farmem::server {
 namespace {
 
 namespace wire = net::wire;
+namespace auth = net::auth;
 
 struct Session {
   std::uint64_t id = 0;
@@ -48,6 +50,9 @@ struct Conn {
   std::size_t out_sent = 0;
   Session* session = nullptr;
   bool closing = false;  // flush, then close
+  bool challenged = false;  // a Hello was answered with a Challenge; the Prove comes next
+  wire::Header hello{};     // that Hello
+  unsigned char nonce[auth::kNonce] = {};  // and the nonce it was sent
 };
 
 class Server {
@@ -176,18 +181,32 @@ void Server::fail(Conn& c, std::uint64_t id, wire::Errc e, const std::string& ms
 // Returns false when the connection must stop reading (it is closing).
 bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
   const auto op = static_cast<wire::Op>(h.op);
-  if (op == wire::Op::Hello) {
-    std::string token(payload, h.length);
-    if (!ctx_.token.empty() && token != ctx_.token) {
-      fail(c, h.id, wire::Errc::BadToken, "wrong or missing token");
-      return false;
-    }
-    if (c.session) {
+  if (op == wire::Op::Hello) {  // answered with a challenge: the token is proven, never sent
+    if (c.session || c.challenged) {
       fail(c, h.id, wire::Errc::BadMessage, "hello twice on one connection");
       return false;
     }
-    if (h.size == 1) {  // attach another connection to an existing session
-      auto it = sessions_.find(h.id);
+    c.hello = h;
+    c.challenged = true;
+    auth::random_nonce(c.nonce);
+    reply(c, wire::make(wire::Op::Challenge, h.id, 0, 0, auth::kNonce), c.nonce, auth::kNonce);
+    return true;
+  }
+  if (op == wire::Op::Prove) {
+    if (!c.challenged || c.session) {
+      fail(c, h.id, wire::Errc::BadMessage, "a proof without a hello");
+      return false;
+    }
+    const auto* client_nonce = reinterpret_cast<const unsigned char*>(payload);
+    if (!ctx_.token.empty() && !auth::check(ctx_.token, true, c.nonce, client_nonce, client_nonce + auth::kNonce)) {
+      fail(c, h.id, wire::Errc::BadToken, "wrong or missing token");
+      return false;
+    }
+    unsigned char proof[auth::kMac];
+    auth::prove(ctx_.token, false, c.nonce, client_nonce, proof);
+    const wire::Header& hh = c.hello;
+    if (hh.size == 1) {  // attach another connection to an existing session
+      auto it = sessions_.find(hh.id);
       if (it == sessions_.end()) {
         fail(c, h.id, wire::Errc::NoSession, "no such session");
         return false;
@@ -195,7 +214,7 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       c.session = it->second.get();
     } else {
       std::string refusal;
-      auto mem = SessionMemory::map(ctx_.account, h.offset, c.peer, &refusal);
+      auto mem = SessionMemory::map(ctx_.account, hh.offset, c.peer, &refusal);
       if (!mem) {
         fail(c, h.id, wire::Errc::NoCapacity, refusal);
         return false;
@@ -207,7 +226,7 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
       sessions_[s->id] = std::move(s);
     }
     ++c.session->conns;
-    reply(c, wire::make(wire::Op::Reply, c.session->id, c.session->mem->size(), 0, 0));
+    reply(c, wire::make(wire::Op::Reply, c.session->id, c.session->mem->size(), 0, auth::kMac), proof, auth::kMac);
     return true;
   }
   if (!c.session) {
@@ -266,7 +285,16 @@ void Server::on_readable(Conn& c) {
     wire::Header h;
     std::memcpy(&h, c.in.data() + pos, sizeof h);
     std::string why;
-    if (wire::Errc e = wire::validate(h, false, &why); e != wire::Errc::Ok) {
+    if (wire::Errc e = wire::validate(h, false, &why); e == wire::Errc::Version && h.magic == wire::kMagic) {
+      // Said in the peer's own version, so an older client can print it.
+      const std::string msg = wire::version_refusal(h.version, "client");
+      wire::Header r = wire::make(wire::Op::Error, h.id, 0, 0, static_cast<std::uint32_t>(msg.size()),
+                                  static_cast<std::uint32_t>(e));
+      r.version = h.version;
+      reply(c, r, msg.data(), msg.size());
+      c.closing = true;
+      break;
+    } else if (e != wire::Errc::Ok) {
       fail(c, h.id, e, "malformed message: " + why);
       break;
     }

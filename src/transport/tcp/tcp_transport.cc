@@ -25,6 +25,7 @@
 #include "farmem/runtime.hpp"
 #include "transport/queue_pair.hpp"
 #include "transport/tcp/tcp_transport.hpp"
+#include "transport/auth.hpp"
 #include "transport/wire.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
@@ -109,17 +110,14 @@ bool read_full(int fd, void* buf, std::size_t len, int timeout_ms) {
   return true;
 }
 
-// HELLO on a fresh connection; returns the reply (id = session, offset = capacity).
-wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::uint64_t capacity,
-                   std::uint64_t attach_session) {
-  wire::Header h = wire::make(wire::Op::Hello, attach_session, capacity, attach_session ? 1 : 0,
-                              static_cast<std::uint32_t>(token.size()));
-  iovec iov[2] = {{&h, sizeof h}, {const_cast<char*>(token.data()), token.size()}};
-  if (writev(fd, iov, token.empty() ? 1 : 2) != static_cast<ssize_t>(sizeof h + token.size()))
-    throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
+// One handshake message from the server: its header, and its payload into
+// `payload` (at most `max` bytes). Throws the server's refusal as one line.
+wire::Header handshake_reply(int fd, const Endpoint& ep, void* payload, std::size_t max) {
   wire::Header r{};
   if (!read_full(fd, &r, sizeof r, 5000))
     throw Error("the memory server " + ep.uri + " did not answer the handshake within 5 s; is it a farmem-server?");
+  if (r.magic == wire::kMagic && r.version != wire::kVersion)
+    throw Error("the memory server " + ep.uri + " refused us: " + wire::version_refusal(r.version, "server"));
   std::string why;
   if (wire::validate(r, true, &why) != wire::Errc::Ok)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (" + why + ")");
@@ -132,6 +130,35 @@ wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::ui
                   "; set FARMEM_TOKEN_FILE to the server's token file");
     throw Error("the memory server " + ep.uri + " refused us: " + msg);
   }
+  if (r.length != max || !read_full(fd, payload, max, 5000))
+    throw Error("the memory server " + ep.uri + " sent a malformed handshake (unexpected payload)");
+  return r;
+}
+
+// HELLO on a fresh connection, then the token's challenge and response
+// (transport/auth.hpp): the token is proven, never sent, and the server proves
+// it holds it too. Returns the reply (id = session, offset = capacity).
+wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::uint64_t capacity,
+                   std::uint64_t attach_session) {
+  wire::Header h = wire::make(wire::Op::Hello, attach_session, capacity, attach_session ? 1 : 0, 0);
+  if (::send(fd, &h, sizeof h, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof h))
+    throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
+  unsigned char server_nonce[auth::kNonce], proof[auth::kNonce + auth::kMac], server_proof[auth::kMac];
+  wire::Header c = handshake_reply(fd, ep, server_nonce, sizeof server_nonce);
+  if (static_cast<wire::Op>(c.op) != wire::Op::Challenge)
+    throw Error("the memory server " + ep.uri + " sent a malformed handshake (no challenge)");
+  auth::random_nonce(proof);
+  auth::prove(token, true, server_nonce, proof, proof + auth::kNonce);
+  wire::Header p = wire::make(wire::Op::Prove, attach_session, 0, 0, sizeof proof);
+  iovec iov[2] = {{&p, sizeof p}, {proof, sizeof proof}};
+  if (writev(fd, iov, 2) != static_cast<ssize_t>(sizeof p + sizeof proof))
+    throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
+  wire::Header r = handshake_reply(fd, ep, server_proof, sizeof server_proof);
+  if (static_cast<wire::Op>(r.op) != wire::Op::Reply)
+    throw Error("the memory server " + ep.uri + " sent a malformed handshake (no reply to our proof)");
+  if (!token.empty() && !auth::check(token, false, server_nonce, proof, server_proof))
+    throw Error("the memory server " + ep.uri + " could not prove it holds our token (another token, or "
+                "something in between); check FARMEM_TOKEN_FILE and the server's --token-file");
   return r;
 }
 

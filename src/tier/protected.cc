@@ -1,0 +1,196 @@
+// The protected tier: whole pages sealed (AES-256-GCM, tier/page_seal.cc) by
+// the evictor on their way out and opened and checked by the faulting core on
+// their way in. The server, and the network to it, only ever see ciphertext.
+//
+// Where the CPU work happens:
+//   seal   on the evictor's core, in post_write, into a scratch buffer (the
+//          frame is never changed, so a rescued page stays readable);
+//   open   on the faulting core, in poll(): the page lands in a scratch buffer
+//          and only a page that passed the check is written to the frame;
+//   the server does nothing new.
+// A page that fails the check ends the program with one line naming the server
+// and the page: there is no other copy to read, and bad bytes never reach it.
+#include "tier/protected.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <vector>
+
+#include "farmem/runtime.hpp"
+#include "runtime/fatal.hpp"
+#include "runtime/os.hpp"
+#include "tier/page_seal.hpp"
+
+namespace farmem::tier {
+namespace {
+
+using detail::now_ns;
+constexpr std::size_t kPage = 4096;
+
+class ProtectedTransport final : public net::Transport {
+ public:
+  ProtectedTransport(const Config& cfg, std::unique_ptr<net::Transport> inner)
+      : inner_(std::move(inner)), seal_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage) {}
+
+  std::unique_ptr<net::QueuePair> create_qp() override;
+  void discard(std::uint64_t off, std::uint64_t len) override { inner_->discard(off, len); }
+  std::uint64_t remote_usage() override { return inner_->remote_usage(); }
+  void shutdown() override { inner_->shutdown(); }
+  std::string describe() const override { return inner_->describe(); }
+  std::string stats_json() const override;
+  void register_local(void* base, std::size_t len) override { inner_->register_local(base, len); }
+  bool pins_local_memory() const override { return inner_->pins_local_memory(); }
+  bool connected() const override { return inner_->connected(); }
+  bool drops_copy_on_read() const override { return inner_->drops_copy_on_read(); }
+  void sync_discards() override { inner_->sync_discards(); }
+  // The child inherits the key and the table as they are at fork (copy on
+  // write); it reads far pages, but has no evictor and never seals one, so
+  // no nonce is used twice.
+  bool fork_prepare() override { return inner_->fork_prepare(); }
+  void fork_parent() override { inner_->fork_parent(); }
+  void fork_child() override { inner_->fork_child(); }
+
+  const std::unique_ptr<net::Transport> inner_;
+  PageSeal seal_;
+  // Statistics (FARMEM_STATS "protect"); relaxed counters.
+  std::atomic<std::uint64_t> writes_{0}, reads_{0}, seal_ns_{0}, open_ns_{0};
+};
+
+// One per core, like the queue pair it wraps; each post is an op slot (the
+// inner queue pair's cookie) with its scratch buffer.
+class ProtectedQueuePair final : public net::QueuePair {
+ public:
+  ProtectedQueuePair(ProtectedTransport& t, std::unique_ptr<net::QueuePair> inner)
+      : t_(t), inner_(std::move(inner)), cipher_(t.seal_) {}
+  ~ProtectedQueuePair() override {
+    inner_.reset();  // nothing may land in a buffer after it is freed
+    for (char* b : bufs_) std::free(b);
+  }
+
+  void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
+    const std::uint64_t page = check(off, len);
+    Op op{cookie, page, nullptr, take_buf(), t_.seal_.next_version(page), {}, true};
+    const std::uint64_t t0 = now_ns();
+    cipher_.seal(page, op.version, local, op.buf, kPage, op.tag);
+    t_.seal_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    char* buf = op.buf;
+    inner_->post_write(off, buf, kPage, take_op(op));
+  }
+
+  void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
+    const std::uint64_t page = check(off, len);
+    Op op{cookie, page, local, take_buf(), t_.seal_.version(page), {}, false};
+    if (op.version == 0)
+      detail::fatal("far page %llu was read from %s but was never stored (a farmem bug; please report it)",
+                    static_cast<unsigned long long>(page), t_.describe().c_str());
+    std::memcpy(op.tag, t_.seal_.tag(page), PageSeal::kTag);
+    char* buf = op.buf;
+    inner_->post_read(off, buf, kPage, take_op(op));
+  }
+
+  void submit() override { inner_->submit(); }
+
+  std::size_t poll(net::Completion* out, std::size_t max) override {
+    const std::size_t k = inner_->poll(out, max);
+    for (std::size_t i = 0; i < k; ++i) out[i] = finish(static_cast<std::uint32_t>(out[i].cookie), out[i].failed);
+    return k;
+  }
+
+  void wait(unsigned timeout_us) override { inner_->wait(timeout_us); }
+
+ private:
+  struct Op {
+    std::uint64_t cookie, page;
+    void* dst;  // read: the frame
+    char* buf;  // the sealed copy
+    std::uint64_t version;
+    unsigned char tag[PageSeal::kTag];
+    bool write;
+  };
+
+  static std::uint64_t check(std::uint64_t off, std::size_t len) {
+    if (len != kPage || off % kPage)
+      detail::fatal("the protected tier moves whole pages; got %zu bytes at offset %llu (a farmem bug)", len,
+                    static_cast<unsigned long long>(off));
+    return off / kPage;
+  }
+
+  net::Completion finish(std::uint32_t slot, bool failed) {
+    Op& op = ops_[slot];
+    free_ops_.push_back(slot);
+    give_buf(op.buf);
+    if (failed) return {op.cookie, true};
+    if (op.write) {
+      t_.seal_.commit(op.page, op.version, op.tag);
+      t_.writes_.fetch_add(1, std::memory_order_relaxed);
+      return {op.cookie};
+    }
+    const std::uint64_t t0 = now_ns();
+    if (!cipher_.open(op.page, op.version, op.buf, op.dst, kPage, op.tag)) {
+      std::memset(op.dst, 0, kPage);  // whatever the check rejected never stays in a frame
+      detail::fatal("far page %llu came back from %s altered, replayed or moved: it fails its AES-GCM check "
+                    "(FARMEM_PROTECT=aead); the memory server or the path to it changed it",
+                    static_cast<unsigned long long>(op.page), t_.inner_->describe().c_str());
+    }
+    t_.open_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    t_.reads_.fetch_add(1, std::memory_order_relaxed);
+    return {op.cookie};
+  }
+
+  char* take_buf() {
+    if (!spare_.empty()) {
+      char* b = spare_.back();
+      spare_.pop_back();
+      return b;
+    }
+    char* b = static_cast<char*>(std::aligned_alloc(kPage, kPage));
+    if (!b) detail::fatal("out of memory for the protected tier's buffers");
+    bufs_.push_back(b);
+    return b;
+  }
+  void give_buf(char* b) { spare_.push_back(b); }
+
+  std::uint32_t take_op(const Op& op) {
+    if (free_ops_.empty()) {
+      ops_.push_back(op);
+      return static_cast<std::uint32_t>(ops_.size() - 1);
+    }
+    std::uint32_t s = free_ops_.back();
+    free_ops_.pop_back();
+    ops_[s] = op;
+    return s;
+  }
+
+  ProtectedTransport& t_;
+  std::unique_ptr<net::QueuePair> inner_;
+  PageSeal::Cipher cipher_;
+  std::vector<Op> ops_;
+  std::vector<std::uint32_t> free_ops_;
+  std::vector<char*> bufs_, spare_;
+};
+
+std::unique_ptr<net::QueuePair> ProtectedTransport::create_qp() {
+  return std::make_unique<ProtectedQueuePair>(*this, inner_->create_qp());
+}
+
+std::string ProtectedTransport::stats_json() const {
+  const std::uint64_t w = writes_.load(std::memory_order_relaxed), r = reads_.load(std::memory_order_relaxed);
+  std::string j = "\"protect\":{\"cipher\":\"aes-256-gcm\",\"writes\":" + std::to_string(w) +
+                  ",\"reads\":" + std::to_string(r) +
+                  ",\"seal_ns_avg\":" + std::to_string(w ? seal_ns_.load(std::memory_order_relaxed) / w : 0) +
+                  ",\"open_ns_avg\":" + std::to_string(r ? open_ns_.load(std::memory_order_relaxed) / r : 0) + "}";
+  if (std::string in = inner_->stats_json(); !in.empty()) j += "," + in;
+  return j;
+}
+
+}  // namespace
+
+std::unique_ptr<net::Transport> protect_transport(const Config& cfg, std::unique_ptr<net::Transport> inner) {
+  if (!parse_protect(cfg.protect) || cfg.compress != "none") return inner;
+  if (std::string no = protect_refusal(cfg); !no.empty()) throw Error(no);
+  return std::make_unique<ProtectedTransport>(cfg, std::move(inner));
+}
+
+}  // namespace farmem::tier
