@@ -39,6 +39,7 @@
 #include "tier/compressor.hpp"
 #include "tier/packed_store.hpp"
 #include "tier/page_seal.hpp"
+#include "tier/queue_pair_slots.hpp"
 #include "tier/pool.hpp"
 #include "tier/redundancy.hpp"
 
@@ -206,7 +207,7 @@ class CompressedQueuePair final : public net::QueuePair {
       : t_(t), inner_(std::move(inner)), comp_(t.spec_),
         cipher_(t.seal_ ? std::make_unique<PageSeal::Cipher>(*t.seal_) : nullptr) {}
   ~CompressedQueuePair() override {
-    for (char* b : bufs_) std::free(b);
+    inner_.reset();  // nothing may land in a buffer after it is freed
   }
 
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
@@ -222,11 +223,11 @@ class CompressedQueuePair final : public net::QueuePair {
       return;
     }
     const unsigned unit = t_.store_.unit();
-    char* buf = take_buf();
+    char* buf = bufs_.take();
     std::size_t n = pb > unit ? comp_.compress(local, buf, pb - unit, pb) : 0;  // must save at least a unit
     const void* src = buf;
     if (n == 0) {
-      give_buf(buf);
+      bufs_.give(buf);
       buf = nullptr;
       src = local;
       n = pb;
@@ -236,7 +237,7 @@ class CompressedQueuePair final : public net::QueuePair {
     const std::uint32_t crc = page_checksum(local, pb);
     Op op{cookie, page, nullptr, buf, old, 0, crc, true, 0, {}};
     if (cipher_) {  // sealed whole, into the piece's buffer (a page stored as it is gets one)
-      if (!op.buf) op.buf = take_buf();
+      if (!op.buf) op.buf = bufs_.take();
       op.version = t_.seal_->next_version(page);
       cipher_->seal(page, op.version, src, op.buf, std::size_t{units} * unit, op.tag);
       src = op.buf;
@@ -244,7 +245,7 @@ class CompressedQueuePair final : public net::QueuePair {
     t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     const std::uint64_t remote = t_.alloc(units);
     op.new_w = make_loc(remote, n);
-    const std::uint32_t slot = take_op(op);
+    const std::uint32_t slot = ops_.take(op);
     inner_->post_write(remote, src, std::size_t{units} * unit, slot);
   }
 
@@ -267,13 +268,13 @@ class CompressedQueuePair final : public net::QueuePair {
     const std::size_t n = loc_len(w);
     const std::size_t bytes = std::size_t{t_.store_.units_for(n)} * t_.store_.unit();
     // A page stored as it is lands in its frame, unless it is sealed.
-    char* buf = n == pb && !cipher_ ? nullptr : take_buf();
+    char* buf = n == pb && !cipher_ ? nullptr : bufs_.take();
     Op op{cookie, page, local, buf, w, 0, crc, false, 0, {}};
     if (cipher_) {
       op.version = t_.seal_->version(page);
       std::memcpy(op.tag, t_.seal_->tag(page), PageSeal::kTag);
     }
-    const std::uint32_t slot = take_op(op);
+    const std::uint32_t slot = ops_.take(op);
     inner_->post_read(loc_off(w), buf ? static_cast<void*>(buf) : local, bytes, slot);
   }
 
@@ -285,7 +286,7 @@ class CompressedQueuePair final : public net::QueuePair {
       out[n++] = ready_.front();
       ready_.pop_front();
     }
-    if (n == max || ops_.size() == free_ops_.size()) return n;
+    if (n == max || ops_.idle()) return n;
     net::Completion got[64];
     const std::size_t k = inner_->poll(got, std::min<std::size_t>(max - n, 64));
     for (std::size_t i = 0; i < k; ++i) out[n++] = finish(static_cast<std::uint32_t>(got[i].cookie), got[i].failed);
@@ -317,9 +318,9 @@ class CompressedQueuePair final : public net::QueuePair {
 
   net::Completion finish(std::uint32_t slot, bool failed) {
     Op op = ops_[slot];
-    free_ops_.push_back(slot);
+    ops_.free(slot);
     if (op.write) {
-      if (op.buf) give_buf(op.buf);
+      if (op.buf) bufs_.give(op.buf);
       if (failed) {
         t_.free_piece(op.new_w);
         return {op.cookie, true};
@@ -349,7 +350,7 @@ class CompressedQueuePair final : public net::QueuePair {
                       op.buf ? "decompress to the page that was written" : "match the page's checksum");
       }
     }
-    if (op.buf) give_buf(op.buf);
+    if (op.buf) bufs_.give(op.buf);
     if (!failed) drop(op.page, op.w);
     return {op.cookie, failed};
   }
@@ -388,37 +389,12 @@ class CompressedQueuePair final : public net::QueuePair {
     }
   }
 
-  char* take_buf() {
-    if (!spare_.empty()) {
-      char* b = spare_.back();
-      spare_.pop_back();
-      return b;
-    }
-    char* b = static_cast<char*>(std::aligned_alloc(kPage, kPage));
-    if (!b) detail::fatal("out of memory for the compressed tier's buffers");
-    bufs_.push_back(b);
-    return b;
-  }
-  void give_buf(char* b) { spare_.push_back(b); }
-
-  std::uint32_t take_op(const Op& op) {
-    if (free_ops_.empty()) {
-      ops_.push_back(op);
-      return static_cast<std::uint32_t>(ops_.size() - 1);
-    }
-    std::uint32_t s = free_ops_.back();
-    free_ops_.pop_back();
-    ops_[s] = op;
-    return s;
-  }
-
   CompressedTransport& t_;
   std::unique_ptr<net::QueuePair> inner_;
   Compressor comp_;
   const std::unique_ptr<PageSeal::Cipher> cipher_;  // FARMEM_PROTECT=aead, else null
-  std::vector<Op> ops_;
-  std::vector<std::uint32_t> free_ops_;
-  std::vector<char*> bufs_, spare_;
+  OpSlots<Op> ops_;
+  PageBuffers bufs_{"compressed tier"};
   std::deque<net::Completion> ready_;
 };
 

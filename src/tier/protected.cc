@@ -22,6 +22,7 @@
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 #include "tier/page_seal.hpp"
+#include "tier/queue_pair_slots.hpp"
 
 namespace farmem::tier {
 namespace {
@@ -66,28 +67,27 @@ class ProtectedQueuePair final : public net::QueuePair {
       : t_(t), inner_(std::move(inner)), cipher_(t.seal_) {}
   ~ProtectedQueuePair() override {
     inner_.reset();  // nothing may land in a buffer after it is freed
-    for (char* b : bufs_) std::free(b);
   }
 
   void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
     const std::uint64_t page = check(off, len);
-    Op op{cookie, page, nullptr, take_buf(), t_.seal_.next_version(page), {}, true};
+    Op op{cookie, page, nullptr, bufs_.take(), t_.seal_.next_version(page), {}, true};
     const std::uint64_t t0 = now_ns();
     cipher_.seal(page, op.version, local, op.buf, kPage, op.tag);
     t_.seal_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     char* buf = op.buf;
-    inner_->post_write(off, buf, kPage, take_op(op));
+    inner_->post_write(off, buf, kPage, ops_.take(op));
   }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
     const std::uint64_t page = check(off, len);
-    Op op{cookie, page, local, take_buf(), t_.seal_.version(page), {}, false};
+    Op op{cookie, page, local, bufs_.take(), t_.seal_.version(page), {}, false};
     if (op.version == 0)
       detail::fatal("far page %llu was read from %s but was never stored (a farmem bug; please report it)",
                     static_cast<unsigned long long>(page), t_.describe().c_str());
     std::memcpy(op.tag, t_.seal_.tag(page), PageSeal::kTag);
     char* buf = op.buf;
-    inner_->post_read(off, buf, kPage, take_op(op));
+    inner_->post_read(off, buf, kPage, ops_.take(op));
   }
 
   void submit() override { inner_->submit(); }
@@ -119,8 +119,8 @@ class ProtectedQueuePair final : public net::QueuePair {
 
   net::Completion finish(std::uint32_t slot, bool failed) {
     Op& op = ops_[slot];
-    free_ops_.push_back(slot);
-    give_buf(op.buf);
+    ops_.free(slot);
+    bufs_.give(op.buf);
     if (failed) return {op.cookie, true};
     if (op.write) {
       t_.seal_.commit(op.page, op.version, op.tag);
@@ -139,36 +139,11 @@ class ProtectedQueuePair final : public net::QueuePair {
     return {op.cookie};
   }
 
-  char* take_buf() {
-    if (!spare_.empty()) {
-      char* b = spare_.back();
-      spare_.pop_back();
-      return b;
-    }
-    char* b = static_cast<char*>(std::aligned_alloc(kPage, kPage));
-    if (!b) detail::fatal("out of memory for the protected tier's buffers");
-    bufs_.push_back(b);
-    return b;
-  }
-  void give_buf(char* b) { spare_.push_back(b); }
-
-  std::uint32_t take_op(const Op& op) {
-    if (free_ops_.empty()) {
-      ops_.push_back(op);
-      return static_cast<std::uint32_t>(ops_.size() - 1);
-    }
-    std::uint32_t s = free_ops_.back();
-    free_ops_.pop_back();
-    ops_[s] = op;
-    return s;
-  }
-
   ProtectedTransport& t_;
   std::unique_ptr<net::QueuePair> inner_;
   PageSeal::Cipher cipher_;
-  std::vector<Op> ops_;
-  std::vector<std::uint32_t> free_ops_;
-  std::vector<char*> bufs_, spare_;
+  OpSlots<Op> ops_;
+  PageBuffers bufs_{"protected tier"};
 };
 
 std::unique_ptr<net::QueuePair> ProtectedTransport::create_qp() {
