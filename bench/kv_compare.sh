@@ -31,6 +31,7 @@ tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 run() {  # run LABEL LOCAL_MIB WORKLOAD REPETITION
   local label=$1 mib=$2 wl=$3 rep=$4
+  : >"$tmp/out"  # before the server starts: the loop below may read it first
   "$KV" --listen 127.0.0.1:0 --local-mem "${mib}M" --capacity "$(( data_mib * 2 + 64 ))M" >"$tmp/out" 2>&1 &
   local pid=$!
   local port=""
