@@ -197,7 +197,7 @@ start_server pb "dpdk://memif$SOCK-pb.sock?clients=1" --capacity 2G
 PB=$SPID
 PT=""
 for t in 1 2; do
-  "$SERVER" --listen tcp://127.0.0.1:0 --capacity 2G >"$tmp/pt$t.out" 2>&1 &
+  "$SERVER" --listen tcp://127.0.0.1:0 --capacity 2G --token-file "$tmp/token" >"$tmp/pt$t.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do grep -q "listening on" "$tmp/pt$t.out" && break; sleep 0.05; done
   PT+=,$(sed -n 's/.*listening on \(tcp:\/\/127.0.0.1:[0-9]*\).*/\1/p' "$tmp/pt$t.out")

@@ -153,7 +153,7 @@ expect_line() {  # WHAT PATTERN URI [ENV...]: runs a short bench, wants one farm
   shift 3
   local t0=$SECONDS
   env "$@" FARMEM_BACKEND="$uri" FARMEM_FAR_MEM=256M timeout 60 "$BENCH" --working-set 32M --local-mem 25% \
-    --ops 20000 --json >/dev/null 2>"$tmp/e"; local rc=$?
+    --ops "${OPS:-20000}" --json >/dev/null 2>"$tmp/e"; local rc=$?
   local lines
   lines=$(grep -c '^farmem' "$tmp/e")
   if ((rc != 0 && rc != 124 && lines == 1 && SECONDS - t0 < 15)) && grep -q -- "$pattern" "$tmp/e"; then
@@ -185,8 +185,9 @@ expect_line "a full Redis" "far memory is full: Redis at redis://\*\*\*@127.0.0.
   bad "a full Redis kept $(rcli "$AUTH" -a pw dbsize) keys"
 start_redis doomed
 DOOMED=$RPORT
-( sleep 1.5; kill -9 "$RPID" ) &
-expect_line "Redis killed mid-run" "lost Redis at redis://127.0.0.1:$DOOMED .*far memory is gone" \
+# Killed once pages are going to it; the run is long enough (OPS) to be still going then.
+( for _ in $(seq 300); do (($(farmem_keys "$DOOMED") > 1000)) && break; sleep 0.05; done; kill -9 "$RPID" ) &
+OPS=100000000 expect_line "Redis killed mid-run" "lost Redis at redis://127.0.0.1:$DOOMED .*far memory is gone" \
   "redis://127.0.0.1:$DOOMED" FARMEM_SERVER_TIMEOUT=3s
 
 exit $((fails > 0))

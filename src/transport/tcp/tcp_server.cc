@@ -189,7 +189,10 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
     c.hello = h;
     c.challenged = true;
     auth::random_nonce(c.nonce);
-    reply(c, wire::make(wire::Op::Challenge, h.id, 0, 0, auth::kNonce), c.nonce, auth::kNonce);
+    // size 1: this server requires no token, so it can prove none (the
+    // client that holds one refuses it with a line that says so).
+    reply(c, wire::make(wire::Op::Challenge, h.id, 0, ctx_.token.empty() ? 1 : 0, auth::kNonce), c.nonce,
+          auth::kNonce);
     return true;
   }
   if (op == wire::Op::Prove) {

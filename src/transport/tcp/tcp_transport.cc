@@ -147,6 +147,9 @@ wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::ui
   wire::Header c = handshake_reply(fd, ep, server_nonce, sizeof server_nonce);
   if (static_cast<wire::Op>(c.op) != wire::Op::Challenge)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (no challenge)");
+  if (!token.empty() && c.size == 1)
+    throw Error("the memory server " + ep.uri + " requires no token, so it cannot prove it holds ours; start it "
+                "with --token-file (the file FARMEM_TOKEN_FILE names) or unset FARMEM_TOKEN_FILE");
   auth::random_nonce(proof);
   auth::prove(token, true, server_nonce, proof, proof + auth::kNonce);
   wire::Header p = wire::make(wire::Op::Prove, attach_session, 0, 0, sizeof proof);
