@@ -208,7 +208,7 @@ void check_config(Config& cfg) {
   if (cfg.far_mem_bytes == 0) cfg.far_mem_bytes = kDefaultFarMem;
   auto mib = [](std::uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
   if (std::string no = tier::compress_refusal(cfg); !no.empty()) throw Error(no);  // also names a bad codec
-  if (std::string no = tier::protect_refusal(cfg); !no.empty()) throw Error(no);    // also names a bad value
+  tier::parse_protect(cfg.protect);  // names a bad value
   if (cfg.local_mem_bytes > phys)
     throw Error("local memory budget " + mib(cfg.local_mem_bytes) +
                 " exceeds this machine's physical memory (" + mib(phys) +

@@ -100,7 +100,7 @@ class CompressedTransport final : public net::Transport {
         store_(std::max<std::uint32_t>(256, unit), npages_ * page_),
         loc_(map_array<std::atomic<std::uint64_t>>(npages_)),
         crc_(map_array<std::atomic<std::uint32_t>>(npages_)),
-        seal_(parse_protect(cfg.protect) && !layout.member ? std::make_unique<PageSeal>(npages_) : nullptr) {}  // never a pool: refused
+        seal_(parse_protect(cfg.protect) ? std::make_unique<PageSeal>(npages_) : nullptr) {}  // its own key per server
   ~CompressedTransport() override {
     munmap(loc_, npages_ * sizeof *loc_);
     munmap(crc_, npages_ * sizeof *crc_);
@@ -333,10 +333,10 @@ class CompressedQueuePair final : public net::QueuePair {
     }
     if (!failed) {
       const std::uint64_t t0 = now_ns();
-      if (cipher_) open(op);
+      bool ok = !cipher_ || open(op);
       const bool raw = loc_len(op.w) == t_.page_;
-      if (cipher_ && raw) std::memcpy(op.dst, op.buf, t_.page_);
-      bool ok = op.buf && !raw ? comp_.decompress(op.buf, loc_len(op.w), op.dst, t_.page_) : true;
+      if (ok && cipher_ && raw) std::memcpy(op.dst, op.buf, t_.page_);
+      ok = ok && (op.buf && !raw ? comp_.decompress(op.buf, loc_len(op.w), op.dst, t_.page_) : true);
       ok = ok && page_checksum(op.dst, t_.page_) == op.crc;
       t_.decompress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
       if (!ok) t_.damaged_.fetch_add(1, std::memory_order_relaxed);
@@ -356,11 +356,12 @@ class CompressedQueuePair final : public net::QueuePair {
   }
 
   // Opens a sealed piece in its buffer; one that fails the check ends the
-  // program before any of it reaches the frame.
-  void open(Op& op) {
+  // program before any of it reaches the frame, or, for a pool's server, is
+  // counted and handed up as zeros (false).
+  bool open(Op& op) {
     const std::size_t bytes = std::size_t{t_.store_.units_for(loc_len(op.w))} * t_.store_.unit();
-    if (cipher_->open(op.page, op.version, op.buf, op.buf, bytes, op.tag)) return;
-    t_.damaged_.fetch_add(1, std::memory_order_relaxed);
+    if (cipher_->open(op.page, op.version, op.buf, op.buf, bytes, op.tag)) return true;
+    if (t_.member_) return false;  // counted as damaged
     detail::fatal("far page %llu came back from %s altered, replayed or moved: its piece (%zu bytes at offset %llu) "
                   "fails its AES-GCM check (FARMEM_PROTECT=aead); the memory server or the path to it changed it",
                   static_cast<unsigned long long>(op.page), t_.server().c_str(), bytes,

@@ -53,11 +53,6 @@ bool parse_protect(const std::string& v) {
   throw Error("FARMEM_PROTECT='" + v + "' is not none or aead; set FARMEM_PROTECT=aead to encrypt and check far pages, or none");
 }
 
-std::string protect_refusal(const Config& cfg) {
-  if (!parse_protect(cfg.protect) || !is_pool(cfg)) return {};
-  return "FARMEM_PROTECT=" + cfg.protect +
-         " with a pool of servers is not supported yet; use one server, or FARMEM_PROTECT=none";
-}
 
 PageSeal::PageSeal(std::uint64_t npages)
     : npages_(npages),

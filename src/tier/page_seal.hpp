@@ -17,8 +17,6 @@ struct Config;
 
 namespace farmem::tier {
 
-// Empty when cfg.protect can be used with cfg.backend; else why not, and the fix.
-std::string protect_refusal(const Config& cfg);
 // Throws farmem::Error for a value that is not none or aead.
 bool parse_protect(const std::string& v);
 

@@ -19,6 +19,7 @@
 #include "runtime/os.hpp"
 #include "runtime/runtime.hpp"
 #include "tier/compressed.hpp"
+#include "tier/protected.hpp"
 #include "tier/pool_impl.hpp"
 
 namespace farmem::tier {
@@ -108,9 +109,11 @@ Pool::Pool(const Config& cfg)
   membership_ = std::thread([this] { membership_loop(); });
 }
 
-// One server, with its pieces compressed if FARMEM_COMPRESS asks (tier/compressed.cc).
+// One server, with its pieces compressed if FARMEM_COMPRESS asks (tier/compressed.cc,
+// which also seals them) or sealed if only FARMEM_PROTECT does (tier/protected.cc).
 std::unique_ptr<net::Transport> Pool::connect(const net::MemberOptions& opt) {
-  return compress_member(cfg_, opt.uri, net::connect_member(cfg_, opt), scheme.piece_bytes());
+  const std::size_t piece = scheme.piece_bytes();
+  return protect_member(cfg_, compress_member(cfg_, opt.uri, net::connect_member(cfg_, opt), piece), piece);
 }
 
 void Pool::membership_loop() {

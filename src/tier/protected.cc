@@ -10,9 +10,13 @@
 //   the server does nothing new.
 // A page that fails the check ends the program with one line naming the server
 // and the page: there is no other copy to read, and bad bytes never reach it.
+// Under a pool (one layer per server, its "pages" the pool's pieces) a piece
+// that fails is handed up as zeros and counted: the pool's checksum then
+// rebuilds the page from the other servers' pieces.
 #include "tier/protected.hpp"
 
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -22,6 +26,7 @@
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
 #include "tier/page_seal.hpp"
+#include "tier/pool.hpp"
 #include "tier/queue_pair_slots.hpp"
 
 namespace farmem::tier {
@@ -32,8 +37,13 @@ constexpr std::size_t kPage = 4096;
 
 class ProtectedTransport final : public net::Transport {
  public:
-  ProtectedTransport(const Config& cfg, std::unique_ptr<net::Transport> inner)
-      : inner_(std::move(inner)), seal_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage) {}
+  // piece: bytes of one sealed unit (a page, or a pool's piece of one);
+  // member: one server of a pool (a failed check is the pool's to mend).
+  ProtectedTransport(const Config& cfg, std::unique_ptr<net::Transport> inner, std::size_t piece, bool member)
+      : inner_(std::move(inner)),
+        piece_(piece),
+        member_(member),
+        seal_((cfg.far_mem_bytes ? cfg.far_mem_bytes : 64ull << 30) / kPage) {}
 
   std::unique_ptr<net::QueuePair> create_qp() override;
   void discard(std::uint64_t off, std::uint64_t len) override { inner_->discard(off, len); }
@@ -54,9 +64,11 @@ class ProtectedTransport final : public net::Transport {
   void fork_child() override { inner_->fork_child(); }
 
   const std::unique_ptr<net::Transport> inner_;
-  PageSeal seal_;
+  const std::size_t piece_;
+  const bool member_;
+  PageSeal seal_;  // its own key: a pool's servers never share a nonce
   // Statistics (FARMEM_STATS "protect"); relaxed counters.
-  std::atomic<std::uint64_t> writes_{0}, reads_{0}, seal_ns_{0}, open_ns_{0};
+  std::atomic<std::uint64_t> writes_{0}, reads_{0}, seal_ns_{0}, open_ns_{0}, failed_checks_{0};
 };
 
 // One per core, like the queue pair it wraps; each post is an op slot (the
@@ -73,10 +85,10 @@ class ProtectedQueuePair final : public net::QueuePair {
     const std::uint64_t page = check(off, len);
     Op op{cookie, page, nullptr, bufs_.take(), t_.seal_.next_version(page), {}, true};
     const std::uint64_t t0 = now_ns();
-    cipher_.seal(page, op.version, local, op.buf, kPage, op.tag);
+    cipher_.seal(page, op.version, local, op.buf, t_.piece_, op.tag);
     t_.seal_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     char* buf = op.buf;
-    inner_->post_write(off, buf, kPage, ops_.take(op));
+    inner_->post_write(off, buf, t_.piece_, ops_.take(op));
   }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
@@ -87,7 +99,7 @@ class ProtectedQueuePair final : public net::QueuePair {
                     static_cast<unsigned long long>(page), t_.describe().c_str());
     std::memcpy(op.tag, t_.seal_.tag(page), PageSeal::kTag);
     char* buf = op.buf;
-    inner_->post_read(off, buf, kPage, ops_.take(op));
+    inner_->post_read(off, buf, t_.piece_, ops_.take(op));
   }
 
   void submit() override { inner_->submit(); }
@@ -110,11 +122,11 @@ class ProtectedQueuePair final : public net::QueuePair {
     bool write;
   };
 
-  static std::uint64_t check(std::uint64_t off, std::size_t len) {
-    if (len != kPage || off % kPage)
-      detail::fatal("the protected tier moves whole pages; got %zu bytes at offset %llu (a farmem bug)", len,
-                    static_cast<unsigned long long>(off));
-    return off / kPage;
+  std::uint64_t check(std::uint64_t off, std::size_t len) const {
+    if (len != t_.piece_ || off % t_.piece_)
+      detail::fatal("the protected tier moves whole units of %zu bytes; got %zu bytes at offset %llu (a farmem bug)",
+                    t_.piece_, len, static_cast<unsigned long long>(off));
+    return off / t_.piece_;
   }
 
   net::Completion finish(std::uint32_t slot, bool failed) {
@@ -128,8 +140,10 @@ class ProtectedQueuePair final : public net::QueuePair {
       return {op.cookie};
     }
     const std::uint64_t t0 = now_ns();
-    if (!cipher_.open(op.page, op.version, op.buf, op.dst, kPage, op.tag)) {
-      std::memset(op.dst, 0, kPage);  // whatever the check rejected never stays in a frame
+    if (!cipher_.open(op.page, op.version, op.buf, op.dst, t_.piece_, op.tag)) {
+      std::memset(op.dst, 0, t_.piece_);  // whatever the check rejected never stays in a frame
+      t_.failed_checks_.fetch_add(1, std::memory_order_relaxed);
+      if (t_.member_) return {op.cookie};  // zeros: the pool's checksum fails and it reads other pieces
       detail::fatal("far page %llu came back from %s altered, replayed or moved: it fails its AES-GCM check "
                     "(FARMEM_PROTECT=aead); the memory server or the path to it changed it",
                     static_cast<unsigned long long>(op.page), t_.inner_->describe().c_str());
@@ -155,7 +169,8 @@ std::string ProtectedTransport::stats_json() const {
   std::string j = "\"protect\":{\"cipher\":\"aes-256-gcm\",\"writes\":" + std::to_string(w) +
                   ",\"reads\":" + std::to_string(r) +
                   ",\"seal_ns_avg\":" + std::to_string(w ? seal_ns_.load(std::memory_order_relaxed) / w : 0) +
-                  ",\"open_ns_avg\":" + std::to_string(r ? open_ns_.load(std::memory_order_relaxed) / r : 0) + "}";
+                  ",\"open_ns_avg\":" + std::to_string(r ? open_ns_.load(std::memory_order_relaxed) / r : 0) +
+                  ",\"failed_checks\":" + std::to_string(failed_checks_.load(std::memory_order_relaxed)) + "}";
   if (std::string in = inner_->stats_json(); !in.empty()) j += "," + in;
   return j;
 }
@@ -163,9 +178,14 @@ std::string ProtectedTransport::stats_json() const {
 }  // namespace
 
 std::unique_ptr<net::Transport> protect_transport(const Config& cfg, std::unique_ptr<net::Transport> inner) {
-  if (!parse_protect(cfg.protect) || cfg.compress != "none") return inner;
-  if (std::string no = protect_refusal(cfg); !no.empty()) throw Error(no);
-  return std::make_unique<ProtectedTransport>(cfg, std::move(inner));
+  if (!parse_protect(cfg.protect) || cfg.compress != "none" || is_pool(cfg)) return inner;
+  return std::make_unique<ProtectedTransport>(cfg, std::move(inner), kPage, false);
+}
+
+std::unique_ptr<net::Transport> protect_member(const Config& cfg, std::unique_ptr<net::Transport> member,
+                                               std::size_t piece_bytes) {
+  if (!parse_protect(cfg.protect) || cfg.compress != "none") return member;
+  return std::make_unique<ProtectedTransport>(cfg, std::move(member), piece_bytes, true);
 }
 
 }  // namespace farmem::tier

@@ -7,7 +7,8 @@
 # flips a bit in pages and replays old versions of pages: the client stops
 # with the one-line error, exit status 1, never silent wrong data. The server
 # takes a token, which never shows in any recording (it is proven, not sent).
-# Bad values and a pool are refused with one line.
+# A pool with a tampering server rebuilds the bad pieces from the others. Bad
+# values are refused with one line.
 set -uo pipefail
 BENCH=$1
 SERVER=$2
@@ -74,8 +75,6 @@ MAIN_PORT=$PORT
 # 1. Bad values and combinations: one line naming the problem and the fix.
 expect_error "unknown value" "FARMEM_PROTECT='foo' is not none or aead; set FARMEM_PROTECT=aead" \
   env FARMEM_PROTECT=foo "$BENCH" --working-set 16M --ops 1000
-expect_error "protection over a pool" "with a pool of servers is not supported yet; use one server, or FARMEM_PROTECT=none" \
-  env FARMEM_PROTECT=aead FARMEM_BACKEND=tcp://127.0.0.1:$PORT,tcp://127.0.0.1:$PORT "$BENCH" --working-set 16M --ops 1000
 if [[ -n $RUN ]]; then
   expect_error "farmem-run names its option" "^farmem-run: --protect 'foo' is not none or aead" "$RUN" --protect foo -- true
 fi
@@ -149,7 +148,28 @@ for mode in flip replay; do
   else bad "$mode with protection: rc $RC, '$ERR', $OUT $(tail -3 "$tmp/tamper.err")"; fi
 done
 
-# 4. The token: proven on every connection above, never in the traffic.
+# 4. A pool (ec:2+1 over three servers), one of them behind a relay that flips
+#    a bit in every piece it sends back: each bad piece fails its check, the
+#    pool rebuilds the page from the other two, every word is verified.
+POOL=""
+for i in 1 2; do
+  start_tcp_server "p$i" --capacity 1G --token-file "$tmp/token"
+  POOL+="tcp://127.0.0.1:$PORT,"
+done
+start_tcp_server p3 --capacity 1G --token-file "$tmp/token"
+start_relay pool-flip flip
+OUT=$(FARMEM_STATS=1 FARMEM_BACKEND="${POOL}tcp://127.0.0.1:$RPORT" FARMEM_REDUNDANCY=ec:2+1 FARMEM_FAR_MEM=256M \
+      FARMEM_PROTECT=aead timeout 120 "$BENCH" --working-set 24M --local-mem 8M --ops 20000 --json 2>"$tmp/pool.err")
+RC=$?
+kill "$RPID" 2>/dev/null; wait "$RPID" 2>/dev/null
+st=$(grep farmem_stats "$tmp/pool.err")
+failed=$(grep -o '"failed_checks":[0-9]*' <<<"$st" | awk -F: '{s += $2} END {print s + 0}')
+if ((RC == 0)) && [[ $OUT == *'"verified":true'* ]] && ((${failed:-0} > 0)) && grep -q '"checksum_retries":[1-9]' <<<"$st"; then
+  ok "a pool with one tampering server: verified, $failed pieces failed their check and were rebuilt"
+else bad "pool with a tampering server: rc $RC, failed checks '${failed}', $OUT $(grep -v farmem_stats "$tmp/pool.err" | tail -3) $st"; fi
+PORT=$MAIN_PORT
+
+# 5. The token: proven on every connection above, never in the traffic.
 recs=("$tmp"/*.rec)
 if ((${#recs[@]} >= 3)) && ! grep -q "$TOKEN" "${recs[@]}" && grep -q "$TOKEN" "$tmp/token"; then
   ok "the token is in none of ${#recs[@]} recordings ($(cat "${recs[@]}" | wc -c) bytes)"

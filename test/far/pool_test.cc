@@ -160,10 +160,11 @@ TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy r
   CHECK(stat(st, "repair_ms") * kRate / 1000 >= (pages - 64) * 4096);
 }
 
-TEST_CASE("ec:2+1 over 4 servers with lz4: each server's pieces compressed, one killed mid-run, nothing lost",
-          "[ec_compress]") {
+TEST_CASE("ec:2+1 over 4 servers with lz4 and aead: each server's pieces compressed and sealed, one killed "
+          "mid-run, nothing lost", "[ec_compress]") {
   Servers s(4);
   setenv("FARMEM_COMPRESS", "lz4", 1);
+  setenv("FARMEM_PROTECT", "aead", 1);
   if (!test::kSanitized) setenv("FARMEM_TEST_BYTES", "48M", 0);  // the long cases are the others
   g_value_mask = 0xffffff;
   std::string st;
@@ -172,6 +173,7 @@ TEST_CASE("ec:2+1 over 4 servers with lz4: each server's pieces compressed, one 
   }, "", &st);
   g_value_mask = ~std::uint64_t{0};
   unsetenv("FARMEM_COMPRESS");
+  unsetenv("FARMEM_PROTECT");
   CHECK(bad == 0);
   INFO(st);
   CHECK(stat(st, "pages_repaired") > 0);
@@ -189,13 +191,29 @@ TEST_CASE("ec:2+1 over 4 servers with lz4: each server's pieces compressed, one 
   CHECK(compressed == 3);
 }
 
-TEST_CASE("replicas:2 over 3 servers: one stopped longer than the timeout, nothing lost, redundancy restored",
-          "[replicas_stop]") {
+TEST_CASE("replicas:2 over 3 servers, sealed (aead): one stopped longer than the timeout, nothing lost, "
+          "redundancy restored", "[replicas_stop]") {
   Servers s(3);
+  setenv("FARMEM_PROTECT", "aead", 1);
+  std::string st;
   const std::uint64_t bad = run_workload(s.backend(), "replicas:2", 1000, [&](int sixth) {
     if (sixth == 2) kill(s.all[2].pid, SIGSTOP);
-  });
+  }, "", &st);
+  unsetenv("FARMEM_PROTECT");
   CHECK(bad == 0);
+  INFO(st);
+  // Each live server's pages went out sealed, and none failed its check.
+  const std::size_t members = st.find("\"members\":[");
+  REQUIRE(members != std::string::npos);
+  unsigned sealed = 0;
+  for (std::size_t at = st.find("\"protect\":{", members); at != std::string::npos;
+       at = st.find("\"protect\":{", at + 1)) {
+    const std::string one = st.substr(at, st.find('}', at) - at);
+    CHECK(stat(one, "writes") > 0);
+    CHECK(stat(one, "failed_checks") == 0);
+    ++sealed;
+  }
+  CHECK(sealed >= 2);
 }
 
 TEST_CASE("ec:2+1 over 3 servers: losing two ends the program with one line and exit status 1", "[lost]") {

@@ -2,7 +2,8 @@
 // sealed pieces): pages round-trip through the layer, the store under it never
 // holds their bytes in the clear, and a page that comes back altered, replayed
 // (an older version of itself) or moved (another page's bytes) stops the
-// program with one line naming the server and the page. End to end it runs in
+// program with one line naming the server and the page, or, under a pool,
+// comes back as zeros for the pool to rebuild. End to end it runs in
 // the integrity_aead far test and test/cli/protect_test.sh (a relay in between).
 #include <catch2/catch.hpp>
 
@@ -65,14 +66,21 @@ struct Tier {
   Bytes* bytes;
   std::unique_ptr<farmem::net::Transport> t;
   std::unique_ptr<farmem::net::QueuePair> qp;
-  Tier(const char* protect, const char* compress) {
+  std::size_t unit = 4096;
+  // piece > 0: one server of a pool whose pieces are that many bytes.
+  Tier(const char* protect, const char* compress, std::size_t piece = 0) {
     farmem::Config cfg;
     cfg.protect = protect;
     cfg.compress = compress;
     cfg.far_mem_bytes = 16 << 20;
     auto b = std::make_unique<Bytes>();
     bytes = b.get();
-    t = protect_transport(cfg, compress_transport(cfg, std::move(b)));  // as net::connect stacks them
+    if (piece) {  // as tier/pool.cc stacks them
+      unit = piece;
+      t = protect_member(cfg, compress_member(cfg, "bytes-server", std::move(b), piece), piece);
+    } else {
+      t = protect_transport(cfg, compress_transport(cfg, std::move(b)));  // as net::connect stacks them
+    }
     qp = t->create_qp();
   }
   void wait_for(std::size_t n) {
@@ -85,12 +93,12 @@ struct Tier {
     }
   }
   void write(std::uint64_t page, const void* p) {
-    qp->post_write(page * 4096, p, 4096, page);
+    qp->post_write(page * unit, p, unit, page);
     qp->submit();
     wait_for(1);
   }
   void read(std::uint64_t page, void* p) {
-    qp->post_read(page * 4096, p, 4096, page);
+    qp->post_read(page * unit, p, unit, page);
     qp->submit();
     wait_for(1);
   }
@@ -234,11 +242,27 @@ TEST_CASE("an altered, replayed or moved page stops the program with one line na
   }
 }
 
-TEST_CASE("protection with a pool is refused with the fix") {
-  farmem::Config cfg;
-  cfg.protect = "aead";
-  cfg.backend = "tcp://127.0.0.1:1,tcp://127.0.0.1:2";
-  CHECK_THAT(protect_refusal(cfg), Catch::Contains("use one server, or FARMEM_PROTECT=none"));
-  cfg.protect = "none";
-  CHECK(protect_refusal(cfg).empty());
+TEST_CASE("a pool server's piece that fails its check comes back as zeros and is counted") {
+  for (const char* compress : {"none", "lz4"}) {
+    INFO(compress);
+    Tier tier("aead", compress, 2048);  // ec:2+M pieces
+    alignas(4096) std::uint64_t w[512], back[512];
+    marked_page(w, 3, 0);
+    tier.write(3, w);  // the first half of the page is piece 3 on this server
+    tier.write(4, w + 256);
+    CHECK_FALSE(tier.bytes->holds("MARKER-3-0-END"));
+    tier.read(3, back);  // kept when read (the pool's redundancy): read it again below
+    REQUIRE(std::memcmp(w, back, 2048) == 0);
+    auto [off, len] = tier.bytes->writes[0];
+    tier.bytes->mem[off + len / 2] ^= 0x08;
+    std::memset(back, 0x5a, sizeof back);
+    tier.read(3, back);  // not the end of the program: the pool reads the other servers
+    CHECK(std::all_of(reinterpret_cast<unsigned char*>(back), reinterpret_cast<unsigned char*>(back) + 2048,
+                      [](unsigned char c) { return c == 0; }));
+    tier.read(4, back);
+    CHECK(std::memcmp(w + 256, back, 2048) == 0);
+    const std::string st = tier.t->stats_json();
+    INFO(st);
+    CHECK(st.find(std::string(compress) == "none" ? "\"failed_checks\":1" : "\"damaged\":1") != std::string::npos);
+  }
 }
