@@ -42,6 +42,7 @@ struct Config {
   bool ec_spare_read = true;           // ec:K+M: ask K+1 pieces and take the first K that arrive
   std::string compress = "none";       // far pages compressed: none, lz4, zstd or zstd:LEVEL
   std::string protect = "none";        // far pages encrypted and checked: none or aead (AES-256-GCM)
+  unsigned compact_pct = 20;           // compressed tier: holes (% of the server's spans) that start compaction; 0 = off
   std::uint64_t repair_rate = 256ull << 20;  // bytes of pages a second a pool rebuilds at most; 0 = no limit
   std::string token_file;              // shared secret for a networked memory server
   std::string redis_auth_file;         // redis://: "password" or "user password" (else from the URI)

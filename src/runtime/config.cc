@@ -143,6 +143,13 @@ Config Config::from_env() {
     c.protect = lower(trim(v));
     tier::parse_protect(c.protect);  // a bad value is named now
   }
+  if (const char* v = env("FARMEM_COMPACT")) {
+    const std::string t = lower(trim(v));
+    std::uint64_t pct = t == "off" ? 0 : parse_u64("FARMEM_COMPACT", v);
+    if (pct > 90)
+      throw Error(std::string("FARMEM_COMPACT=") + v + " is out of range; use 1 to 90 (percent of holes) or 0 (off)");
+    c.compact_pct = static_cast<unsigned>(pct);
+  }
   if (const char* v = env("FARMEM_SERVER_TIMEOUT")) c.server_timeout_ms = parse_ms("FARMEM_SERVER_TIMEOUT", v);
   if (const char* v = env("FARMEM_EC_SPARE_READ")) {
     const std::string b = lower(trim(v));

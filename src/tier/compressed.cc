@@ -18,6 +18,15 @@
 // frame and checked against its CRC: a damaged piece ends the program with one
 // line, never reaches it.
 //
+// Compaction (FARMEM_COMPACT): when the holes in the server's spans pass a
+// share of what it holds, a thread of the layer's own moves the live pieces of
+// the sparsest spans into holes elsewhere (read, write, then publish the new
+// location with a compare-and-swap) and the emptied spans go back to the
+// server. A move bumps the location word's generation; a read that completes
+// and finds its page's location changed reads it again from the new place (its
+// old bytes may already be reused), and a write-back whose commit finds its
+// page moved meanwhile replaces the moved copy. Sealed pieces move as they are.
+//
 // With FARMEM_PROTECT=aead too (compress, then encrypt), every piece that
 // leaves is sealed whole (padding and all) with tier/page_seal.cc, under the
 // far page's number and a new version, and opened before it is decompressed;
@@ -28,14 +37,19 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "farmem/runtime.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
+#include "runtime/runtime.hpp"
 #include "tier/compressor.hpp"
 #include "tier/packed_store.hpp"
 #include "tier/page_seal.hpp"
@@ -52,15 +66,22 @@ constexpr std::size_t kPage = 4096;
 // The location word: 0 = nothing stored.
 //   bit 63      stored
 //   bit 62      a page of zeros (nothing on the server)
+//   bits 53-61  generation: how often compaction moved the piece (mod 512)
 //   bits 0-12   stored length in bytes (4096: the page as it is)
 //   bits 13-52  remote offset / 256
 constexpr std::uint64_t kStored = 1ull << 63, kZero = 1ull << 62;
-inline std::uint64_t make_loc(std::uint64_t off, std::size_t len) {
-  return kStored | ((off >> 8) << 13) | len;
+inline std::uint64_t make_loc(std::uint64_t off, std::size_t len, std::uint64_t gen = 0) {
+  return kStored | ((gen & 0x1ff) << 53) | ((off >> 8) << 13) | len;
 }
 inline std::size_t loc_len(std::uint64_t w) { return static_cast<std::size_t>(w & 0x1fff); }
 inline std::uint64_t loc_off(std::uint64_t w) { return ((w >> 13) & ((1ull << 40) - 1)) << 8; }
+inline std::uint64_t loc_gen(std::uint64_t w) { return (w >> 53) & 0x1ff; }
 inline bool has_piece(std::uint64_t w) { return (w & kStored) && !(w & kZero); }
+// True if `now` is `before`'s piece after compaction moved it (and nothing else changed it).
+inline bool moved(std::uint64_t before, std::uint64_t now) {
+  return has_piece(before) && has_piece(now) && now != before && loc_len(now) == loc_len(before) &&
+         loc_gen(now) != loc_gen(before);
+}
 
 
 bool is_zero_page(const void* p, std::size_t len) {
@@ -100,8 +121,12 @@ class CompressedTransport final : public net::Transport {
         store_(std::max<std::uint32_t>(256, unit), npages_ * page_),
         loc_(map_array<std::atomic<std::uint64_t>>(npages_)),
         crc_(map_array<std::atomic<std::uint32_t>>(npages_)),
-        seal_(parse_protect(cfg.protect) ? std::make_unique<PageSeal>(npages_) : nullptr) {}  // its own key per server
+        seal_(parse_protect(cfg.protect) ? std::make_unique<PageSeal>(npages_) : nullptr),  // its own key per server
+        compact_pct_(cfg.compact_pct) {
+    if (compact_pct_) compactor_ = std::thread([this] { compact_loop(); });
+  }
   ~CompressedTransport() override {
+    stop_compactor();
     munmap(loc_, npages_ * sizeof *loc_);
     munmap(crc_, npages_ * sizeof *crc_);
   }
@@ -115,7 +140,10 @@ class CompressedTransport final : public net::Transport {
     }
   }
   std::uint64_t remote_usage() override { return inner_->remote_usage(); }
-  void shutdown() override { inner_->shutdown(); }
+  void shutdown() override {
+    stop_compactor();
+    inner_->shutdown();
+  }
   std::string describe() const override { return inner_->describe() + ", compressed with " + spec_.name(); }
   // The server alone, for the line that says a sealed piece failed its check.
   std::string server() const { return inner_->describe(); }
@@ -125,17 +153,23 @@ class CompressedTransport final : public net::Transport {
   bool connected() const override { return inner_->connected(); }
   bool drops_copy_on_read() const override { return !member_; }
   void sync_discards() override { inner_->sync_discards(); }
+  // The compactor is parked across fork (no move is half done in the child,
+  // which has no compactor and only reads).
   bool fork_prepare() override {
+    compact_mu_.lock();
     store_.lock();
     return inner_->fork_prepare();
   }
   void fork_parent() override {
     inner_->fork_parent();
     store_.unlock();
+    compact_mu_.unlock();
   }
   void fork_child() override {
     inner_->fork_child();
     store_.unlock();
+    compactor_stop_ = true;  // the thread is not in the child
+    compact_mu_.unlock();
   }
 
   // A page's stored piece is no longer needed: free it, and give a span that
@@ -167,14 +201,14 @@ class CompressedTransport final : public net::Transport {
   // A piece for `units` units. A span given back earlier is written to only
   // after the discards sent for it have reached the server, so a late discard
   // cannot erase a new piece.
-  std::uint64_t alloc(unsigned units) {
+  std::uint64_t alloc(unsigned units, std::uint64_t page) {
     bool sync = false;
-    std::uint64_t off = store_.alloc(units, &sync);
+    std::uint64_t off = store_.alloc(units, page, &sync);
     if (sync) {
       const std::size_t n = store_.to_sync();
       inner_->sync_discards();
       store_.synced(n);
-      off = store_.alloc(units, &sync);
+      off = store_.alloc(units, page, &sync);
     }
     if (off == UINT64_MAX)
       detail::fatal("far memory is full: the compressed tier used up FARMEM_FAR_MEM (%llu MiB) of address space "
@@ -196,6 +230,24 @@ class CompressedTransport final : public net::Transport {
   // Statistics (FARMEM_STATS "compress"); relaxed counters.
   std::atomic<std::uint64_t> pages_{0}, zero_pages_{0}, raw_pages_{0}, data_stored_{0};
   std::atomic<std::uint64_t> writes_{0}, reads_{0}, compress_ns_{0}, decompress_ns_{0}, damaged_{0};
+  std::atomic<std::uint64_t> moved_pieces_{0}, moved_bytes_{0}, reread_after_move_{0};
+
+  // Compaction (compaction.cc's part of this layer, below).
+  void compact_loop();
+  bool compact_once(net::QueuePair& qp);
+  void stop_compactor() {
+    {
+      std::lock_guard<std::mutex> g(compact_mu_);
+      compactor_stop_ = true;
+    }
+    compact_cv_.notify_all();
+    if (compactor_.joinable()) compactor_.join();
+  }
+  const unsigned compact_pct_;  // holes, in percent of the spans, that start compaction; 0 = never
+  std::mutex compact_mu_;       // held while the compactor works (and across fork)
+  std::condition_variable compact_cv_;
+  bool compactor_stop_ = false;
+  std::thread compactor_;
 };
 
 // One per core, like the queue pair it wraps. Work the inner queue pair does
@@ -243,7 +295,7 @@ class CompressedQueuePair final : public net::QueuePair {
       src = op.buf;
     }
     t_.compress_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
-    const std::uint64_t remote = t_.alloc(units);
+    const std::uint64_t remote = t_.alloc(units, page);
     op.new_w = make_loc(remote, n);
     const std::uint32_t slot = ops_.take(op);
     inner_->post_write(remote, src, std::size_t{units} * unit, slot);
@@ -289,7 +341,8 @@ class CompressedQueuePair final : public net::QueuePair {
     if (n == max || ops_.idle()) return n;
     net::Completion got[64];
     const std::size_t k = inner_->poll(got, std::min<std::size_t>(max - n, 64));
-    for (std::size_t i = 0; i < k; ++i) out[n++] = finish(static_cast<std::uint32_t>(got[i].cookie), got[i].failed);
+    for (std::size_t i = 0; i < k; ++i)
+      if (finish(static_cast<std::uint32_t>(got[i].cookie), got[i].failed, &out[n])) ++n;
     return n;
   }
 
@@ -316,9 +369,28 @@ class CompressedQueuePair final : public net::QueuePair {
                     static_cast<unsigned long long>(off));
   }
 
-  net::Completion finish(std::uint32_t slot, bool failed) {
+  // The op in `slot` is done: its completion goes to *out (true), or, for a
+  // read whose piece compaction moved meanwhile, the read is posted again at
+  // the new place (false: nothing to report yet).
+  bool finish(std::uint32_t slot, bool failed, net::Completion* out) {
     Op op = ops_[slot];
+    if (!op.write && !failed) {
+      const std::uint64_t now = t_.loc_[op.page].load(std::memory_order_acquire);
+      if (moved(op.w, now)) {  // the bytes read may be another page's by now
+        t_.reread_after_move_.fetch_add(1, std::memory_order_relaxed);
+        ops_[slot].w = now;
+        const std::size_t bytes = std::size_t{t_.store_.units_for(loc_len(now))} * t_.store_.unit();
+        inner_->post_read(loc_off(now), op.buf ? static_cast<void*>(op.buf) : op.dst, bytes, slot);
+        inner_->submit();
+        return false;
+      }
+    }
     ops_.free(slot);
+    *out = finish(op, failed);
+    return true;
+  }
+
+  net::Completion finish(Op& op, bool failed) {
     if (op.write) {
       if (op.buf) bufs_.give(op.buf);
       if (failed) {
@@ -378,16 +450,20 @@ class CompressedQueuePair final : public net::QueuePair {
   }
 
   // Publishes a page's new location if it still has the one it had when its
-  // write was posted (a far free may have dropped it meanwhile), and frees the
-  // piece that is no longer used.
+  // write was posted, or that piece moved by compaction, and frees the piece
+  // that is no longer used. Anything else (a far free dropped it meanwhile)
+  // leaves the new piece unused.
   void commit(std::uint64_t page, std::uint64_t before, std::uint64_t now) {
     std::uint64_t expect = before;
-    if (t_.loc_[page].compare_exchange_strong(expect, now, std::memory_order_acq_rel)) {
-      t_.count(now, 1);
-      t_.release(before);
-    } else if (has_piece(now)) {
-      t_.free_piece(now);
+    while (!t_.loc_[page].compare_exchange_strong(expect, now, std::memory_order_acq_rel)) {
+      if (!moved(before, expect)) {
+        if (has_piece(now)) t_.free_piece(now);
+        return;
+      }
+      before = expect;  // the moved copy is the one this write replaces
     }
+    t_.count(now, 1);
+    t_.release(before);
   }
 
   CompressedTransport& t_;
@@ -398,6 +474,90 @@ class CompressedQueuePair final : public net::QueuePair {
   PageBuffers bufs_{"compressed tier"};
   std::deque<net::Completion> ready_;
 };
+
+// ---- Compaction ----------------------------------------------------------
+
+// Holes below this are not worth a move, whatever their share.
+constexpr std::uint64_t kMinHoles = 1ull << 20;
+
+void CompressedTransport::compact_loop() {
+  detail::g_internal_alloc = 1;  // under the shim: never allocate from the region
+  std::unique_ptr<net::QueuePair> qp;  // its own, made when first needed
+  std::unique_lock<std::mutex> g(compact_mu_);
+  while (!compactor_stop_) {
+    compact_cv_.wait_for(g, std::chrono::milliseconds(100));
+    for (;;) {  // until the holes are below the mark or nothing more can move
+      if (compactor_stop_) break;
+      const PackedStore::Usage u = store_.usage();
+      const std::uint64_t holes = u.span_bytes - u.piece_bytes;
+      if (holes < kMinHoles || holes * 100 < std::uint64_t{compact_pct_} * u.span_bytes) break;
+      if (!qp) qp = inner_->create_qp();
+      if (!compact_once(*qp)) break;
+    }
+  }
+  qp.reset();
+}
+
+// Moves the live pieces of a few of the sparsest spans: reads them all, writes
+// each into a hole elsewhere, then publishes each new location if the page
+// still has the piece that was read. Returns false if there was nothing to move.
+bool CompressedTransport::compact_once(net::QueuePair& qp) {
+  std::vector<std::uint64_t> spans;
+  const std::vector<PackedStore::Piece> pieces = store_.drain(8, &spans);
+  struct Move {
+    std::uint64_t page, w, new_w;
+    unsigned units;
+    char* buf;
+    bool ok;
+  };
+  std::vector<Move> moves;
+  PageBuffers bufs("compactor");
+  for (const PackedStore::Piece& p : pieces) {
+    const std::uint64_t w = loc_[p.owner].load(std::memory_order_acquire);
+    if (has_piece(w) && loc_off(w) == p.off) moves.push_back({p.owner, w, 0, p.units, bufs.take(), false});
+  }
+  const std::size_t unit = store_.unit();
+  auto run = [&](bool write) {  // posts every move's read or write, and waits for them
+    std::size_t pending = 0;
+    for (std::size_t i = 0; i < moves.size(); ++i) {
+      Move& m = moves[i];
+      if (write && !m.ok) continue;
+      m.ok = false;
+      if (write) qp.post_write(loc_off(m.new_w), m.buf, m.units * unit, i);
+      else qp.post_read(loc_off(m.w), m.buf, m.units * unit, i);
+      ++pending;
+    }
+    qp.submit();
+    net::Completion c[64];
+    while (pending) {
+      const std::size_t k = qp.poll(c, 64);
+      for (std::size_t i = 0; i < k; ++i) moves[c[i].cookie].ok = !c[i].failed;
+      pending -= k;
+      if (k == 0) qp.wait(1000);
+    }
+  };
+  run(false);
+  for (Move& m : moves)
+    if (m.ok) m.new_w = make_loc(alloc(m.units, m.page), loc_len(m.w), loc_gen(m.w) + 1);
+  run(true);
+  for (Move& m : moves) {
+    if (m.new_w == 0) continue;  // its read failed
+    std::uint64_t expect = m.w;
+    if (m.ok && loc_[m.page].compare_exchange_strong(expect, m.new_w, std::memory_order_acq_rel)) {
+      free_piece(m.w);
+      moved_pieces_.fetch_add(1, std::memory_order_relaxed);
+      moved_bytes_.fetch_add(m.units * unit, std::memory_order_relaxed);
+    } else {
+      free_piece(m.new_w);  // the page changed meanwhile (or the write failed): its new piece is unused
+    }
+  }
+  for (std::uint64_t s : spans)
+    if (PackedStore::Range r = store_.undrain(s); r.len) {
+      inner_->discard(r.off, r.len);
+      store_.given_back(r);
+    }
+  return !moves.empty();
+}
 
 std::unique_ptr<net::QueuePair> CompressedTransport::create_qp() {
   return std::make_unique<CompressedQueuePair>(*this, inner_->create_qp());
@@ -422,7 +582,11 @@ std::string CompressedTransport::stats_json() const {
                   std::to_string(writes ? compress_ns_.load(std::memory_order_relaxed) / writes : 0) +
                   ",\"decompress_ns_avg\":" +
                   std::to_string(reads ? decompress_ns_.load(std::memory_order_relaxed) / reads : 0) +
-                  ",\"damaged\":" + std::to_string(damaged_.load(std::memory_order_relaxed)) + "}";
+                  ",\"damaged\":" + std::to_string(damaged_.load(std::memory_order_relaxed)) +
+                  ",\"moved_pieces\":" + std::to_string(moved_pieces_.load(std::memory_order_relaxed)) +
+                  ",\"moved_bytes\":" + std::to_string(moved_bytes_.load(std::memory_order_relaxed)) +
+                  ",\"reread_after_move\":" + std::to_string(reread_after_move_.load(std::memory_order_relaxed)) +
+                  "}";
   if (std::string in = inner_->stats_json(); !in.empty()) j += "," + in;
   return j;
 }

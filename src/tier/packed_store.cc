@@ -1,6 +1,7 @@
 // The size-class piece allocator of the compressed tier (see packed_store.hpp).
 #include "tier/packed_store.hpp"
 
+#include <algorithm>
 #include <bit>
 
 namespace farmem::tier {
@@ -13,7 +14,7 @@ PackedStore::PackedStore(std::uint32_t unit, std::uint64_t space)
     : unit_(unit), n_(static_cast<unsigned>(kPage / unit)), space_(space), partial_(n_ + 1),
       free_spans_(n_ + 1) {}
 
-std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
+std::uint64_t PackedStore::alloc(unsigned units, std::uint64_t owner, bool* sync) {
   std::lock_guard<std::mutex> g(mu_);
   *sync = false;
   piece_bytes_ += std::uint64_t{units} * unit_;
@@ -23,6 +24,7 @@ std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
     Span& s = spans_[base];
     const unsigned slot = static_cast<unsigned>(std::countr_one(s.used));
     s.used |= 1u << slot;
+    s.owner[slot] = owner;
     if (std::popcount(s.used) == static_cast<int>(n_)) drop_partial(units, s);
     return base + std::uint64_t{slot} * units * unit_;
   }
@@ -53,6 +55,7 @@ std::uint64_t PackedStore::alloc(unsigned units, bool* sync) {
   Span& s = spans_[base];
   s.units = units;
   s.used = 1;
+  s.owner[0] = owner;
   if (n_ > 1) {
     s.partial_pos = static_cast<std::uint32_t>(part.size());
     part.push_back(base);
@@ -86,15 +89,67 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
   piece_bytes_ -= std::uint64_t{units} * unit_;
   const bool was_full = std::popcount(s.used) == static_cast<int>(n_);
   s.used &= ~(1u << slot);
-  if (s.used == 0) {  // empty: give it back to the server
+  if (s.used == 0 && !s.draining) {  // empty: give it back to the server
     drop_partial(units, s);
     spans_.erase(it);
     span_bytes_ -= span_bytes;
     return {base, span_bytes};
   }
-  if (was_full) {
+  if (was_full && !s.draining) {
     s.partial_pos = static_cast<std::uint32_t>(partial_[units].size());
     partial_[units].push_back(base);
+  }
+  return {};
+}
+
+std::vector<PackedStore::Piece> PackedStore::drain(std::size_t max_spans, std::vector<std::uint64_t>* spans) {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<Piece> out;
+  for (unsigned units = 1; units < partial_.size() && spans->size() < max_spans; ++units) {
+    // The class's partly used spans, emptiest first. One is drained only if
+    // its pieces, and those of the spans drained before it, fit in the holes
+    // of the spans that stay: every move then fills a hole, and every drained
+    // span goes back to the server whole.
+    std::vector<std::pair<int, std::uint64_t>> part;
+    std::uint64_t holes = 0;
+    for (std::uint64_t base : partial_[units]) {
+      const int used = std::popcount(spans_[base].used);
+      part.emplace_back(used, base);
+      holes += n_ - static_cast<unsigned>(used);
+    }
+    std::sort(part.begin(), part.end());
+    std::uint64_t moving = 0;
+    for (const auto& [used, base] : part) {
+      if (spans->size() >= max_spans) break;
+      holes -= n_ - static_cast<unsigned>(used);  // this span's holes are not a destination
+      if (holes < moving + static_cast<unsigned>(used)) break;
+      moving += static_cast<unsigned>(used);
+      Span& s = spans_[base];
+      drop_partial(units, s);
+      s.draining = true;
+      spans->push_back(base);
+      for (unsigned slot = 0; slot < n_; ++slot)
+        if (s.used & (1u << slot)) out.push_back({base + std::uint64_t{slot} * units * unit_, s.owner[slot], units});
+    }
+  }
+  return out;
+}
+
+PackedStore::Range PackedStore::undrain(std::uint64_t span) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = spans_.find(span);
+  if (it == spans_.end() || !it->second.draining) return {};
+  Span& s = it->second;
+  s.draining = false;
+  if (s.used == 0) {
+    const std::uint64_t bytes = std::uint64_t{s.units} * kPage;
+    spans_.erase(it);
+    span_bytes_ -= bytes;
+    return {span, bytes};
+  }
+  if (std::popcount(s.used) < static_cast<int>(n_)) {
+    s.partial_pos = static_cast<std::uint32_t>(partial_[s.units].size());
+    partial_[s.units].push_back(span);
   }
   return {};
 }

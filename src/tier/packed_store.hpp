@@ -8,9 +8,14 @@
 // Holes are refilled first (an allocation takes a free slot of a partly used
 // span before a new span), and a span whose last piece is freed goes back to
 // the server (discard), so the server's memory follows the stored bytes, not
-// the page count. All of it sits behind one mutex: only the evictor allocates,
-// and frees come with write completions and far frees.
+// the page count. Holes that nothing refills (the far footprint shrank) are
+// reclaimed by compaction: drain() hands out the live pieces of the sparsest
+// spans, with the page each belongs to, and keeps new pieces out of those spans
+// while the compressed tier moves them elsewhere. All of it sits behind one
+// mutex: the evictor and the compactor allocate, and frees come with write
+// completions, far frees and moves.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <mutex>
 #include <map>
@@ -32,7 +37,8 @@ class PackedStore {
   // makes sure those discards reached the server (Transport::sync_discards),
   // calls synced() and asks again; otherwise the address space is used up.
   // Reusing spans keeps the address space, and the server's page tables, small.
-  std::uint64_t alloc(unsigned units, bool* sync);
+  // owner: the page the piece holds (what drain() reports).
+  std::uint64_t alloc(unsigned units, std::uint64_t owner, bool* sync);
   // How many given-back spans the caller is about to make sure of, and then
   // that it did: only those become reusable (others may be given back, and
   // their discards sent, while it waits).
@@ -47,8 +53,22 @@ class PackedStore {
   Range free(std::uint64_t off, unsigned units);
   void given_back(Range r);
 
+  // Compaction. Up to max_spans partly used spans, the emptiest of each class
+  // first and only as many as the holes of the class's other spans can take,
+  // are taken out of the allocation lists (no new piece goes there, and a
+  // draining span is kept even when emptied, so no slot of it is reused while
+  // its pieces move) and their live pieces returned. undrain() puts a span
+  // that kept some back in the lists, or returns the range of an empty one,
+  // which the caller discards and hands to given_back().
+  struct Piece {
+    std::uint64_t off, owner;
+    unsigned units;
+  };
+  std::vector<Piece> drain(std::size_t max_spans, std::vector<std::uint64_t>* spans);
+  Range undrain(std::uint64_t span);
+
   struct Usage {
-    std::uint64_t spans = 0, span_bytes = 0, piece_bytes = 0;
+    std::uint64_t spans = 0, span_bytes = 0, piece_bytes = 0;  // span_bytes - piece_bytes: the holes
   };
   Usage usage() const;
 
@@ -61,6 +81,8 @@ class PackedStore {
     std::uint32_t used = 0;  // bitmap of its n slots
     unsigned units = 0;
     std::uint32_t partial_pos = UINT32_MAX;  // index in partial_[units], or none
+    bool draining = false;                   // being compacted: takes no new piece
+    std::array<std::uint64_t, 16> owner{};   // the page in each slot (n <= 16)
   };
   void drop_partial(unsigned units, Span& s);
 

@@ -11,12 +11,17 @@
 
 #include <cstring>
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "../../bench/page_data.hpp"
+#include "far/test_support.hpp"
 #include "farmem/runtime.hpp"
 #include "tier/compressed.hpp"
 #include "tier/compressor.hpp"
@@ -65,15 +70,15 @@ TEST_CASE("the piece allocator fills holes first and gives empty spans back") {
   PackedStore s(256, 1 << 20);  // 16 pieces a span, 256 remote pages
   bool sync = true;
   std::vector<std::uint64_t> three;
-  for (int i = 0; i < 16; ++i) three.push_back(s.alloc(3, &sync));  // one span of 3 pages
+  for (int i = 0; i < 16; ++i) three.push_back(s.alloc(3, 0, &sync));  // one span of 3 pages
   CHECK_FALSE(sync);
   for (int i = 0; i < 16; ++i) CHECK(three[i] == std::uint64_t(i) * 768);
-  const std::uint64_t one = s.alloc(1, &sync);  // a new span of its own class
+  const std::uint64_t one = s.alloc(1, 0, &sync);  // a new span of its own class
   CHECK(one == 3 * 4096);
   CHECK(s.usage().spans == 2);
   CHECK(s.usage().piece_bytes == 16 * 768 + 256);
   CHECK(s.free(three[5], 3).len == 0);
-  CHECK(s.alloc(3, &sync) == three[5]);  // the hole, not a new span
+  CHECK(s.alloc(3, 0, &sync) == three[5]);  // the hole, not a new span
   for (auto off : three) {
     PackedStore::Range r = s.free(off, 3);
     if (off != three.back()) CHECK(r.len == 0);
@@ -87,50 +92,81 @@ TEST_CASE("the piece allocator fills holes first and gives empty spans back") {
   // A span given back is reused only once its discard is known to be done.
   int spans16 = 0;
   for (;;) {
-    if (s.alloc(16, &sync) == UINT64_MAX) break;
-    for (int i = 1; i < 16; ++i) s.alloc(16, &sync);
+    if (s.alloc(16, 0, &sync) == UINT64_MAX) break;
+    for (int i = 1; i < 16; ++i) s.alloc(16, 0, &sync);
     ++spans16;
   }
   CHECK(sync);  // the address space is used up; the span of threes waits for its discard
   CHECK(spans16 == (256 - 4) / 16);
   CHECK(s.to_sync() == 1);
   s.synced(1);
-  CHECK(s.alloc(16, &sync) == UINT64_MAX);  // three pages are too few for a span of sixteens
+  CHECK(s.alloc(16, 0, &sync) == UINT64_MAX);  // three pages are too few for a span of sixteens
   CHECK_FALSE(sync);
-  CHECK(s.alloc(3, &sync) == 0);  // but right for threes, before fresh space
-  for (int i = 1; i < 16; ++i) CHECK(s.alloc(3, &sync) == std::uint64_t(i) * 768);
-  CHECK(s.alloc(3, &sync) == std::uint64_t(244) * 4096);  // then fresh space
+  CHECK(s.alloc(3, 0, &sync) == 0);  // but right for threes, before fresh space
+  for (int i = 1; i < 16; ++i) CHECK(s.alloc(3, 0, &sync) == std::uint64_t(i) * 768);
+  CHECK(s.alloc(3, 0, &sync) == std::uint64_t(244) * 4096);  // then fresh space
 }
 
 namespace {
 
 // A byte-addressed store in this process, behind the transport interface: the
-// layer under test is the compressed tier, not a server.
+// layer under test is the compressed tier, not a server. Queue pairs may be
+// used from several threads (the compactor has its own): one lock, as a
+// server serializes its memory.
 struct Bytes final : farmem::net::Transport {
   std::vector<unsigned char> mem = std::vector<unsigned char>(64 << 20);
   std::uint64_t written = 0, discarded = 0;
+  std::mutex mu;
+  unsigned read_delay_us = 0;  // reads are done this late (at poll), as a server may
   struct Qp final : farmem::net::QueuePair {
     Bytes& b;
     std::deque<std::uint64_t> done;
+    struct Read {
+      std::uint64_t off;
+      void* local;
+      std::size_t len;
+      std::uint64_t cookie;
+    };
+    std::vector<Read> reads;
     explicit Qp(Bytes& b) : b(b) {}
     void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
       REQUIRE(off + len <= b.mem.size());
-      std::memcpy(local, &b.mem[off], len);
+      if (b.read_delay_us) {
+        reads.push_back({off, local, len, cookie});
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> g(b.mu);
+        std::memcpy(local, &b.mem[off], len);
+      }
       done.push_back(cookie);
     }
     void post_write(std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) override {
       REQUIRE(off + len <= b.mem.size());
-      std::memcpy(&b.mem[off], local, len);
-      b.written += len;
+      {
+        std::lock_guard<std::mutex> g(b.mu);
+        std::memcpy(&b.mem[off], local, len);
+        b.written += len;
+      }
       done.push_back(cookie);
     }
     void submit() override {}
     std::size_t poll(farmem::net::Completion* out, std::size_t max) override {
+      if (!reads.empty()) {
+        std::this_thread::sleep_for(std::chrono::microseconds(b.read_delay_us));
+        std::lock_guard<std::mutex> g(b.mu);
+        for (const Read& r : reads) {
+          std::memcpy(r.local, &b.mem[r.off], r.len);
+          done.push_back(r.cookie);
+        }
+        reads.clear();
+      }
       return farmem::net::take_completions(done, out, max);
     }
   };
   std::unique_ptr<farmem::net::QueuePair> create_qp() override { return std::make_unique<Qp>(*this); }
   void discard(std::uint64_t off, std::uint64_t len) override {
+    std::lock_guard<std::mutex> g(mu);
     std::memset(&mem[off], 0xdd, len);  // a discarded range must never be read again
     discarded += len;
   }
@@ -143,10 +179,12 @@ struct Tier {
   Bytes* bytes;
   std::unique_ptr<farmem::net::Transport> t;
   std::unique_ptr<farmem::net::QueuePair> qp;
-  explicit Tier(const char* codec) {
+  // compact_pct 0: no compactor, so what is stored is exactly what the test did.
+  explicit Tier(const char* codec, unsigned compact_pct = 0) {
     farmem::Config cfg;
     cfg.compress = codec;
     cfg.far_mem_bytes = 64 << 20;
+    cfg.compact_pct = compact_pct;
     auto b = std::make_unique<Bytes>();
     bytes = b.get();
     t = compress_transport(cfg, std::move(b));
@@ -252,6 +290,7 @@ TEST_CASE("a damaged stored piece stops the program with one line") {
 TEST_CASE("a pool server's pieces: compressed, kept when read, a damaged one handed up as zeros") {
   farmem::Config cfg;
   cfg.compress = "lz4";
+  cfg.compact_pct = 0;  // what is stored is what the test did
   cfg.far_mem_bytes = 64 << 20;
   auto b = std::make_unique<Bytes>();
   Bytes* bytes = b.get();
@@ -288,5 +327,161 @@ TEST_CASE("a pool server's pieces: compressed, kept when read, a damaged one han
   qp->submit();
   wait_one();
   CHECK(std::all_of(back, back + kPiece / 8, [](std::uint64_t w) { return w == 0; }));
-  CHECK(t->stats_json().find("\"damaged\":1}") != std::string::npos);
+  CHECK(t->stats_json().find("\"damaged\":1,") != std::string::npos);
+}
+
+TEST_CASE("the piece allocator drains its sparsest spans for compaction and keeps their slots until undrained") {
+  PackedStore s(256, 1 << 20);  // 16 pieces a span
+  bool sync = false;
+  std::vector<std::uint64_t> offs;
+  for (std::uint64_t page = 0; page < 64; ++page) offs.push_back(s.alloc(2, page, &sync));  // four spans of twos
+  for (std::uint64_t page = 0; page < 64; ++page)
+    if (page % 16 >= (page < 32 ? 2 : 12)) s.free(offs[page], 2);  // 2, 2, 12 and 12 left
+  std::vector<std::uint64_t> spans;
+  std::vector<PackedStore::Piece> pieces = s.drain(8, &spans);
+  // The two emptiest fit in the others' holes; a span of 12 does not (8 holes stay).
+  REQUIRE(spans.size() == 2);
+  CHECK(((spans[0] == offs[0] && spans[1] == offs[16]) || (spans[0] == offs[16] && spans[1] == offs[0])));
+  REQUIRE(pieces.size() == 4);
+  for (const PackedStore::Piece& p : pieces) {
+    CHECK(p.units == 2);
+    CHECK(offs[p.owner] == p.off);
+  }
+  // New pieces go to the spans that are not draining, then to a new one.
+  for (int i = 0; i < 8; ++i) CHECK(s.alloc(2, 100, &sync) >= offs[32]);
+  const std::uint64_t fresh = s.alloc(2, 101, &sync);
+  CHECK(fresh > offs[63]);
+  // A draining span emptied is not given back (its slots must not be reused
+  // while moves are in flight) until it is undrained.
+  for (std::uint64_t page = 0; page < 2; ++page) CHECK(s.free(offs[page], 2).len == 0);
+  PackedStore::Range r = s.undrain(offs[0]);
+  CHECK((r.off == offs[0] && r.len == 2 * 4096));
+  CHECK(s.undrain(offs[16]).len == 0);  // kept pieces: back in the lists
+  const std::uint64_t hole = s.alloc(2, 102, &sync);
+  CHECK(hole != fresh + 512);  // a hole again, not fresh space
+}
+
+namespace {
+
+// A page whose content says which page and which version it is.
+void versioned_page(std::uint64_t* w, std::uint64_t page, std::uint64_t version) {
+  bench::fill_page(page % 5 == 0 ? bench::PageData::Ints : bench::PageData::Text, page * 7 + version, w);
+  w[0] = page;
+  w[1] = version;
+}
+
+std::uint64_t stat_of(const std::string& s, const std::string& key) {
+  const std::size_t at = s.find("\"" + key + "\":");
+  return at == std::string::npos ? UINT64_MAX : std::stoull(s.substr(at + key.size() + 3));
+}
+
+}  // namespace
+
+TEST_CASE("compaction moves live pieces out of sparse spans, gives them back, and every page stays exact") {
+  Tier tier("lz4", 10);  // compaction when holes pass 10% of the spans
+  constexpr unsigned kPages = 3000;
+  alignas(4096) std::uint64_t w[512], back[512];
+  for (unsigned p = 0; p < kPages; ++p) {
+    versioned_page(w, p, 1);
+    tier.qp->post_write(std::uint64_t{p} * 4096, w, 4096, p);
+    tier.qp->submit();
+    tier.wait_for(1);
+  }
+  const std::uint64_t before = stat_of(tier.t->stats_json(), "stored_bytes");
+  for (unsigned p = 0; p < kPages; ++p)  // three in four freed, scattered: holes everywhere
+    if (p % 4 != 1) tier.t->discard(std::uint64_t{p} * 4096, 4096);
+  std::string s = tier.t->stats_json();
+  const std::uint64_t holey = stat_of(s, "stored_bytes");
+  INFO(s);
+  CHECK(holey > before / 2);  // without compaction most spans keep a piece
+  for (int i = 0; i < 200 && stat_of(tier.t->stats_json(), "stored_bytes") > holey / 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  s = tier.t->stats_json();
+  INFO(s);
+  CHECK(stat_of(s, "moved_pieces") > 0);
+  CHECK(stat_of(s, "stored_bytes") <= holey / 2);
+  // What is left is under the mark: holes below 1 MiB are not worth a move.
+  CHECK(stat_of(s, "stored_bytes") - stat_of(s, "piece_bytes") <= (1u << 20) + stat_of(s, "stored_bytes") / 10);
+  for (unsigned p = 1; p < kPages; p += 4) {  // every survivor exact
+    tier.qp->post_read(std::uint64_t{p} * 4096, back, 4096, p);
+    tier.qp->submit();
+    tier.wait_for(1);
+    versioned_page(w, p, 1);
+    REQUIRE(std::memcmp(back, w, 4096) == 0);
+  }
+}
+
+TEST_CASE("compaction races reads, write-backs and far frees without losing or tearing a page") {
+  Tier tier("lz4", 5);
+  tier.bytes->read_delay_us = 300;  // a read in flight while pieces move and spans go back
+  constexpr unsigned kPages = 4096, kThreads = 2;
+  std::vector<std::uint64_t> version(kPages, 0);  // each page is one thread's (p % kThreads); 0 = not stored
+  std::atomic<bool> failed{false}, enough{false};
+  auto worker = [&](unsigned id) {
+    std::uint64_t next = std::uint64_t{id} << 40;  // versions unique to the page
+    auto qp = tier.t->create_qp();
+    auto wait_one = [&] {
+      farmem::net::Completion c;
+      while (qp->poll(&c, 1) == 0) {
+      }
+      if (c.failed) failed = true;
+    };
+    alignas(4096) std::uint64_t w[512], back[512];
+    std::mt19937_64 rng(id);
+    auto read_check = [&](unsigned p) {  // read back (exclusive: no longer stored) and checked
+      qp->post_read(std::uint64_t{p} * 4096, back, 4096, p);
+      qp->submit();
+      wait_one();
+      versioned_page(w, p, version[p]);
+      if (std::memcmp(back, w, 4096) != 0) failed = true;
+      version[p] = 0;
+    };
+    auto write = [&](unsigned p) {  // written back, a new version
+      version[p] = ++next;
+      versioned_page(w, p, version[p]);
+      qp->post_write(std::uint64_t{p} * 4096, w, 4096, p);
+      qp->submit();
+      wait_one();
+    };
+    // Rounds of: every page written, three in four freed (holes for the
+    // compactor), the rest read, checked and half of them written again,
+    // while the compactor moves pieces under them.
+    for (int round = 0; !enough && !failed; ++round) {
+      for (unsigned p = id; p < kPages; p += kThreads)
+        if (version[p] == 0) write(p);
+      for (unsigned p = id; p < kPages; p += kThreads)
+        if ((p / kThreads + round) % 4 != 0) {
+          tier.t->discard(std::uint64_t{p} * 4096, 4096);
+          version[p] = 0;
+        }
+      for (unsigned p = id; p < kPages && !failed; p += kThreads) {
+        if (version[p] == 0) continue;
+        if (rng() % 2) read_check(p);
+        else write(p);
+      }
+    }
+    for (unsigned p = id; p < kPages && !failed; p += kThreads) {  // what is left, checked
+      if (version[p] == 0) continue;
+      qp->post_read(std::uint64_t{p} * 4096, back, 4096, p);
+      qp->submit();
+      wait_one();
+      versioned_page(w, p, version[p]);
+      if (std::memcmp(back, w, 4096) != 0) failed = true;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < kThreads; ++i) threads.emplace_back(worker, i);
+  // Until the compactor has moved enough pieces under the workers' feet.
+  const auto start = std::chrono::steady_clock::now();
+  const std::uint64_t want = farmem::test::kSanitized ? 100 : 2000;
+  while (!failed && stat_of(tier.t->stats_json(), "moved_pieces") < want &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(20))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  enough = true;
+  for (auto& t : threads) t.join();
+  const std::string s = tier.t->stats_json();
+  INFO(s);
+  CHECK_FALSE(failed.load());
+  CHECK(stat_of(s, "damaged") == 0);
+  CHECK(stat_of(s, "moved_pieces") > 0);
 }
