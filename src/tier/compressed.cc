@@ -123,7 +123,7 @@ class CompressedTransport final : public net::Transport {
         crc_(map_array<std::atomic<std::uint32_t>>(npages_)),
         seal_(parse_protect(cfg.protect) ? std::make_unique<PageSeal>(npages_) : nullptr),  // its own key per server
         compact_pct_(cfg.compact_pct) {
-    if (compact_pct_) compactor_ = std::thread([this] { compact_loop(); });
+    if (compact_pct_) compactor_ = std::make_unique<std::thread>([this] { compact_loop(); });
   }
   ~CompressedTransport() override {
     stop_compactor();
@@ -168,7 +168,8 @@ class CompressedTransport final : public net::Transport {
   void fork_child() override {
     inner_->fork_child();
     store_.unlock();
-    compactor_stop_ = true;  // the thread is not in the child
+    compactor_stop_ = true;
+    (void)compactor_.release();  // the thread is not in the child: nothing to join
     compact_mu_.unlock();
   }
 
@@ -241,13 +242,13 @@ class CompressedTransport final : public net::Transport {
       compactor_stop_ = true;
     }
     compact_cv_.notify_all();
-    if (compactor_.joinable()) compactor_.join();
+    if (compactor_ && compactor_->joinable()) compactor_->join();
   }
   const unsigned compact_pct_;  // holes, in percent of the spans, that start compaction; 0 = never
   std::mutex compact_mu_;       // held while the compactor works (and across fork)
   std::condition_variable compact_cv_;
   bool compactor_stop_ = false;
-  std::thread compactor_;
+  std::unique_ptr<std::thread> compactor_;
 };
 
 // One per core, like the queue pair it wraps. Work the inner queue pair does
