@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The compressed tier end to end (FARMEM_COMPRESS, farmem-run --compress): a far
 # array of log-like pages over tcp:// to a real farmem-server whose memory
-# follows the compressed size, a pool whose servers' copies are compressed, an
-# unmodified program with byte-identical output, and one-line errors for a bad codec.
+# follows the compressed size, a pool whose servers' copies are compressed,
+# compaction giving the holes back after frees, an unmodified program with byte-identical output, and one-line errors for a bad codec.
 set -uo pipefail
 BENCH=$1
 SERVER=$2
@@ -45,7 +45,24 @@ if grep -q '"verified":true' <<<"$out" && ((members == 2)); then
   ok "48 MiB of text pages over a pool of two with replicas:2 and lz4 verified; both servers' copies compressed"
 else bad "lz4 over a pool: $members servers compressed; $out $(tail -3 "$tmp/e2")"; fi
 
-# 4. An unmodified program under farmem-run --compress: the same output as without.
+# 4. Compaction: after three pages in four are freed, the embedded server gives
+#    the holes back (its resident memory falls), every kept page exact; with
+#    FARMEM_COMPACT=0 it keeps them (so the check can fail).
+COMPACT=$(dirname "$BENCH")/farmem-compact-bench
+for pct in 0 20; do
+  out=$(FARMEM_COMPACT=$pct timeout 120 "$COMPACT" --far 48M --wait 3 2>&1)
+  after=$(grep -o '"stored_after_wait":[0-9]*' <<<"$out" | cut -d: -f2)
+  freed=$(grep -o '"stored_after_free":[0-9]*' <<<"$out" | cut -d: -f2)
+  rss0=$(grep -o '"server_rss_after_fill":[0-9]*' <<<"$out" | cut -d: -f2)
+  rss1=$(grep -o '"server_rss_after_wait":[0-9]*' <<<"$out" | cut -d: -f2)
+  if ! grep -q '"verified":true' <<<"$out" || [[ -z $after || -z $freed ]]; then bad "compaction $pct: $out"
+  elif ((pct == 0 && after * 10 > freed * 9)); then ok "FARMEM_COMPACT=0: the server keeps its holes ($after of $freed bytes)"
+  elif ((pct > 0 && after * 2 < freed && rss1 * 3 < rss0 * 2)); then
+    ok "compaction: the server holds $after of $freed bytes, resident $((rss1 >> 20)) of $((rss0 >> 20)) MiB, every kept page exact"
+  else bad "compaction $pct: $out"; fi
+done
+
+# 5. An unmodified program under farmem-run --compress: the same output as without.
 if [[ -n $RUN ]]; then
   cat >"$tmp/prog.py" <<'PY'
 d = {}
