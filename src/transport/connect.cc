@@ -64,10 +64,10 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 std::string member_refusal(const std::string& uri) {
-  for (const char* scheme : {"tcp://", "dpdk://", "file://", "redis://"})
+  for (const char* scheme : {"tcp://", "dpdk://", "file://", "redis://", "rdma://"})
     if (uri.rfind(scheme, 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, dpdk://..., file:///PATH or "
-         "redis://HOST:PORT (rdma://, redis+cluster:// not yet)";
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, rdma://HOST:PORT, dpdk://..., "
+         "file:///PATH or redis://HOST:PORT (redis+cluster:// not yet)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
@@ -81,6 +81,15 @@ std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions
 #endif
   }
   if (member.uri.rfind("file://", 0) == 0) return connect_file_member(cfg, member);
+  if (member.uri.rfind("rdma://", 0) == 0) {
+#if FARMEM_HAVE_RDMA
+    return connect_rdma_member(cfg, member);
+#else
+    rdma::parse_uri(member.uri, false, "FARMEM_BACKEND (a pool member)");  // a bad URI is named first
+    throw Error("'" + member.uri + "': this farmem was built without rdma-core; install libibverbs-dev and "
+                "librdmacm-dev and rebuild (meson setup -Drdma=enabled), or use tcp:// pool members");
+#endif
+  }
   return connect_tcp_member(cfg, member);
 }
 

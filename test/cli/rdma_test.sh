@@ -9,7 +9,7 @@
 #     reason when there is none. With one: the real farmem-server over rdma://,
 #     integrity at 10% local memory, two clients at once, wrong and missing
 #     token, a client killed (memory reclaimed), the server killed (client ends
-#     within 15 s), SIGTERM. FARMEM_RDMA_TEST_ADDR picks the address to use
+#     within 15 s), a pool of three rdma servers losing one, SIGTERM. FARMEM_RDMA_TEST_ADDR picks the address to use
 #     (default: the first IPv4 address of the netdev an RDMA device is bound to).
 set -uo pipefail
 MODE=$1
@@ -63,6 +63,9 @@ if [[ $MODE == errors ]]; then
       expect_error "server, no RDMA device" \
         "listen rdma://0.0.0.0:0: no RDMA device found.*use --listen tcp://HOST:PORT or set up Soft-RoCE" -- \
         "$SERVER" --listen rdma://0.0.0.0:0 --capacity 1G
+      expect_error "pool of rdma members, no RDMA device" "rdma://127.0.0.1:7000: no RDMA device found" -- \
+        env FARMEM_BACKEND=rdma://127.0.0.1:7000,rdma://127.0.0.1:7001 FARMEM_REDUNDANCY=replicas:2 \
+        "$BENCH" "${small[@]}"
     else
       # A device exists: nothing listens on this port, so the client must say so, not hang.
       expect_error "client, no server" "(cannot connect|cannot reach) .*rdma://" -- \
@@ -185,7 +188,28 @@ if [[ $rc -ne 0 && $took -le 15 ]] && grep -q "memory server rdma://$ADDR:$PORT"
   ok "server killed: client exit $rc after ${took}s: $(head -1 "$tmp/k.err")"
 else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$client" 2>/dev/null; fi
 
-# 6. SIGTERM ends the server cleanly.
+# 6. A pool of three rdma servers, ec:2+1 (half-page pieces through each queue
+#    pair's staging buffer), one killed mid-run: every word verified, the
+#    server marked down and its pieces rebuilt on the others.
+POOL=""
+for i in 1 2 3; do
+  start_server "pool$i" --capacity 1G --token-file "$tmp/token"
+  POOL+="${POOL:+,}rdma://$ADDR:$PORT"
+  PPID_LAST=$SPID
+done
+( sleep 4; kill -9 "$PPID_LAST" ) &
+killer=$!
+out=$(FARMEM_STATS=1 FARMEM_BACKEND=$POOL FARMEM_REDUNDANCY=ec:2+1 FARMEM_FAR_MEM=512M timeout 300 "$BENCH" \
+      --working-set 256M --local-mem 10% --ops 200000 --uthreads 16 --json 2>"$tmp/pool.err")
+rc=$?
+wait "$killer"
+stats=$(grep farmem_stats "$tmp/pool.err")
+if ((rc == 0)) && grep -q '"verified":true' <<<"$out" && grep -q '"servers_down":[1-9]' <<<"$stats" &&
+   grep -q '"pages_repaired":[1-9]' <<<"$stats"; then
+  ok "pool of three rdma servers, ec:2+1, one killed: verified, $(grep -o '"pages_repaired":[0-9]*' <<<"$stats")"
+else bad "rdma pool: rc $rc $out $(grep -v farmem_stats "$tmp/pool.err" | tail -3)"; fi
+
+# 7. SIGTERM ends the server cleanly.
 kill -TERM "$MAIN"
 wait "$MAIN"; rc=$?
 if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"

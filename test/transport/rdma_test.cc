@@ -5,6 +5,7 @@
 // when built with rdma-core, the chained ibv_send_wr lists. No device needed.
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <random>
 #include <set>
 
@@ -278,6 +279,57 @@ TEST_CASE("selective signaling: random lists complete every cookie once, in orde
   }
 }
 
+TEST_CASE("a pool member whose connection dies: every outstanding cookie fails once, in order") {
+  rd::SendAccounting acct(32, 4);
+  std::deque<std::uint64_t> done;
+  std::uint64_t last_signaled = 0;
+  for (std::uint64_t c = 0; c < 20; ++c) {
+    auto p = acct.plan(c, c == 9 || c == 19);  // two lists
+    if (c == 9) last_signaled = p.wr_id;
+  }
+  REQUIRE(acct.retire_through(last_signaled, done) == 10);  // the first list completed
+  acct.abandon(done);  // then the server died
+  REQUIRE(done.size() == 20);
+  for (std::uint64_t c = 0; c < 20; ++c) CHECK(done[c] == c);
+  CHECK(acct.outstanding() == 0);
+  CHECK(acct.room() == 32);
+  CHECK(acct.plan(99, true).signaled);  // usable again (a new connection)
+}
+
+TEST_CASE("a pool member's staging slots: one per transfer in flight, given back at completion") {
+  rd::StagingSlots slots(4);
+  long a = slots.take({100, nullptr, 4096});
+  long b = slots.take({101, &slots, 2048});
+  REQUIRE(a == 0);
+  REQUIRE(b == 1);
+  CHECK(slots.take({102, nullptr, 4097}) == -1);  // more than a slot: never
+  CHECK(slots.take({103, nullptr, 512}) == 2);
+  CHECK(slots.take({104, nullptr, 512}) == 3);
+  CHECK(slots.take({105, nullptr, 512}) == -1);  // all in flight: the queue pair reaps first
+  CHECK(slots.in_use() == 4);
+  rd::StagingSlots::Entry e = slots.release(1);
+  CHECK(e.cookie == 101);
+  CHECK(e.read_dst == &slots);
+  CHECK(e.len == 2048);
+  CHECK(slots.take({106, nullptr, 4096}) == 1);  // the freed slot, again
+  // Random traffic: a slot is never held twice, every entry comes back as taken.
+  std::mt19937_64 rng(9);
+  rd::StagingSlots many(64);
+  std::map<long, std::uint64_t> held;
+  for (std::uint64_t c = 0; c < 20000; ++c) {
+    if (held.size() < 64 && rng() % 3 != 0) {
+      const long s = many.take({c, nullptr, 4096});
+      REQUIRE(s >= 0);
+      REQUIRE(held.emplace(s, c).second);
+    } else if (!held.empty()) {
+      auto it = std::next(held.begin(), static_cast<long>(rng() % held.size()));
+      REQUIRE(many.release(static_cast<unsigned>(it->first)).cookie == it->second);
+      held.erase(it);
+    }
+    REQUIRE(many.in_use() == held.size());
+  }
+}
+
 #if FARMEM_HAVE_RDMA
 TEST_CASE("a submit's transfers become one chained ibv_send_wr list") {
   rd::SendAccounting acct(64, 4);
@@ -329,6 +381,28 @@ TEST_CASE("rdma:// at start-up: without rdma-core or without a device, one line 
   CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("built without rdma-core") && Catch::Contains("-Drdma=enabled"));
 #endif
   c.backend = "rdma://192.0.2.1";
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not rdma://HOST:PORT"));
+  CHECK_FALSE(farmem::initialized());
+}
+
+TEST_CASE("rdma:// pool members: accepted as members, and without a device one line naming the server") {
+  farmem::Config c;
+  c.local_mem_bytes = 16 << 20;
+  c.far_mem_bytes = 1 << 30;
+  c.backend = "rdma://192.0.2.1:7000,rdma://192.0.2.2:7000";
+  c.redundancy = "replicas:2";
+#if FARMEM_HAVE_RDMA
+  if (!rd::no_device_reason().empty()) {
+    CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("rdma://192.0.2.1:7000") &&
+                                           Catch::Contains("no RDMA device found") &&
+                                           !Catch::Contains("cannot be a pool member"));
+  } else {
+    WARN("an RDMA device exists: the no-device error path is not exercised here (test/cli/rdma_test.sh runs a pool of rdma servers)");
+  }
+#else
+  CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("built without rdma-core") && Catch::Contains("tcp:// pool members"));
+#endif
+  c.backend = "rdma://192.0.2.1,rdma://192.0.2.2:7000";
   CHECK_THROWS_WITH(farmem::init(c), Catch::Contains("is not rdma://HOST:PORT"));
   CHECK_FALSE(farmem::initialized());
 }

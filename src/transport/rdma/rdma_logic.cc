@@ -287,4 +287,28 @@ long SendAccounting::retire_through(std::uint64_t wr_id, std::deque<std::uint64_
   return n;
 }
 
+void SendAccounting::abandon(std::deque<std::uint64_t>& done) {
+  for (const Slot& s : inflight_) done.push_back(s.cookie);
+  inflight_.clear();
+  since_signal_ = 0;
+}
+
+StagingSlots::StagingSlots(unsigned slots) : entries_(slots) {
+  free_.reserve(slots);
+  for (unsigned i = slots; i-- > 0;) free_.push_back(i);  // slot 0 first
+}
+
+long StagingSlots::take(const Entry& e) {
+  if (free_.empty() || e.len > kSlotBytes) return -1;
+  const unsigned s = free_.back();
+  free_.pop_back();
+  entries_[s] = e;
+  return s;
+}
+
+StagingSlots::Entry StagingSlots::release(unsigned slot) {
+  free_.push_back(slot);
+  return entries_[slot];
+}
+
 }  // namespace farmem::net::rdma

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <vector>
 
 #include "transport/wire.hpp"
 
@@ -106,6 +107,9 @@ class SendAccounting {
   // request to `done`, in posting order. Returns how many, or -1 if wr_id is not
   // an outstanding signaled request (a completion we cannot account for).
   long retire_through(std::uint64_t wr_id, std::deque<std::uint64_t>& done);
+  // The connection is gone (a pool member's server died): moves the cookie of
+  // every outstanding request to `done`, in posting order, and forgets them.
+  void abandon(std::deque<std::uint64_t>& done);
 
  private:
   struct Slot {
@@ -117,6 +121,32 @@ class SendAccounting {
   std::uint64_t next_id_ = 1;
   unsigned since_signal_ = 0;
   std::deque<Slot> inflight_;
+};
+
+// A pool member's queue pair stages every transfer through one registered
+// buffer of its own: the pool hands its members pieces in memory that is not
+// registered with the device (its scratch, the compressed and protected
+// layers' buffers). Slot i is bytes [i * kSlotBytes, (i + 1) * kSlotBytes) of
+// that buffer; a transfer holds its slot from queue() until its completion,
+// when a read's bytes are copied to where the caller wanted them.
+class StagingSlots {
+ public:
+  static constexpr std::size_t kSlotBytes = 4096;
+  struct Entry {
+    std::uint64_t cookie;  // the caller's
+    void* read_dst;        // a read: where its bytes go; a write: nullptr
+    std::size_t len;
+  };
+  explicit StagingSlots(unsigned slots);
+  // A free slot for the transfer, or -1 when every slot is held.
+  long take(const Entry& e);
+  // The transfer in `slot` completed or failed: its entry, and the slot is free.
+  Entry release(unsigned slot);
+  unsigned in_use() const { return static_cast<unsigned>(entries_.size() - free_.size()); }
+
+ private:
+  std::vector<Entry> entries_;
+  std::vector<unsigned> free_;
 };
 
 }  // namespace farmem::net::rdma

@@ -6,7 +6,10 @@
 // queued transfers as one chained list of work requests; only every Nth and
 // the last are signaled (SendAccounting, rdma_wr.hpp). Control requests
 // (discard, usage) are wire-protocol headers sent on the control connection.
-// A failed or silent connection ends the process with a clear message.
+// A failed or silent connection ends the process with a clear message; as one
+// server of a pool, it fails the requests instead (the pool goes elsewhere), and
+// its queue pairs stage transfers through registered buffers of their own,
+// since the pool's pieces are not in registered memory.
 #include <fcntl.h>
 #include <netdb.h>
 #include <sys/socket.h>
@@ -186,17 +189,38 @@ struct RemoteRegion {
   std::uint32_t rkey;
 };
 
+// What a pool member's queue pair adds: it fails requests instead of ending
+// the process, gives up on a server silent for the pool's timeout, and stages
+// every transfer through its own registered buffer (rdma::StagingSlots).
+struct MemberQp {
+  std::uint64_t silence_ns;
+  char* staging;         // slots * StagingSlots::kSlotBytes, registered
+  std::uint32_t lkey;    // the staging buffer's
+  ibv_mr* mr;            // deregistered with the queue pair
+};
+
 class RdmaQueuePair final : public QueuePair {
  public:
+  // member: a pool member's queue pair (nullptr alone); c == nullptr: a member
+  // whose server could not be reached, failing everything from the start.
   RdmaQueuePair(std::unique_ptr<Connection> c, RemoteRegion remote, std::vector<LocalRegion> local,
-                rdma::Tuning t, std::string uri)
+                rdma::Tuning t, std::string uri, const MemberQp* member = nullptr)
       : conn_(std::move(c)),
         remote_(remote),
         local_(std::move(local)),
         acct_(t.queue_depth, t.signal_every),
         wrs_(t.queue_depth),
         sges_(t.queue_depth),
-        uri_(std::move(uri)) {}
+        uri_(std::move(uri)),
+        member_(member != nullptr),
+        member_qp_(member ? *member : MemberQp{}),
+        slots_(member ? t.queue_depth : 0),
+        dead_(conn_ == nullptr) {}
+  ~RdmaQueuePair() override {
+    conn_.reset();  // no transfer lands in the staging buffer after it is gone
+    if (member_qp_.mr) ibv_dereg_mr(member_qp_.mr);
+    std::free(member_qp_.staging);
+  }
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
     queue(false, off, local, len, cookie);
@@ -209,7 +233,7 @@ class RdmaQueuePair final : public QueuePair {
   // send queue has room; when it is full, reaps completions until it has.
   void submit() override {
     std::size_t i = 0;
-    while (i < pending_.size()) {
+    while (i < pending_.size() && !dead_) {
       std::size_t n = std::min<std::size_t>(acct_.room(), pending_.size() - i);
       if (n == 0) {
         if (reap() == 0) check_silence();
@@ -223,11 +247,13 @@ class RdmaQueuePair final : public QueuePair {
         dead(std::string("ibv_post_send: ") + detail::errno_text(rc));
       i += n;
     }
+    if (dead_)  // a member's server died: what was not posted fails too
+      for (; i < pending_.size(); ++i) finish(pending_[i].cookie, true);
     pending_.clear();
   }
 
   std::size_t poll(Completion* out, std::size_t max) override {
-    if (done_.empty()) {
+    if (done_.empty() && !dead_) {
       reap();
       if (done_.empty() && acct_.outstanding()) check_silence();
     }
@@ -236,7 +262,7 @@ class RdmaQueuePair final : public QueuePair {
 
   // Sleeps on the completion channel until the CQ has something (or timeout_us).
   void wait(unsigned timeout_us) override {
-    if (acct_.outstanding() == 0 || !done_.empty()) return;
+    if (dead_ || acct_.outstanding() == 0 || !done_.empty()) return;
     if (!armed_) {
       ibv_req_notify_cq(conn_->cq, 0);
       armed_ = true;
@@ -260,6 +286,7 @@ class RdmaQueuePair final : public QueuePair {
       detail::fatal("rdma transfer at far offset %llu (+%zu) is outside the session's %llu MiB (runtime bug)",
                     static_cast<unsigned long long>(off), len,
                     static_cast<unsigned long long>(remote_.capacity >> 20));
+    if (member_) return queue_staged(write, off, local, len, cookie);
     auto a = reinterpret_cast<std::uintptr_t>(local);
     for (const LocalRegion& r : local_)
       if (a >= r.base && a - r.base + len <= r.len) {
@@ -269,30 +296,82 @@ class RdmaQueuePair final : public QueuePair {
     detail::fatal("rdma transfer from %p, which is not memory registered with the RDMA device (runtime bug)", local);
   }
 
+  // A member's transfer goes through a staging slot: a write's bytes are
+  // copied in now, a read's copied out at its completion (finish).
+  void queue_staged(bool write, std::uint64_t off, const void* local, std::size_t len, std::uint64_t cookie) {
+    if (len > rdma::StagingSlots::kSlotBytes)
+      detail::fatal("rdma member transfer of %zu bytes, more than a page (runtime bug)", len);
+    if (dead_) return finish_unstaged(cookie);
+    const rdma::StagingSlots::Entry e{cookie, write ? nullptr : const_cast<void*>(local), len};
+    long slot;
+    while ((slot = slots_.take(e)) < 0 && !dead_) {  // every slot in flight: post, then reap one
+      submit();
+      if (!dead_ && reap() == 0) check_silence();
+    }
+    if (dead_) return finish_unstaged(cookie);
+    char* buf = member_qp_.staging + static_cast<std::size_t>(slot) * rdma::StagingSlots::kSlotBytes;
+    if (write) std::memcpy(buf, local, len);
+    pending_.push_back({write, reinterpret_cast<std::uintptr_t>(buf), static_cast<std::uint32_t>(len),
+                        member_qp_.lkey, off, static_cast<std::uint64_t>(slot)});
+  }
+
   // Moves finished transfers to done_; returns how many work completions were read.
   int reap() {
     ibv_wc wc[32];
     int n = ibv_poll_cq(conn_->cq, 32, wc);
     if (n < 0) dead("ibv_poll_cq failed");
-    for (int k = 0; k < n; ++k) {
-      if (wc[k].status != IBV_WC_SUCCESS)
+    for (int k = 0; k < n && !dead_; ++k) {
+      if (wc[k].status != IBV_WC_SUCCESS) {
         dead(std::string("work request failed: ") + ibv_wc_status_str(wc[k].status));
-      if (acct_.retire_through(wc[k].wr_id, done_) < 0) dead("a completion for a work request we did not post");
+        break;
+      }
+      retired_.clear();
+      if (acct_.retire_through(wc[k].wr_id, retired_) < 0) {
+        dead("a completion for a work request we did not post");
+        break;
+      }
+      for (std::uint64_t c : retired_) finish(c, false);
     }
     if (n > 0) progress_ns_ = now_ns();
     return n;
   }
 
-  [[noreturn]] void dead(const std::string& why) {
-    detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
-                  "when the server is back",
-                  uri_.c_str(), why.c_str());
+  // A posted transfer is done (or failed): its cookie to done_; for a member,
+  // `c` is its staging slot, whose read bytes go where the caller wanted them.
+  void finish(std::uint64_t c, bool failed) {
+    if (!member_) {
+      done_.push_back({c, failed});
+      return;
+    }
+    const rdma::StagingSlots::Entry e = slots_.release(static_cast<unsigned>(c));
+    if (!failed && e.read_dst)
+      std::memcpy(e.read_dst, member_qp_.staging + c * rdma::StagingSlots::kSlotBytes, e.len);
+    done_.push_back({e.cookie, failed});
+  }
+  void finish_unstaged(std::uint64_t cookie) { done_.push_back({cookie, true}); }
+
+  // The server is gone. Alone, that ends the process; in a pool, every request
+  // in flight and every later one completes as failed.
+  void dead(const std::string& why) {
+    if (!member_)
+      detail::fatal("lost the memory server %s (%s); far memory is gone: restart the application "
+                    "when the server is back",
+                    uri_.c_str(), why.c_str());
+    if (dead_) return;
+    dead_ = true;
+    retired_.clear();
+    acct_.abandon(retired_);
+    for (std::uint64_t c : retired_) finish(c, true);
+    conn_.reset();
   }
 
   void check_silence() {
-    if (now_ns() - progress_ns_ > kSilenceLimitNs)
+    const std::uint64_t limit = member_ ? member_qp_.silence_ns : kSilenceLimitNs;
+    if (now_ns() - progress_ns_ <= limit) return;
+    if (!member_)
       detail::fatal("the memory server %s has not completed a transfer for %llu s; giving up", uri_.c_str(),
                     static_cast<unsigned long long>(kSilenceLimitNs / 1000000000ull));
+    dead("no completion for " + std::to_string(limit / 1000000) + " ms");
   }
 
   std::unique_ptr<Connection> conn_;
@@ -302,18 +381,27 @@ class RdmaQueuePair final : public QueuePair {
   std::vector<rdma::Transfer> pending_;
   std::vector<ibv_send_wr> wrs_;
   std::vector<ibv_sge> sges_;
-  std::deque<std::uint64_t> done_;
+  std::deque<Completion> done_;
+  std::deque<std::uint64_t> retired_;
   std::uint64_t progress_ns_ = 0;
   bool armed_ = false;
   std::string uri_;
+  const bool member_;
+  MemberQp member_qp_;
+  rdma::StagingSlots slots_;
+  bool dead_;
 };
 
 class RdmaTransport final : public Transport {
  public:
-  explicit RdmaTransport(const Config& cfg)
-      : ep_(rdma::parse_uri(cfg.backend, false, "FARMEM_BACKEND")),
+  // member: one server of a pool (its capacity and timeout; requests fail
+  // instead of ending the process); nullptr: the process's only server.
+  explicit RdmaTransport(const Config& cfg, const MemberOptions* member = nullptr)
+      : ep_(rdma::parse_uri(member ? member->uri : cfg.backend, false, member ? "FARMEM_BACKEND (a pool member)" : "FARMEM_BACKEND")),
         tuning_(rdma::parse_tuning(std::getenv("FARMEM_RDMA_QUEUE_DEPTH"), std::getenv("FARMEM_RDMA_SIGNAL_EVERY"))),
-        token_(rdma::token_digest(wire::read_client_token(cfg.token_file, wire::kMaxToken))) {
+        token_(rdma::token_digest(wire::read_client_token(cfg.token_file, wire::kMaxToken))),
+        member_(member != nullptr),
+        silence_ns_(member ? member->timeout_ns : kSilenceLimitNs) {
     if (std::string why = rdma::no_device_reason(); !why.empty())
       throw Error(ep_.uri + ": " + why + "; use tcp://HOST:PORT (farmem-server --listen tcp://...) or " +
                   rdma::kSoftRoceHint);
@@ -325,14 +413,15 @@ class RdmaTransport final : public Transport {
     ctl_mr_ = ibv_reg_mr(pd_, ctl_buf_, sizeof ctl_buf_, IBV_ACCESS_LOCAL_WRITE);
     if (!ctl_mr_) throw Error(ep_.uri + ": cannot register a control buffer: " + std::strerror(errno) + locked_hint());
     ctl_->create_qp(pd_, 2, 2);
-    post_ctl_recv();
+    if (!post_ctl_recv()) throw Error(ep_.uri + ": cannot post a receive on the control connection");
     rdma::ConnectRequest req;
     req.kind = rdma::ConnKind::NewSession;
-    req.capacity = cfg.far_mem_bytes;
+    req.capacity = member ? member->capacity : cfg.far_mem_bytes;
     req.token = token_;
     rdma::Accept acc = ctl_->connect(req, 0);
-    if (acc.capacity < cfg.far_mem_bytes)
-      throw Error("the memory server " + ep_.uri + " granted less memory than FARMEM_FAR_MEM asks for");
+    if (acc.capacity < req.capacity)
+      throw Error("the memory server " + ep_.uri + " granted less memory than " +
+                  (member ? std::string("the pool asks of each server (FARMEM_FAR_MEM / K)") : "FARMEM_FAR_MEM asks for"));
     session_ = acc.session;
     remote_ = {acc.remote_addr, acc.capacity, acc.rkey};
   }
@@ -353,10 +442,21 @@ class RdmaTransport final : public Transport {
     local_mrs_.push_back(mr);
     local_.push_back({reinterpret_cast<std::uintptr_t>(base), len, mr->lkey});
   }
-  bool pins_local_memory() const override { return !odp_; }
+  bool pins_local_memory() const override { return !odp_ && !local_mrs_.empty(); }
 
   std::unique_ptr<QueuePair> create_qp() override {
+    MemberQp staged{silence_ns_, nullptr, 0, nullptr};
     try {
+      if (member_) {  // the pool's buffers are not registered: a staging buffer of the queue pair's own
+        const std::size_t bytes = std::size_t{tuning_.queue_depth} * rdma::StagingSlots::kSlotBytes;
+        if (posix_memalign(reinterpret_cast<void**>(&staged.staging), 4096, bytes) != 0)
+          throw Error(ep_.uri + ": no memory for a queue pair's staging buffer");
+        staged.mr = ibv_reg_mr(pd_, staged.staging, bytes, IBV_ACCESS_LOCAL_WRITE);
+        if (!staged.mr)
+          throw Error(ep_.uri + ": cannot register a queue pair's staging buffer (" + std::to_string(bytes >> 10) +
+                      " KiB): " + std::strerror(errno) + locked_hint());
+        staged.lkey = staged.mr->lkey;
+      }
       auto c = std::make_unique<Connection>(ep_);
       c->resolve();
       if (c->id->verbs != pd_->context)
@@ -369,9 +469,12 @@ class RdmaTransport final : public Transport {
       rdma::Accept acc = c->connect(req, rdma::max_reads_in_flight(c->id->verbs, true));
       if (acc.session != session_ || acc.remote_addr != remote_.addr || acc.rkey != remote_.rkey)
         throw Error("the memory server " + ep_.uri + " attached a queue pair to another session");
-      return std::make_unique<RdmaQueuePair>(std::move(c), remote_, local_, tuning_, ep_.uri);
+      return std::make_unique<RdmaQueuePair>(std::move(c), remote_, local_, tuning_, ep_.uri,
+                                             member_ ? &staged : nullptr);
     } catch (const Error& e) {
-      detail::fatal("%s", e.what());
+      if (!member_) detail::fatal("%s", e.what());
+      // A queue pair that fails everything: the pool reads and writes elsewhere.
+      return std::make_unique<RdmaQueuePair>(nullptr, remote_, local_, tuning_, ep_.uri, &staged);
     }
   }
 
@@ -404,14 +507,21 @@ class RdmaTransport final : public Transport {
                : "";
   }
 
-  void post_ctl_recv() {
+  bool post_ctl_recv() {
     ibv_sge sge{reinterpret_cast<std::uintptr_t>(ctl_buf_ + kCtlMsg), kCtlMsg, ctl_mr_->lkey};
     ibv_recv_wr wr{}, *bad = nullptr;
     wr.wr_id = 1;
     wr.sg_list = &sge;
     wr.num_sge = 1;
-    if (ibv_post_recv(ctl_->id->qp, &wr, &bad) != 0)
-      detail::fatal("lost the memory server %s (control connection: ibv_post_recv failed)", ep_.uri.c_str());
+    return ibv_post_recv(ctl_->id->qp, &wr, &bad) == 0;
+  }
+
+  // The control connection failed. Alone, that ends the process; a pool
+  // member's answers zero from then on (its queue pairs notice on their own).
+  wire::Header control_lost(const std::string& why) {
+    if (!member_) detail::fatal("lost the memory server %s (control connection: %s)", ep_.uri.c_str(), why.c_str());
+    ctl_.reset();
+    return wire::Header{};
   }
 
   // One request on the control connection: SEND the header, wait for the reply's RECV.
@@ -424,8 +534,7 @@ class RdmaTransport final : public Transport {
     wr.num_sge = 1;
     wr.opcode = IBV_WR_SEND;
     wr.send_flags = IBV_SEND_SIGNALED;
-    if (ibv_post_send(ctl_->id->qp, &wr, &bad) != 0)
-      detail::fatal("lost the memory server %s (control connection: ibv_post_send failed)", ep_.uri.c_str());
+    if (ibv_post_send(ctl_->id->qp, &wr, &bad) != 0) return control_lost("ibv_post_send failed");
     bool sent = false, replied = false;
     std::uint32_t got = 0;
     const std::uint64_t start = now_ns();
@@ -433,9 +542,7 @@ class RdmaTransport final : public Transport {
       ibv_wc wc[2];
       int n = ibv_poll_cq(ctl_->cq, 2, wc);
       for (int k = 0; k < n; ++k) {
-        if (wc[k].status != IBV_WC_SUCCESS)
-          detail::fatal("lost the memory server %s (control connection: %s)", ep_.uri.c_str(),
-                        ibv_wc_status_str(wc[k].status));
+        if (wc[k].status != IBV_WC_SUCCESS) return control_lost(ibv_wc_status_str(wc[k].status));
         if (wc[k].opcode == IBV_WC_RECV) {
           replied = true;
           got = wc[k].byte_len;
@@ -444,15 +551,15 @@ class RdmaTransport final : public Transport {
         }
       }
       if (n == 0) {
-        if (now_ns() - start > kSilenceLimitNs)
-          detail::fatal("the memory server %s did not answer a control request within 10 s", ep_.uri.c_str());
+        if (now_ns() - start > silence_ns_)
+          return control_lost("no answer to a control request within " + std::to_string(silence_ns_ / 1000000) + " ms");
         timespec ts{0, 20000};
         nanosleep(&ts, nullptr);
       }
     }
     wire::Header r{};
     std::memcpy(&r, ctl_buf_ + kCtlMsg, sizeof r);
-    post_ctl_recv();
+    if (!post_ctl_recv()) return control_lost("ibv_post_recv failed");
     std::string why;
     if (got != sizeof r || wire::validate(r, true, &why) != wire::Errc::Ok)
       detail::fatal("the memory server %s sent a malformed control reply (%s)", ep_.uri.c_str(),
@@ -474,11 +581,17 @@ class RdmaTransport final : public Transport {
   std::vector<LocalRegion> local_;
   std::uint64_t session_ = 0;
   RemoteRegion remote_{};
+  const bool member_;
+  const std::uint64_t silence_ns_;
   std::mutex mu_;
 };
 
 }  // namespace
 
 std::unique_ptr<Transport> connect_rdma(const Config& cfg) { return std::make_unique<RdmaTransport>(cfg); }
+
+std::unique_ptr<Transport> connect_rdma_member(const Config& cfg, const MemberOptions& member) {
+  return std::make_unique<RdmaTransport>(cfg, &member);
+}
 
 }  // namespace farmem::net
