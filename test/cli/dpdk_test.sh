@@ -19,6 +19,7 @@ SOCK=/farmem-test-$$  # memif control sockets in the abstract namespace
 start_server() {
   local name=$1 uri=$2
   shift 2
+  : >"$tmp/$name.out"  # now, not when the background job gets to it
   nice -n 5 "$SERVER" --listen "$uri" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   SPID=$!
   pids+=("$SPID")

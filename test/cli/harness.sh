@@ -13,6 +13,7 @@ ok() { echo "ok   $*"; }
 start_tcp_server() {
   local name=$1
   shift
+  : >"$tmp/$name.out"  # now: a reused name must not show the last server's port
   "$SERVER" --listen tcp://127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   SPID=$!
   pids+=("$SPID")

@@ -5,6 +5,7 @@
 start_kv() {
   local name=$1
   shift
+  : >"$tmp/$name.out"  # now, not when the background job gets to it
   "$KV" --listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   kv_pid=$!
   pids+=("$kv_pid")

@@ -18,6 +18,7 @@ start_servers() {
   URIS=""
   SPIDS=()
   for i in $(seq "$1"); do
+    : >"$tmp/s$i.out"  # now: the last call's server (gone) must not show its port
     "$SERVER" --listen tcp://127.0.0.1:0 --capacity "${2:-64G}" >"$tmp/s$i.out" 2>"$tmp/s$i.err" &
     SPIDS+=($!)
     pids+=($!)

@@ -107,6 +107,7 @@ ulimit -l unlimited 2>/dev/null || true  # registered memory is pinned unless th
 start_server() {  # start_server NAME ARGS...: sets PORT and SPID
   local name=$1
   shift
+  : >"$tmp/$name.out"  # now, not when the background job gets to it
   "$SERVER" --listen "rdma://$ADDR:0" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   SPID=$!
   pids+=("$SPID")
