@@ -42,4 +42,13 @@ bool check(const std::string& token, bool client, const unsigned char* server_no
   return CRYPTO_memcmp(want, mac, kMac) == 0;
 }
 
+void derive_nonce(const unsigned char* secret, const void* bound, std::size_t len, unsigned char* out) {
+  unsigned int n = 0;
+  if (!HMAC(EVP_sha256(), secret, static_cast<int>(kNonce), static_cast<const unsigned char*>(bound), len, out, &n) ||
+      n != kNonce)
+    throw Error("the server's challenge could not be computed (OpenSSL HMAC failed)");
+}
+
+bool equal(const unsigned char* a, const unsigned char* b) { return CRYPTO_memcmp(a, b, kMac) == 0; }
+
 }  // namespace farmem::net::auth

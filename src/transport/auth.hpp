@@ -20,5 +20,12 @@ void prove(const std::string& token, bool client, const unsigned char* server_no
 // True if mac is that proof; compares without an early exit.
 bool check(const std::string& token, bool client, const unsigned char* server_nonce,
            const unsigned char* client_nonce, const unsigned char* mac);
+// A server nonce derived from a secret of the server's (kNonce bytes) and what
+// the challenge is bound to (HMAC-SHA256): a server that keeps no state per
+// client (dpdk://, whose hellos may be retransmitted) answers the same hello
+// alike, and checks a proof's challenge by deriving it again.
+void derive_nonce(const unsigned char* secret, const void* bound, std::size_t len, unsigned char* out);
+// Compares two nonces or proofs without an early exit.
+bool equal(const unsigned char* a, const unsigned char* b);
 
 }  // namespace farmem::net::auth

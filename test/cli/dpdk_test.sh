@@ -6,7 +6,8 @@
 # injected packet loss on both sides (retransmission keeps every page exact),
 # a client killed mid-run (server healthy, memory reclaimed), the server killed
 # mid-run (client ends within 15 s), a silent (stopped) client expired after
-# 10 s, a pool with dpdk members surviving one's death, clean SIGTERM. Skips (77) without DPDK or
+# 10 s, a pool with dpdk members surviving one's death, a server without the
+# token refused (the token is proven by challenge and response, never sent), clean SIGTERM. Skips (77) without DPDK or
 # when EAL cannot start here.
 set -uo pipefail
 BENCH=$1
@@ -109,7 +110,7 @@ done
 out=$(env -u FARMEM_FAR_MEM FARMEM_BACKEND="$URI?id=3" timeout 60 "$BENCH" --working-set 64M --ops 2000 --json 2>&1)
 grep -q '"verified":true' <<<"$out" && ok "default far memory (64 GiB) against a 12 GiB server" ||
   bad "default far memory against a 12 GiB server: $out"
-start_server small "dpdk://memif$SOCK-small.sock?clients=1" --capacity 64M
+start_server small "dpdk://memif$SOCK-small.sock?clients=1" --capacity 64M --token-file "$tmp/token"
 FARMEM_BACKEND="dpdk://memif$SOCK-small.sock" timeout 60 "$BENCH" --working-set 256M --local-mem 25% --ops 1000 \
   >/dev/null 2>"$tmp/cap.err"
 rc=$?
@@ -130,7 +131,7 @@ else bad "bad URI: rc=$rc $(cat "$tmp/uri.err")"; fi
 
 # 6. Injected packet loss (2% of received packets dropped on both sides): still exact.
 export FARMEM_DPDK_DROP_PPM=20000  # read by the server and the client
-start_server lossy "dpdk://memif$SOCK-lossy.sock?clients=1" --capacity 2G
+start_server lossy "dpdk://memif$SOCK-lossy.sock?clients=1" --capacity 2G --token-file "$tmp/token"
 LOSSY=$SPID
 out=$(FARMEM_BACKEND="dpdk://memif$SOCK-lossy.sock" FARMEM_FAR_MEM=1G timeout 300 \
       "$BENCH" --working-set 256M --local-mem 25% --ops 30000 --uthreads 16 --json 2>"$tmp/loss.err")
@@ -175,7 +176,7 @@ if [[ $rc -ne 0 ]] && grep -q '"clients":0,.*"granted_bytes":0,.*"expired":[1-9]
 else bad "silent client: rc=$rc $stopped $(cat "$tmp/stop.err")"; kill -9 "$sleeper" 2>/dev/null; fi
 
 # 9. The server killed mid-run: the client ends non-zero with a message within 15 s.
-start_server doomed "dpdk://memif$SOCK-doomed.sock?clients=1" --capacity 2G
+start_server doomed "dpdk://memif$SOCK-doomed.sock?clients=1" --capacity 2G --token-file "$tmp/token"
 FARMEM_BACKEND="dpdk://memif$SOCK-doomed.sock" FARMEM_FAR_MEM=1G "$BENCH" --working-set 512M --local-mem 10% \
   --ops 100000000 --no-verify >/dev/null 2>"$tmp/k.err" &
 client=$!
@@ -192,9 +193,9 @@ else bad "server killed: rc=$rc took=${took}s $(cat "$tmp/k.err")"; kill -9 "$cl
 # 10. A pool with dpdk members: two dpdk servers and two tcp ones, ec:2+1 (pieces of
 #     half a page over dpdk), one dpdk server killed mid-run: every word
 #     verified, the server marked down and its pieces rebuilt on the others.
-start_server pa "dpdk://memif$SOCK-pa.sock?clients=1" --capacity 2G
+start_server pa "dpdk://memif$SOCK-pa.sock?clients=1" --capacity 2G --token-file "$tmp/token"
 PA=$SPID
-start_server pb "dpdk://memif$SOCK-pb.sock?clients=1" --capacity 2G
+start_server pb "dpdk://memif$SOCK-pb.sock?clients=1" --capacity 2G --token-file "$tmp/token"
 PB=$SPID
 PT=""
 for t in 1 2; do
@@ -216,7 +217,18 @@ if [[ $rc -eq 0 ]] && grep -q '"verified":true' <<<"$out" && grep -q '"servers_d
 else bad "pool with dpdk members (rc $rc): $out $(grep -v 'measured\|farmem_stats' "$tmp/pool.err") $(grep -o '"servers_down":[0-9]*\|"pages_repaired":[0-9]*\|"redundancy_restored":[a-z]*' <<<"$stats" | tr '\n' ' ')"; fi
 kill -9 "$PA" 2>/dev/null
 
-# 11. SIGTERM ends the server cleanly.
+# 11. A server without a token cannot prove it holds ours: refused at once, one line.
+start_server open "dpdk://memif$SOCK-open.sock?clients=1" --capacity 64M
+OPEN=$SPID
+FARMEM_BACKEND="dpdk://memif$SOCK-open.sock" timeout 30 "$BENCH" --working-set 64M --ops 1000 >/dev/null 2>"$tmp/open.err"
+rc=$?
+if [[ $rc -ne 0 && $rc -ne 124 && $(wc -l <"$tmp/open.err") -eq 1 ]] &&
+   grep -q "requires no token, so it cannot prove it holds ours" "$tmp/open.err"; then
+  ok "a server without our token: $(cat "$tmp/open.err")"
+else bad "a server without our token: rc=$rc $(cat "$tmp/open.err")"; fi
+kill -9 "$OPEN" 2>/dev/null
+
+# 12. SIGTERM ends the server cleanly.
 kill -TERM "$MAIN"
 wait "$MAIN"; rc=$?
 if [[ $rc -eq 0 ]] && grep -q '"farmem_server":"exit"' "$tmp/main.out"; then ok "SIGTERM: clean exit"

@@ -119,10 +119,23 @@ TEST_CASE("malformed and truncated frames are rejected with a reason") {
   x = make(Op::Read, 1, 3, 0, kPage, 0);
   x.floor = 4;
   CHECK(bad(x, false) == Errc::BadMessage);  // floor above seq
-  x = make(Op::Hello, 0, 1, 1 << 20, 1, 0);
+  x = make(Op::Hello, 0, 1, 1 << 20, 1, kHelloBytes);
   CHECK(bad(x, false) == Errc::BadQueues);
-  x = make(Op::Hello, 0, 1, 1 << 20, 8, kMaxToken + 1);
+  x = make(Op::Hello, 0, 1, 1 << 20, 8, kHelloBytes);
+  CHECK(bad(x, false) == Errc::Ok);
+  x = make(Op::Hello, 0, 1, 1 << 20, 8, 5);  // version 1 carried the token here: no longer
   CHECK(bad(x, false) == Errc::BadMessage);
+  x = make(Op::Prove, 0, 2, 1 << 20, 8, kProveBytes);
+  CHECK(bad(x, false) == Errc::Ok);
+  x = make(Op::Prove, 0, 2, 1 << 20, 8, kProveBytes - 1);
+  CHECK(bad(x, false) == Errc::BadMessage);
+  x = make(Op::Prove, 7, 2, 1 << 20, 8, kProveBytes);
+  CHECK(bad(x, false) == Errc::BadMessage);  // a proof names no session
+  x = make(Op::Challenge, 0, 1, 0, 1, kChallengeBytes);
+  CHECK(bad(x, true) == Errc::Ok);
+  CHECK(bad(x, false) == Errc::BadMessage);  // challenges come from servers
+  x = make(Op::Challenge, 0, 1, 0, 0, 16);
+  CHECK(bad(x, true) == Errc::BadMessage);
   x = make(Op::Reply, 1, 3, 0, 0, 0);
   CHECK(bad(x, false) == Errc::BadMessage);  // replies do not come from clients
   CHECK(bad(make(Op::Read, 1, 3, 0, kPage, 0), true) == Errc::BadMessage);
@@ -142,7 +155,8 @@ TEST_CASE("the decoder survives random and mutated frames (bounded fuzz)") {
   std::vector<char> page(kPage, 3);
   std::vector<std::vector<char>> seeds = {frame(make(Op::Write, 1, 2, 0, kPage, kPage), page.data()),
                                           frame(make(Op::Read, 1, 2, 0, kPage, 0), nullptr),
-                                          frame(make(Op::Hello, 0, 1, 1 << 30, 8, 5), "token"),
+                                          frame(make(Op::Hello, 0, 1, 1 << 30, 8, kHelloBytes), page.data()),
+                                          frame(make(Op::Prove, 0, 2, 1 << 30, 8, kProveBytes), page.data()),
                                           frame(make(Op::Reply, 1, 2, 0, kPage, kPage), page.data())};
   std::size_t accepted = 0;
   for (int i = 0; i < 300000; ++i) {

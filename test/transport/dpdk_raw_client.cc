@@ -1,6 +1,7 @@
 // A raw dpdk:// client for the end-to-end test: speaks the page protocol frame
 // by frame over two memif ids of a live farmem-server and checks what the
-// runtime cannot show: tokens, isolation between sessions (another session's
+// runtime cannot show: tokens (proven by Hello, Challenge, Prove; a forged
+// challenge refused; the server proving it back), isolation between sessions (another session's
 // id from another link is refused), a late duplicate write never overwriting
 // newer data, range checks, and a bounded fuzz run of mutated and truncated
 // frames after which the server still serves and the other client's data is
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
+#include "transport/auth.hpp"
 #include "transport/dpdk/dpdk_port.hpp"
 #include "transport/dpdk/dpdk_proto.hpp"
 #include "transport/wire.hpp"
@@ -100,9 +102,26 @@ Header req(Op op, std::uint64_t session, std::uint64_t seq, std::uint64_t floor,
   return h;
 }
 
-Answer hello(const Device& d, const std::string& token, std::uint64_t nonce) {
-  Header h = req(Op::Hello, 0, 1, nonce, 64ull << 20, kQueues, static_cast<std::uint32_t>(token.size()));
-  return rpc(d, h, token.data());
+namespace auth = farmem::net::auth;
+
+// The handshake with id `id` (its client nonce follows from the id, so a
+// repeated handshake is a retransmission): Hello, the server's Challenge, then
+// Prove with the proof of `token`. Returns the answer to Prove (or to Hello if
+// that was not a challenge); *server_nonce gets the challenge.
+Answer hello(const Device& d, const std::string& token, std::uint64_t id, unsigned queues = kQueues,
+             std::string* server_nonce = nullptr, bool forge = false) {
+  unsigned char cn[auth::kNonce] = {};
+  std::memcpy(cn, &id, sizeof id);
+  Answer c = rpc(d, req(Op::Hello, 0, 1, id, 64ull << 20, queues, kHelloBytes), cn);
+  if (!c.got || static_cast<Op>(c.h.op) != Op::Challenge) return c;
+  std::string sn(c.payload.begin(), c.payload.end());
+  if (forge) sn[0] ^= 1;  // a challenge the server did not give
+  if (server_nonce) *server_nonce = sn;
+  unsigned char body[kProveBytes];
+  std::memcpy(body, cn, auth::kNonce);
+  std::memcpy(body + auth::kNonce, sn.data(), auth::kNonce);
+  auth::prove(token, true, reinterpret_cast<const unsigned char*>(sn.data()), cn, body + 2 * auth::kNonce);
+  return rpc(d, req(Op::Prove, 0, 2, id, 64ull << 20, queues, kProveBytes), body);
 }
 
 bool is_error(const Answer& a, Errc e) {
@@ -137,11 +156,18 @@ int main(int argc, char** argv) {
 
   check(is_error(hello(a, "nope", 11), Errc::BadToken), "wrong token refused (BadToken)");
   check(is_error(hello(a, "", 12), Errc::BadToken) || token.empty(), "missing token refused (BadToken)");
-  Answer ha = hello(a, token, 13), hb = hello(b, token, 14);
+  check(is_error(hello(a, token, 16, kQueues, nullptr, true), Errc::BadToken),
+        "a proof over a challenge the server did not give is refused (BadToken)");
+  std::string sn;
+  Answer ha = hello(a, token, 13, kQueues, &sn), hb = hello(b, token, 14);
   check(ha.got && static_cast<Op>(ha.h.op) == Op::Reply && ha.h.floor == 13, "hello accepted, nonce echoed");
+  unsigned char cn13[auth::kNonce] = {13};
+  check(ha.payload.size() == kProofReplyBytes && !token.empty() &&
+            auth::check(token, false, reinterpret_cast<const unsigned char*>(sn.data()), cn13,
+                        reinterpret_cast<const unsigned char*>(ha.payload.data())),
+        "the server proves it holds the token");
   check(hb.got && static_cast<Op>(hb.h.op) == Op::Reply && hb.h.session != ha.h.session, "second client: its own session");
-  Header few = req(Op::Hello, 0, 1, 15, 64ull << 20, 2, static_cast<std::uint32_t>(token.size()));
-  check(is_error(rpc(a, few, token.data()), Errc::BadQueues), "a hello with another queue count is refused (BadQueues)");
+  check(is_error(hello(a, token, 15, 2), Errc::BadQueues), "a hello with another queue count is refused (BadQueues)");
   Answer again = hello(a, token, 13);
   check(again.got && again.h.session == ha.h.session, "a repeated hello (same nonce) gets the same session");
   const std::uint64_t sa = ha.h.session, sb = hb.h.session;
@@ -181,7 +207,9 @@ int main(int argc, char** argv) {
   };
   add_seed(req(Op::Write, sa, 20, 20, 8192, kPage, kPage), pab.data());
   add_seed(req(Op::Read, sa, 21, 20, 0, kPage, 0), nullptr);
-  add_seed(req(Op::Hello, 0, 1, 99, 1 << 20, kQueues, static_cast<std::uint32_t>(token.size())), token.data());
+  std::vector<char> nonces(kProveBytes, 7);
+  add_seed(req(Op::Hello, 0, 1, 99, 1 << 20, kQueues, kHelloBytes), nonces.data());
+  add_seed(req(Op::Prove, 0, 2, 99, 1 << 20, kQueues, kProveBytes), nonces.data());
   add_seed(req(Op::Discard, sa, 22, 20, 0, kPage, 0), nullptr);
   add_seed(req(Op::Usage, sa, 23, 20, 0, 0, 0), nullptr);
   std::size_t sent = 0;

@@ -112,14 +112,21 @@ Errc validate(const Header& h, bool from_server, std::string* why) {
       if (h.status == 0) return fail(Errc::BadMessage, "error without a code");
       return Errc::Ok;
     }
+    if (op == Op::Challenge) {
+      if (h.status != 0 || h.length != kChallengeBytes || h.session != 0)
+        return fail(Errc::BadMessage, "malformed challenge");
+      return Errc::Ok;
+    }
     return fail(Errc::BadMessage, "unexpected op from the server");
   }
   if (h.status != 0) return fail(Errc::BadMessage, "request with a status");
   if (h.seq == 0) return fail(Errc::BadMessage, "seq 0");
-  if (op != Op::Hello && h.floor > h.seq) return fail(Errc::BadMessage, "floor above seq");
+  if (op != Op::Hello && op != Op::Prove && h.floor > h.seq) return fail(Errc::BadMessage, "floor above seq");
   switch (op) {
     case Op::Hello:
-      if (h.length > kMaxToken) return fail(Errc::BadMessage, "token too long");
+    case Op::Prove:
+      if (h.length != (op == Op::Hello ? kHelloBytes : kProveBytes))
+        return fail(Errc::BadMessage, op == Op::Hello ? "hello without a 32-byte nonce" : "malformed proof");
       if (h.session != 0) return fail(Errc::BadMessage, "hello with a session");
       if (h.size < 2 || h.size > kMaxQueues) return fail(Errc::BadQueues, "bad queue count");
       return Errc::Ok;

@@ -39,24 +39,31 @@ Uri parse_uri(const std::string& text, bool server);
 
 inline constexpr std::uint16_t kEtherType = 0x88B5;  // IEEE local experimental
 inline constexpr std::uint32_t kMagic = 0x50444d46;  // "FMDP"
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;  // 2: the token is proven (Hello, Challenge, Prove), never sent
 inline constexpr std::uint32_t kPage = 4096;
 // Reads and writes move a page, or a piece of one (a pool cuts a page in up to
 // 8 for erasure coding): whole multiples of this, at offsets aligned to it.
 inline constexpr std::uint32_t kUnit = 512;
 inline constexpr std::uint32_t kMaxToken = 1024;
+// The handshake's payloads (transport/auth.hpp: 32-byte nonces and proofs).
+inline constexpr std::uint32_t kHelloBytes = 32;       // Hello: the client's nonce
+inline constexpr std::uint32_t kChallengeBytes = 32;   // Challenge: the server's nonce
+inline constexpr std::uint32_t kProveBytes = 96;       // Prove: client nonce, server nonce, client proof
+inline constexpr std::uint32_t kProofReplyBytes = 512;  // Prove's Reply: the server's proof, padded to a unit
 inline constexpr std::size_t kEthHeader = 14;
 
 enum class Op : std::uint16_t {
-  Hello = 1,    // floor: client nonce; offset: capacity wanted; size: queues; payload: token
+  Hello = 1,    // floor: client's id for the handshake; offset: capacity; size: queues; payload: client nonce
   Read = 2,     // offset; size: a page or 512-byte units of one
   Write = 3,    // offset; size = length (as for Read); payload: the bytes
   Discard = 4,  // offset, size: 512-byte units (the whole pages inside are freed)
   Usage = 5,    // -> Reply offset = bytes held
   Ping = 6,     // heartbeat: keeps the session alive
   Bye = 7,      // the client is done: free the session now
+  Prove = 8,    // as Hello, payload: client nonce | server nonce | HMAC proof of the token (auth.hpp)
   Reply = 16,   // status 0; echoes session, lane, slot, seq, attempt (Read: payload = the bytes)
   Error = 17,   // status = Errc; payload: one-line message
+  Challenge = 18,  // answers Hello: payload = the server's nonce; size 1 = the server requires no token
 };
 
 enum class Errc : std::uint32_t {

@@ -1,7 +1,10 @@
 // The DPDK memory server (dpdk://): one polling thread serving every port and
 // lane. memif: one server interface per id (one client each); port/N: one NIC
 // port shared by sessions. A session is a far region of its own, created by a
-// Hello with the right token and freed on Bye, when its memif link goes down,
+// Prove of the token (Hello, Challenge, Prove: the token is never sent; the
+// challenge is derived from a secret of the server's, the client's nonce and
+// MAC and a 30 s epoch, so the server keeps no state per handshake and a
+// retransmitted hello gets the same challenge) and freed on Bye, when its memif link goes down,
 // or after 10 s without a packet (clients send a heartbeat every second).
 // Writes and discards execute once per (session, lane, seq) and are
 // re-acknowledged when repeated; reads answer with the current bytes.
@@ -26,6 +29,7 @@
 
 #include "farmem/runtime.hpp"
 #include "transport/dpdk/dpdk_port.hpp"
+#include "transport/auth.hpp"
 #include "transport/dpdk/dpdk_proto.hpp"
 #include "runtime/os.hpp"
 #include "server/session_memory.hpp"
@@ -37,6 +41,7 @@ using namespace net::dpdk;
 using farmem::detail::now_ns;
 
 constexpr std::uint64_t kSessionIdleNs = 10'000'000'000;
+constexpr std::uint64_t kChallengeEpochNs = 30'000'000'000;  // a challenge is good for 30-60 s
 
 struct Session {
   std::uint64_t id = 0, nonce = 0;
@@ -58,7 +63,7 @@ struct PortState {
 
 class Server {
  public:
-  Server(const DpdkServerOptions& o, ListenerContext& ctx) : opt_(o), ctx_(ctx) {}
+  Server(const DpdkServerOptions& o, ListenerContext& ctx) : opt_(o), ctx_(ctx) { net::auth::random_nonce(secret_); }
   int run();
 
  private:
@@ -67,6 +72,9 @@ class Server {
   void send(unsigned p, unsigned q, const std::uint8_t dst[6], Header h, const void* payload);
   void fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Errc e, const std::string& msg);
   void free_session(std::uint64_t id, const char* why);
+  // The challenge for a client nonce from (port, MAC) in an epoch.
+  void challenge(const char* client_nonce, const std::uint8_t mac[6], unsigned port, std::uint64_t epoch,
+                 unsigned char* out) const;
   void housekeeping(std::uint64_t now);
   void print_usage(const char* why);
 
@@ -75,6 +83,7 @@ class Server {
 
   DpdkServerOptions opt_;
   ListenerContext& ctx_;
+  unsigned char secret_[net::auth::kNonce];  // the challenges' key, new each start
   Uri uri_;
   rte_mempool* pool_ = nullptr;
   std::vector<PortState> ports_;
@@ -117,6 +126,17 @@ void Server::fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Heade
   send(p, q, dst, h, msg.data());
 }
 
+void Server::challenge(const char* client_nonce, const std::uint8_t mac[6], unsigned port, std::uint64_t epoch,
+                       unsigned char* out) const {
+  unsigned char bound[net::auth::kNonce + 6 + 4 + 8];
+  std::memcpy(bound, client_nonce, net::auth::kNonce);
+  std::memcpy(bound + net::auth::kNonce, mac, 6);
+  const std::uint32_t p32 = port;
+  std::memcpy(bound + net::auth::kNonce + 6, &p32, 4);
+  std::memcpy(bound + net::auth::kNonce + 10, &epoch, 8);
+  net::auth::derive_nonce(secret_, bound, sizeof bound, out);
+}
+
 void Server::free_session(std::uint64_t id, const char* why) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
@@ -153,9 +173,30 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     return;
   }
   const auto op = static_cast<Op>(h.op);
-  if (op == Op::Hello) {
-    std::string token(payload, h.length);
-    if (!ctx_.token.empty() && token != ctx_.token)
+  auto answer = [&](Header r, const void* body) {  // echoes what the client matches replies on
+    r.slot = h.slot;
+    r.lane = h.lane;
+    r.attempt = h.attempt;
+    r.floor = h.floor;
+    send(p, q, src, r, body);
+  };
+  if (op == Op::Hello) {  // answered with a challenge; size 1: no token here to prove
+    unsigned char nonce[net::auth::kNonce];
+    challenge(payload, src, p, now_ns() / kChallengeEpochNs, nonce);
+    return answer(make(Op::Challenge, 0, h.seq, 0, ctx_.token.empty() ? 1 : 0, kChallengeBytes), nonce);
+  }
+  if (op == Op::Prove) {
+    const auto* client_nonce = reinterpret_cast<const unsigned char*>(payload);
+    const unsigned char* server_nonce = client_nonce + net::auth::kNonce;
+    const unsigned char* proof = server_nonce + net::auth::kNonce;
+    unsigned char want[net::auth::kNonce];
+    bool ours = false;
+    for (std::uint64_t back = 0, epoch = now_ns() / kChallengeEpochNs; back < 2 && !ours && epoch >= back; ++back) {
+      challenge(payload, src, p, epoch - back, want);
+      ours = net::auth::equal(want, server_nonce);
+    }
+    if (!ours) return fail(p, q, src, h, Errc::BadToken, "a challenge this server did not give, or gave too long ago");
+    if (!ctx_.token.empty() && !net::auth::check(ctx_.token, true, server_nonce, client_nonce, proof))
       return fail(p, q, src, h, Errc::BadToken, "wrong or missing token");
     // The queue count must match: memif maps a queue the peer never set up onto
     // its ring 0, and DPDK's API cannot tell which rings a peer set up.
@@ -192,12 +233,9 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
       if (uri_.memif) ports_[p].active = s->queues;
     }
     s->heard_ns = now_ns();
-    Header r = make(Op::Reply, s->id, h.seq, s->mem->size(), 0, 0);
-    r.slot = h.slot;
-    r.lane = h.lane;
-    r.attempt = h.attempt;
-    r.floor = h.floor;
-    return send(p, q, src, r, nullptr);
+    unsigned char body[kProofReplyBytes] = {};  // the server's proof, then zeros to a whole unit
+    net::auth::prove(ctx_.token, false, server_nonce, client_nonce, body);
+    return answer(make(Op::Reply, s->id, h.seq, s->mem->size(), 0, kProofReplyBytes), body);
   }
   auto it = sessions_.find(h.session);
   if (it == sessions_.end() || it->second->port != p)

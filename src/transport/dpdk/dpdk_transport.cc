@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "farmem/runtime.hpp"
+#include "transport/auth.hpp"
 #include "transport/dpdk/dpdk_port.hpp"
 #include "transport/dpdk/dpdk_proto.hpp"
 #include "transport/wire.hpp"
@@ -225,11 +226,11 @@ class Lane {
     h.lane = q_;
     const void* payload = nullptr;
     if (r.op == Op::Write) payload = r.local;
-    if (r.op == Op::Hello) {
+    if (r.op == Op::Hello || r.op == Op::Prove) {
       h.session = 0;
       h.floor = hello_nonce;
-      h.length = static_cast<std::uint32_t>(hello_token.size());
-      payload = hello_token.data();
+      h.length = static_cast<std::uint32_t>(hello_payload.size());
+      payload = hello_payload.data();
     }
     h.attempt = table_.sent(slot, now_ns(), kFirstRtoNs, kMaxRtoNs);
     ++sent_;
@@ -251,13 +252,17 @@ class Lane {
     if (h.lane != q_) return 0;
     RequestTable::Request* r = table_.match(h.slot, h.seq);
     if (!r) return 0;  // a late duplicate of something already answered
-    if (r->op == Op::Hello ? h.floor != hello_nonce : (h.session != session_ && static_cast<Op>(h.op) != Op::Error))
+    const bool handshake = r->op == Op::Hello || r->op == Op::Prove;
+    if (handshake ? h.floor != hello_nonce : (h.session != session_ && static_cast<Op>(h.op) != Op::Error))
+      return 0;
+    // Hello is answered by a Challenge, everything else by a Reply (or an Error).
+    if (static_cast<Op>(h.op) != Op::Error && (static_cast<Op>(h.op) == Op::Challenge) != (r->op == Op::Hello))
       return 0;
     heard_ns_ = now_ns();
     if (static_cast<Op>(h.op) == Op::Error) {
       error.assign(payload, std::min<std::size_t>(h.length, 200));
       error_code = static_cast<wire::Errc>(h.status);
-      if (r->op != Op::Hello && r->op != Op::Bye) {  // a repeated bye finds the session gone
+      if (!handshake && r->op != Op::Bye) {  // a repeated bye finds the session gone
         // A full server is not a failed one: in a pool its pages could not go
         // anywhere else either (placement is fixed), so far memory is full.
         if (static_cast<Errc>(h.status) == Errc::NoCapacity)
@@ -271,6 +276,9 @@ class Lane {
     } else if (r->op == Op::Read) {
       if (h.length != r->size || h.offset != r->offset) return 0;
       std::memcpy(r->local, payload, r->size);
+    } else if (handshake) {
+      if (h.length != (r->op == Op::Hello ? kChallengeBytes : kProofReplyBytes)) return 0;
+      handshake_reply.assign(payload, auth::kNonce);  // the server's nonce, or its proof
     } else if (h.length != 0) {
       return 0;
     }
@@ -281,7 +289,8 @@ class Lane {
   }
 
  public:
-  std::string hello_token;
+  std::string hello_payload;    // Hello: the client nonce; Prove: client nonce, server nonce, proof
+  std::string handshake_reply;  // the Challenge's nonce, then the server's proof
   std::uint64_t hello_nonce = 0;
   Header reply{};  // the last accepted reply (control calls read it)
   std::uint64_t retransmits_ = 0, sent_ = 0, tx_full_ = 0, no_mbuf_ = 0;
@@ -377,28 +386,51 @@ class DpdkTransport final : public Transport {
         member_(member ? std::optional<MemberOptions>(*member) : std::nullopt) {
     std::uint64_t nonce = 0;
     while (nonce == 0) getrandom(&nonce, sizeof nonce, 0);
-    // The hello runs on lane 0 with session 0; the reply carries the new session
-    // and echoes our nonce (a stale reply on lane 0 cannot pass for it).
+    // The handshake runs on lane 0 with session 0 (transport/auth.hpp): Hello
+    // with our nonce, the server's Challenge, Prove with our proof of the
+    // token; the Reply carries the new session and the server's proof. Every
+    // answer echoes `nonce` (a stale one on lane 0 cannot pass for it).
+    const std::string token = wire::read_client_token(cfg.token_file, kMaxToken);
+    unsigned char client_nonce[auth::kNonce];
+    auth::random_nonce(client_nonce);
     Lane hello(sh_, 0, 0, 1);
-    hello.hello_token = wire::read_client_token(cfg.token_file, kMaxToken);
     hello.hello_nonce = nonce;
-    auto noop = [](RequestTable::Request&, bool) {};
-    hello.post(Op::Hello, member ? member->capacity : cfg.far_mem_bytes, sh_.uri.queues, nullptr, 0, noop);
-    hello.flush();
-    const std::uint64_t t0 = now_ns();
-    while (!hello.idle()) {
-      hello.receive(noop);
-      hello.retransmit_due();
-      if (now_ns() - t0 > 5'000'000'000ull)
-        throw Error("the memory server " + sh_.uri.text + " did not answer the handshake within 5 s; is it a farmem-server?");
-      sched_yield();
-    }
-    if (!hello.error.empty()) {
-      if (hello.error_code == wire::Errc::BadToken)
-        throw Error("the memory server " + sh_.uri.text + " refused us: " + hello.error +
-                    "; set FARMEM_TOKEN_FILE to the server's token file");
-      throw Error("the memory server " + sh_.uri.text + " refused us: " + hello.error);
-    }
+    const std::uint64_t capacity = member ? member->capacity : cfg.far_mem_bytes;
+    auto step = [&](Op op, std::string payload) {  // one handshake request, until answered
+      hello.hello_payload = std::move(payload);
+      auto noop = [](RequestTable::Request&, bool) {};
+      hello.post(op, capacity, sh_.uri.queues, nullptr, 0, noop);
+      hello.flush();
+      const std::uint64_t t0 = now_ns();
+      while (!hello.idle()) {
+        hello.receive(noop);
+        hello.retransmit_due();
+        if (now_ns() - t0 > 5'000'000'000ull)
+          throw Error("the memory server " + sh_.uri.text +
+                      " did not answer the handshake within 5 s; is it a farmem-server of the same release?");
+        sched_yield();
+      }
+      if (!hello.error.empty()) {
+        if (hello.error_code == wire::Errc::BadToken)
+          throw Error("the memory server " + sh_.uri.text + " refused us: " + hello.error +
+                      "; set FARMEM_TOKEN_FILE to the server's token file");
+        throw Error("the memory server " + sh_.uri.text + " refused us: " + hello.error);
+      }
+    };
+    step(Op::Hello, std::string(reinterpret_cast<const char*>(client_nonce), auth::kNonce));
+    if (!token.empty() && hello.reply.size == 1)
+      throw Error("the memory server " + sh_.uri.text + " requires no token, so it cannot prove it holds ours; start "
+                  "it with --token-file (the file FARMEM_TOKEN_FILE names) or unset FARMEM_TOKEN_FILE");
+    const std::string server_nonce = hello.handshake_reply;
+    unsigned char proof[auth::kMac];
+    auth::prove(token, true, reinterpret_cast<const unsigned char*>(server_nonce.data()), client_nonce, proof);
+    step(Op::Prove, std::string(reinterpret_cast<const char*>(client_nonce), auth::kNonce) + server_nonce +
+                        std::string(reinterpret_cast<const char*>(proof), auth::kMac));
+    if (!token.empty() &&
+        !auth::check(token, false, reinterpret_cast<const unsigned char*>(server_nonce.data()), client_nonce,
+                     reinterpret_cast<const unsigned char*>(hello.handshake_reply.data())))
+      throw Error("the memory server " + sh_.uri.text + " could not prove it holds our token (another token, or "
+                  "something in between); check FARMEM_TOKEN_FILE and the server's --token-file");
     session_ = hello.reply.session;
     capacity_ = hello.reply.offset;
     sh_.dead.store(false, std::memory_order_release);  // a new session on a server that came back
