@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     farmem::Config cfg = farmem::Config::from_env();
     if (!std::getenv("FARMEM_COMPRESS")) cfg.compress = "lz4";
     if (!std::getenv("FARMEM_LOCAL_MEM")) cfg.local_mem_bytes = 16ull << 20;
-    if (cfg.compress == "none") throw farmem::Error("FARMEM_COMPRESS=none: compaction is the compressed tier's");
+    if (cfg.compress == "none") throw farmem::Error("FARMEM_COMPRESS=none: compaction is the compressed tier's; set FARMEM_COMPRESS=lz4 or zstd, or leave it unset (lz4 here)");
     if (!std::getenv("FARMEM_FAR_MEM")) cfg.far_mem_bytes = 2 * far;
     farmem::init(cfg);
 

@@ -206,7 +206,7 @@ class CompressedTransport final : public net::Transport {
     bool sync = false;
     std::uint64_t off = store_.alloc(units, page, &sync);
     if (sync) {
-      const std::size_t n = store_.to_sync();
+      const std::uint64_t n = store_.to_sync();
       inner_->sync_discards();
       store_.synced(n);
       off = store_.alloc(units, page, &sync);

@@ -157,22 +157,22 @@ PackedStore::Range PackedStore::undrain(std::uint64_t span) {
 void PackedStore::given_back(Range r) {
   std::lock_guard<std::mutex> g(mu_);
   const unsigned pages = static_cast<unsigned>(r.len / kPage);
-  unsynced_.emplace_back(r.off, pages);
+  unsynced_.push_back({r.off, pages, given_back_++});
   unsynced_pages_ += pages;
 }
 
-std::size_t PackedStore::to_sync() const {
+std::uint64_t PackedStore::to_sync() const {
   std::lock_guard<std::mutex> g(mu_);
-  return unsynced_.size();
+  return given_back_;
 }
 
-void PackedStore::synced(std::size_t n) {
+void PackedStore::synced(std::uint64_t mark) {
   std::lock_guard<std::mutex> g(mu_);
-  for (std::size_t i = 0; i < n; ++i) {
-    free_spans_[unsynced_[i].second].push_back(unsynced_[i].first);
-    unsynced_pages_ -= unsynced_[i].second;
+  while (!unsynced_.empty() && unsynced_.front().seq < mark) {
+    free_spans_[unsynced_.front().pages].push_back(unsynced_.front().off);
+    unsynced_pages_ -= unsynced_.front().pages;
+    unsynced_.pop_front();
   }
-  unsynced_.erase(unsynced_.begin(), unsynced_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 PackedStore::Usage PackedStore::usage() const {

@@ -17,6 +17,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <map>
 #include <vector>
@@ -39,11 +40,13 @@ class PackedStore {
   // Reusing spans keeps the address space, and the server's page tables, small.
   // owner: the page the piece holds (what drain() reports).
   std::uint64_t alloc(unsigned units, std::uint64_t owner, bool* sync);
-  // How many given-back spans the caller is about to make sure of, and then
-  // that it did: only those become reusable (others may be given back, and
-  // their discards sent, while it waits).
-  std::size_t to_sync() const;
-  void synced(std::size_t n);
+  // A mark for the spans given back so far, which the caller is about to make
+  // sure of, and then that it did: only spans given back before the mark become
+  // reusable (others may be given back, and their discards sent, while it
+  // waits). Marks, not counts: two threads may sync at once (the evictor and
+  // the compactor), and a stale mark moves nothing twice.
+  std::uint64_t to_sync() const;
+  void synced(std::uint64_t mark);
   // Frees the piece of `units` units at off. Returns the remote range of a
   // span that became empty (len 0 if none): the caller discards it, then
   // hands it back with given_back() to be reused once synced.
@@ -94,8 +97,13 @@ class PackedStore {
   std::map<std::uint64_t, Span> spans_;                 // by base offset
   std::vector<std::vector<std::uint64_t>> partial_;     // [units]: spans with a free slot
   std::vector<std::vector<std::uint64_t>> free_spans_;  // [pages]: spans given back, safe to reuse
-  std::vector<std::pair<std::uint64_t, unsigned>> unsynced_;  // given back, discard maybe still on its way
-  std::uint64_t unsynced_pages_ = 0;
+  struct Unsynced {
+    std::uint64_t off;
+    unsigned pages;
+    std::uint64_t seq;  // given_back_'s count when it came
+  };
+  std::deque<Unsynced> unsynced_;  // given back, discard maybe still on its way; by seq
+  std::uint64_t unsynced_pages_ = 0, given_back_ = 0;
   std::uint64_t piece_bytes_ = 0, span_bytes_ = 0;
 };
 

@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -328,6 +329,32 @@ TEST_CASE("a pool server's pieces: compressed, kept when read, a damaged one han
   wait_one();
   CHECK(std::all_of(back, back + kPiece / 8, [](std::uint64_t w) { return w == 0; }));
   CHECK(t->stats_json().find("\"damaged\":1,") != std::string::npos);
+}
+
+TEST_CASE("spans given back are reused once, after the mark that covers them, whoever syncs") {
+  PackedStore s(256, 1 << 20);
+  bool sync = false;
+  std::vector<std::uint64_t> ones;
+  for (int i = 0; i < 64; ++i) ones.push_back(s.alloc(1, 0, &sync));  // four one-page spans: 0 .. 12288
+  std::uint64_t early = 0;
+  int given = 0;
+  for (auto off : ones) {
+    PackedStore::Range r = s.free(off, 1);
+    if (!r.len) continue;
+    s.given_back(r);
+    if (++given == 3) early = s.to_sync();  // one thread's mark: the first three
+  }
+  const std::uint64_t late = s.to_sync();  // another's, after the fourth
+  s.synced(late);   // that thread: all four
+  s.synced(early);  // the first, late with its stale mark: nothing more, nothing twice
+  std::set<std::uint64_t> got;
+  for (int i = 0; i < 4; ++i) {
+    const std::uint64_t off = s.alloc(1, 0, &sync);  // a span each: the given-back ones first
+    for (int k = 1; k < 16; ++k) s.alloc(1, 0, &sync);
+    CHECK(got.insert(off).second);
+  }
+  CHECK(got == std::set<std::uint64_t>{0, 4096, 8192, 12288});
+  CHECK(s.alloc(1, 0, &sync) == 4 * 4096);  // then fresh space
 }
 
 TEST_CASE("the piece allocator drains its sparsest spans for compaction and keeps their slots until undrained") {
