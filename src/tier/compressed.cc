@@ -181,12 +181,13 @@ class CompressedTransport final : public net::Transport {
     if (has_piece(w)) free_piece(w);
   }
   // Frees a piece; a span left empty goes back to the server.
-  void free_piece(std::uint64_t w) {
-    PackedStore::Range r = store_.free(loc_off(w), store_.units_for(loc_len(w)));
-    if (r.len) {  // sent before the span can be synced and reused
-      inner_->discard(r.off, r.len);
-      store_.given_back(r);
-    }
+  void free_piece(std::uint64_t w) { give_back(store_.free(loc_off(w), store_.units_for(loc_len(w)))); }
+  // An emptied span (len 0: none) goes back to the server; its discard is sent
+  // before the span can be synced and reused.
+  void give_back(PackedStore::Range r) {
+    if (!r.len) return;
+    inner_->discard(r.off, r.len);
+    store_.given_back(r);
   }
   // The statistics of a stored page w, added (sign 1) or taken away (-1).
   void count(std::uint64_t w, int sign) {
@@ -233,9 +234,9 @@ class CompressedTransport final : public net::Transport {
   std::atomic<std::uint64_t> writes_{0}, reads_{0}, compress_ns_{0}, decompress_ns_{0}, damaged_{0};
   std::atomic<std::uint64_t> moved_pieces_{0}, moved_bytes_{0}, reread_after_move_{0};
 
-  // Compaction (compaction.cc's part of this layer, below).
+  // Compaction (the compactor thread: CompressedTransport::compact_loop, below).
   void compact_loop();
-  bool compact_once(net::QueuePair& qp);
+  bool compact_once(net::QueuePair& qp, PageBuffers& bufs);
   void stop_compactor() {
     {
       std::lock_guard<std::mutex> g(compact_mu_);
@@ -484,6 +485,7 @@ constexpr std::uint64_t kMinHoles = 1ull << 20;
 void CompressedTransport::compact_loop() {
   detail::g_internal_alloc = 1;  // under the shim: never allocate from the region
   std::unique_ptr<net::QueuePair> qp;  // its own, made when first needed
+  PageBuffers bufs("compactor");       // the pieces in flight, reused from one round to the next
   std::unique_lock<std::mutex> g(compact_mu_);
   while (!compactor_stop_) {
     compact_cv_.wait_for(g, std::chrono::milliseconds(100));
@@ -493,7 +495,7 @@ void CompressedTransport::compact_loop() {
       const std::uint64_t holes = u.span_bytes - u.piece_bytes;
       if (holes < kMinHoles || holes * 100 < std::uint64_t{compact_pct_} * u.span_bytes) break;
       if (!qp) qp = inner_->create_qp();
-      if (!compact_once(*qp)) break;
+      if (!compact_once(*qp, bufs)) break;
     }
   }
   qp.reset();
@@ -502,7 +504,7 @@ void CompressedTransport::compact_loop() {
 // Moves the live pieces of a few of the sparsest spans: reads them all, writes
 // each into a hole elsewhere, then publishes each new location if the page
 // still has the piece that was read. Returns false if there was nothing to move.
-bool CompressedTransport::compact_once(net::QueuePair& qp) {
+bool CompressedTransport::compact_once(net::QueuePair& qp, PageBuffers& bufs) {
   std::vector<std::uint64_t> spans;
   const std::vector<PackedStore::Piece> pieces = store_.drain(8, &spans);
   struct Move {
@@ -512,7 +514,6 @@ bool CompressedTransport::compact_once(net::QueuePair& qp) {
     bool ok;
   };
   std::vector<Move> moves;
-  PageBuffers bufs("compactor");
   for (const PackedStore::Piece& p : pieces) {
     const std::uint64_t w = loc_[p.owner].load(std::memory_order_acquire);
     if (has_piece(w) && loc_off(w) == p.off) moves.push_back({p.owner, w, 0, p.units, bufs.take(), false});
@@ -552,11 +553,8 @@ bool CompressedTransport::compact_once(net::QueuePair& qp) {
       free_piece(m.new_w);  // the page changed meanwhile (or the write failed): its new piece is unused
     }
   }
-  for (std::uint64_t s : spans)
-    if (PackedStore::Range r = store_.undrain(s); r.len) {
-      inner_->discard(r.off, r.len);
-      store_.given_back(r);
-    }
+  for (std::uint64_t s : spans) give_back(store_.undrain(s));
+  for (Move& m : moves) bufs.give(m.buf);
   return !moves.empty();
 }
 

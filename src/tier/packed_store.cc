@@ -56,11 +56,21 @@ std::uint64_t PackedStore::alloc(unsigned units, std::uint64_t owner, bool* sync
   s.units = units;
   s.used = 1;
   s.owner[0] = owner;
-  if (n_ > 1) {
-    s.partial_pos = static_cast<std::uint32_t>(part.size());
-    part.push_back(base);
-  }
+  if (n_ > 1) add_partial(base, s);
   return base;
+}
+
+void PackedStore::add_partial(std::uint64_t base, Span& s) {
+  s.partial_pos = static_cast<std::uint32_t>(partial_[s.units].size());
+  partial_[s.units].push_back(base);
+}
+
+PackedStore::Range PackedStore::erase_span(std::map<std::uint64_t, Span>::iterator it) {
+  const Range r{it->first, std::uint64_t{it->second.units} * kPage};
+  drop_partial(it->second.units, it->second);
+  spans_.erase(it);
+  span_bytes_ -= r.len;
+  return r;
 }
 
 void PackedStore::drop_partial(unsigned units, Span& s) {
@@ -89,16 +99,8 @@ PackedStore::Range PackedStore::free(std::uint64_t off, unsigned units) {
   piece_bytes_ -= std::uint64_t{units} * unit_;
   const bool was_full = std::popcount(s.used) == static_cast<int>(n_);
   s.used &= ~(1u << slot);
-  if (s.used == 0 && !s.draining) {  // empty: give it back to the server
-    drop_partial(units, s);
-    spans_.erase(it);
-    span_bytes_ -= span_bytes;
-    return {base, span_bytes};
-  }
-  if (was_full && !s.draining) {
-    s.partial_pos = static_cast<std::uint32_t>(partial_[units].size());
-    partial_[units].push_back(base);
-  }
+  if (s.used == 0 && !s.draining) return erase_span(it);  // empty: give it back to the server
+  if (was_full && !s.draining) add_partial(base, s);
   return {};
 }
 
@@ -141,16 +143,8 @@ PackedStore::Range PackedStore::undrain(std::uint64_t span) {
   if (it == spans_.end() || !it->second.draining) return {};
   Span& s = it->second;
   s.draining = false;
-  if (s.used == 0) {
-    const std::uint64_t bytes = std::uint64_t{s.units} * kPage;
-    spans_.erase(it);
-    span_bytes_ -= bytes;
-    return {span, bytes};
-  }
-  if (std::popcount(s.used) < static_cast<int>(n_)) {
-    s.partial_pos = static_cast<std::uint32_t>(partial_[s.units].size());
-    partial_[s.units].push_back(span);
-  }
+  if (s.used == 0) return erase_span(it);
+  if (std::popcount(s.used) < static_cast<int>(n_)) add_partial(span, s);
   return {};
 }
 

@@ -88,6 +88,9 @@ class PackedStore {
     std::array<std::uint64_t, 16> owner{};   // the page in each slot (n <= 16)
   };
   void drop_partial(unsigned units, Span& s);
+  void add_partial(std::uint64_t base, Span& s);  // s has a free slot again
+  // Forgets an empty span; returns its range, for the caller to give back.
+  Range erase_span(std::map<std::uint64_t, Span>::iterator it);
 
   const std::uint32_t unit_;
   const unsigned n_;  // pieces per span

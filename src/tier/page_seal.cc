@@ -19,7 +19,6 @@
 #include "farmem/runtime.hpp"
 #include "runtime/fatal.hpp"
 #include "runtime/os.hpp"
-#include "tier/pool.hpp"
 
 namespace farmem::tier {
 namespace {
@@ -52,7 +51,6 @@ bool parse_protect(const std::string& v) {
   if (v == "aead") return true;
   throw Error("FARMEM_PROTECT='" + v + "' is not none or aead; set FARMEM_PROTECT=aead to encrypt and check far pages, or none");
 }
-
 
 PageSeal::PageSeal(std::uint64_t npages)
     : npages_(npages),
