@@ -142,6 +142,18 @@ std::uint64_t stat(const std::string& json, const std::string& name) {
   return at == std::string::npos ? 0 : std::stoull(json.substr(at + name.size() + 3));
 }
 
+// Each live server's `layer` object ("compress", "protect") under the pool's
+// "members" in the statistics st; fails the test when there is no "members".
+std::vector<std::string> member_layers(const std::string& st, const std::string& layer) {
+  const std::size_t members = st.find("\"members\":[");
+  REQUIRE(members != std::string::npos);
+  std::vector<std::string> out;
+  const std::string key = "\"" + layer + "\":{";
+  for (std::size_t at = st.find(key, members); at != std::string::npos; at = st.find(key, at + 1))
+    out.push_back(st.substr(at, st.find('}', at) - at));
+  return out;
+}
+
 TEST_CASE("ec:2+1 over 4 servers: one killed mid-run, nothing lost, redundancy restored at the rate asked",
           "[ec_kill]") {
   Servers s(4);
@@ -178,17 +190,12 @@ TEST_CASE("ec:2+1 over 4 servers with lz4 and aead: each server's pieces compres
   INFO(st);
   CHECK(stat(st, "pages_repaired") > 0);
   // Every live server stores its 2 KiB pieces in less room than they take.
-  const std::size_t members = st.find("\"members\":[");
-  REQUIRE(members != std::string::npos);
-  unsigned compressed = 0;
-  for (std::size_t at = st.find("\"compress\":{", members); at != std::string::npos;
-       at = st.find("\"compress\":{", at + 1)) {
-    const std::string one = st.substr(at, st.find('}', at) - at);
+  const std::vector<std::string> compressed = member_layers(st, "compress");
+  for (const std::string& one : compressed) {
     CHECK(stat(one, "data_bytes") * 4 > 5 * stat(one, "stored_bytes"));  // at least 20% saved
     CHECK(stat(one, "damaged") == 0);
-    ++compressed;
   }
-  CHECK(compressed == 3);
+  CHECK(compressed.size() == 3);
 }
 
 TEST_CASE("replicas:2 over 3 servers, sealed (aead): one stopped longer than the timeout, nothing lost, "
@@ -203,17 +210,12 @@ TEST_CASE("replicas:2 over 3 servers, sealed (aead): one stopped longer than the
   CHECK(bad == 0);
   INFO(st);
   // Each live server's pages went out sealed, and none failed its check.
-  const std::size_t members = st.find("\"members\":[");
-  REQUIRE(members != std::string::npos);
-  unsigned sealed = 0;
-  for (std::size_t at = st.find("\"protect\":{", members); at != std::string::npos;
-       at = st.find("\"protect\":{", at + 1)) {
-    const std::string one = st.substr(at, st.find('}', at) - at);
+  const std::vector<std::string> sealed = member_layers(st, "protect");
+  for (const std::string& one : sealed) {
     CHECK(stat(one, "writes") > 0);
     CHECK(stat(one, "failed_checks") == 0);
-    ++sealed;
   }
-  CHECK(sealed >= 2);
+  CHECK(sealed.size() >= 2);
 }
 
 TEST_CASE("ec:2+1 over 3 servers: losing two ends the program with one line and exit status 1", "[lost]") {

@@ -70,6 +70,9 @@ class Server {
   std::size_t poll_port(unsigned p, unsigned q);
   void handle(unsigned p, unsigned q, rte_mbuf* m);
   void send(unsigned p, unsigned q, const std::uint8_t dst[6], Header h, const void* payload);
+  // Sends r as the answer to req: with the fields the client matches replies on
+  // (slot, lane, attempt, floor) copied from req.
+  void answer(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Header r, const void* payload);
   void fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Errc e, const std::string& msg);
   void free_session(std::uint64_t id, const char* why);
   // The challenge for a client nonce from (port, MAC) in an epoch.
@@ -119,11 +122,16 @@ void Server::fail(unsigned p, unsigned q, const std::uint8_t dst[6], const Heade
                   const std::string& msg) {
   Header h = make(Op::Error, req.session, req.seq, req.offset, 0, static_cast<std::uint32_t>(msg.size()));
   h.status = static_cast<std::uint32_t>(e);
-  h.slot = req.slot;
-  h.lane = req.lane;
-  h.attempt = req.attempt;
-  h.floor = req.floor;
-  send(p, q, dst, h, msg.data());
+  answer(p, q, dst, req, h, msg.data());
+}
+
+void Server::answer(unsigned p, unsigned q, const std::uint8_t dst[6], const Header& req, Header r,
+                    const void* payload) {
+  r.slot = req.slot;
+  r.lane = req.lane;
+  r.attempt = req.attempt;
+  r.floor = req.floor;
+  send(p, q, dst, r, payload);
 }
 
 void Server::challenge(const char* client_nonce, const std::uint8_t mac[6], unsigned port, std::uint64_t epoch,
@@ -173,17 +181,10 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     return;
   }
   const auto op = static_cast<Op>(h.op);
-  auto answer = [&](Header r, const void* body) {  // echoes what the client matches replies on
-    r.slot = h.slot;
-    r.lane = h.lane;
-    r.attempt = h.attempt;
-    r.floor = h.floor;
-    send(p, q, src, r, body);
-  };
   if (op == Op::Hello) {  // answered with a challenge; size 1: no token here to prove
     unsigned char nonce[net::auth::kNonce];
     challenge(payload, src, p, now_ns() / kChallengeEpochNs, nonce);
-    return answer(make(Op::Challenge, 0, h.seq, 0, ctx_.token.empty() ? 1 : 0, kChallengeBytes), nonce);
+    return answer(p, q, src, h, make(Op::Challenge, 0, h.seq, 0, ctx_.token.empty() ? 1 : 0, kChallengeBytes), nonce);
   }
   if (op == Op::Prove) {
     const auto* client_nonce = reinterpret_cast<const unsigned char*>(payload);
@@ -235,7 +236,7 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     s->heard_ns = now_ns();
     unsigned char body[kProofReplyBytes] = {};  // the server's proof, then zeros to a whole unit
     net::auth::prove(ctx_.token, false, server_nonce, client_nonce, body);
-    return answer(make(Op::Reply, s->id, h.seq, s->mem->size(), 0, kProofReplyBytes), body);
+    return answer(p, q, src, h, make(Op::Reply, s->id, h.seq, s->mem->size(), 0, kProofReplyBytes), body);
   }
   auto it = sessions_.find(h.session);
   if (it == sessions_.end() || it->second->port != p)
@@ -257,10 +258,6 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
   const bool first = v == DedupWindow::Verdict::Execute;
   if (!first) ++duplicates_;
   Header r = make(Op::Reply, s.id, h.seq, h.offset, h.size, 0);
-  r.slot = h.slot;
-  r.lane = h.lane;
-  r.attempt = h.attempt;
-  r.floor = h.floor;
   const void* data = nullptr;
   switch (op) {
     case Op::Read:
@@ -283,13 +280,13 @@ void Server::handle(unsigned p, unsigned q, rte_mbuf* m) {
     case Op::Ping:
       break;
     case Op::Bye:
-      send(p, q, src, r, nullptr);
+      answer(p, q, src, h, r, nullptr);
       free_session(s.id, "said goodbye");
       return;
     default:
       return fail(p, q, src, h, Errc::BadMessage, "unexpected op");
   }
-  send(p, q, src, r, data);
+  answer(p, q, src, h, r, data);
 }
 
 std::size_t Server::poll_port(unsigned p, unsigned q) {
