@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3
+PACKAGES=(meson ninja-build g++ pkg-config cmake python3 procps sqlite3 openssl
           libboost-context-dev libmimalloc-dev catch2 libisal-dev
           libibverbs-dev librdmacm-dev libdpdk-dev
           memcached libmemcached-tools python3-pymemcache

@@ -25,6 +25,7 @@ void usage(FILE* out) {
                "  Runs PROGRAM with its heap (malloc and large anonymous mmaps) in far memory;\n"
                "  only --local-mem of it stays in local memory (default 25%% of this machine).\n"
                "  --backend  shm (default: a memory server on this machine), tcp://HOST:PORT,\n"
+               "             tcp+tls://HOST:PORT (TLS; the server's CA in FARMEM_TLS_CA),\n"
                "             file:///PATH (an SSD tier: a file made in directory PATH, or a block device),\n"
                "             or several such URIs separated by commas: a pool (FARMEM_REDUNDANCY: replicas:N, ec:K+M)\n"
                "  --compress far pages compressed: none (default), lz4, zstd or zstd:LEVEL (FARMEM_COMPRESS);\n"

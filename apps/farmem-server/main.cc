@@ -1,10 +1,11 @@
 // farmem-server: the memory node. Serves far memory to clients over tcp://,
-// rdma:// and dpdk:// (one or more --listen, each on a thread of its own, one
+// tcp+tls://, rdma:// and dpdk:// (one or more --listen, each on a thread of its own, one
 // --capacity shared by all), or runs as the embedded shm server a runtime
 // starts for itself (--shm-fd, internal).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,16 @@ namespace {
 void usage(FILE* out) {
   std::fprintf(out,
                "usage: farmem-server --listen URI [--listen URI ...] --capacity SIZE [--token-file FILE]\n"
-               "                     [--stats-interval SECONDS]\n"
+               "                     [--tls-cert FILE --tls-key FILE] [--stats-interval SECONDS]\n"
                "  Serves SIZE bytes of far memory (e.g. 16G) to farmem clients; each client gets\n"
                "  its own memory, reclaimed when it disconnects. PORT 0 picks a free port (printed).\n"
                "  Several --listen (different URIs, at most one dpdk://) serve from one process, each\n"
                "  on a thread of its own, all from the one SIZE; if any cannot start, none serves.\n"
                "  URI is one of:\n"
                "    tcp://HOST:PORT   plain TCP, works anywhere (FARMEM_BACKEND=tcp://...)\n"
+               "    tcp+tls://HOST:PORT  TCP under TLS 1.3 (OpenSSL): needs --tls-cert and --tls-key (PEM);\n"
+               "                      clients check the certificate against FARMEM_TLS_CA (FARMEM_BACKEND=\n"
+               "                      tcp+tls://...). See docs/tls.md.\n"
                "    rdma://HOST:PORT  RDMA with rdma-core: clients READ and WRITE the server's registered\n"
                "                      memory (FARMEM_BACKEND=rdma://...). HOST is an address on an RDMA\n"
                "                      interface or 0.0.0.0; needs an RDMA device (or Soft-RoCE:\n"
@@ -65,7 +69,8 @@ namespace server = farmem::server;
 
 // Checks one --listen URI (dies with one line naming it, exit 2) and returns
 // the listener that serves it. Starts nothing.
-server::Listener make_listener(const std::string& listen, bool* have_dpdk) {
+server::Listener make_listener(const std::string& listen, bool* have_dpdk,
+                               const std::shared_ptr<farmem::net::tcp::TlsContext>& tls) {
   if (listen.rfind("rdma://", 0) == 0) {
     farmem::net::rdma::Endpoint ep;
     try {
@@ -102,12 +107,14 @@ server::Listener make_listener(const std::string& listen, bool* have_dpdk) {
         "time); install it and rebuild with -Ddpdk=enabled");
 #endif
   }
-  if (listen.rfind("tcp://", 0) != 0)
-    die("--listen " + listen + " is not tcp://HOST:PORT, rdma://HOST:PORT or dpdk://...");
+  const bool is_tls = listen.rfind("tcp+tls://", 0) == 0;
+  if (listen.rfind("tcp://", 0) != 0 && !is_tls)
+    die("--listen " + listen + " is not tcp://HOST:PORT, tcp+tls://HOST:PORT, rdma://HOST:PORT or dpdk://...");
   server::TcpServerOptions opt;
-  std::string rest = listen.substr(6);
+  if (is_tls) opt.tls = tls;
+  std::string rest = listen.substr(is_tls ? 10 : 6);
   std::size_t colon = rest.rfind(':');
-  if (colon == std::string::npos) die("--listen " + listen + " is not tcp://HOST:PORT");
+  if (colon == std::string::npos) die("--listen " + listen + " is not " + (is_tls ? "tcp+tls" : "tcp") + "://HOST:PORT");
   opt.host = rest.substr(0, colon);
   if (opt.host.size() > 1 && opt.host.front() == '[') opt.host = opt.host.substr(1, opt.host.size() - 2);
   char* end = nullptr;
@@ -123,7 +130,7 @@ int main(int argc, char** argv) {
   int shm_fd = -1;
   std::uint64_t capacity = 0;
   std::vector<std::string> listens;
-  std::string token_file;
+  std::string token_file, tls_cert, tls_key;
   unsigned stats_interval = 0;
   bool huge_pages = true;
   for (int i = 1; i < argc; ++i) {
@@ -140,6 +147,8 @@ int main(int argc, char** argv) {
       else if (a == "--capacity") capacity = farmem::parse_size(v, "--capacity");
       else if (a == "--listen") listens.push_back(v);
       else if (a == "--token-file") token_file = v;
+      else if (a == "--tls-cert") tls_cert = v;
+      else if (a == "--tls-key") tls_key = v;
       else if (a == "--stats-interval") stats_interval = static_cast<unsigned>(std::stoul(v));
       else die("unknown option " + a + "; see --help");
     } catch (const farmem::Error& e) {
@@ -165,9 +174,24 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < listens.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
       if (listens[i] == listens[j]) die("--listen " + listens[i] + " given twice");
+  // tcp+tls:// listeners share one certificate, loaded (and checked) before anything starts.
+  std::shared_ptr<farmem::net::tcp::TlsContext> tls;
+  bool want_tls = false;
+  for (const std::string& l : listens) want_tls |= l.rfind("tcp+tls://", 0) == 0;
+  if (want_tls && (tls_cert.empty() || tls_key.empty()))
+    die("--listen tcp+tls:// needs --tls-cert FILE and --tls-key FILE (PEM; see docs/tls.md)");
+  if (!want_tls && (!tls_cert.empty() || !tls_key.empty()))
+    die("--tls-cert and --tls-key are for tcp+tls:// listeners; add --listen tcp+tls://HOST:PORT");
+  if (want_tls) {
+    try {
+      tls = farmem::net::tcp::TlsContext::server(tls_cert, tls_key);
+    } catch (const farmem::Error& e) {
+      die(e.what());
+    }
+  }
   std::vector<server::Listener> listeners;
   bool have_dpdk = false;
-  for (const std::string& l : listens) listeners.push_back(make_listener(l, &have_dpdk));
+  for (const std::string& l : listens) listeners.push_back(make_listener(l, &have_dpdk, tls));
   server::CapacityAccount account(capacity);
   return server::run_listeners(listeners, account, token, stats_interval);
 }

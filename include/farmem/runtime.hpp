@@ -45,6 +45,7 @@ struct Config {
   unsigned compact_pct = 20;           // compressed tier: holes (% of the server's spans) that start compaction; 0 = off
   std::uint64_t repair_rate = 256ull << 20;  // bytes of pages a second a pool rebuilds at most; 0 = no limit
   std::string token_file;              // shared secret for a networked memory server
+  std::string tls_ca;                  // tcp+tls://: CA certificates (PEM) to check the server by; empty = the system's
   std::string redis_auth_file;         // redis://: "password" or "user password" (else from the URI)
   int redis_wait = -1;                 // redis://: replicas that must hold a written page; -1 = 1 if any
   std::uint64_t shm_delay_ns = 0;      // injected latency per transfer (shm)

@@ -164,6 +164,7 @@ Config Config::from_env() {
   if (const char* v = env("FARMEM_SHM_DELAY_NS")) c.shm_delay_ns = parse_u64("FARMEM_SHM_DELAY_NS", v);
   if (const char* v = env("FARMEM_SERVER")) c.server_path = v;
   if (const char* v = env("FARMEM_TOKEN_FILE")) c.token_file = v;
+  if (const char* v = env("FARMEM_TLS_CA")) c.tls_ca = v;
   if (const char* v = env("FARMEM_REDIS_AUTH_FILE")) c.redis_auth_file = v;
   if (const char* v = env("FARMEM_REDIS_WAIT")) {
     std::uint64_t n = parse_u64("FARMEM_REDIS_WAIT", v);

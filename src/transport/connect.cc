@@ -27,7 +27,7 @@ namespace {
 std::unique_ptr<Transport> connect_now(const Config& cfg) {
   if (tier::is_pool(cfg)) return tier::connect_pool(cfg);  // several servers, or redundancy
   if (cfg.backend == "shm") return connect_shm(cfg);
-  if (cfg.backend.rfind("tcp://", 0) == 0) return connect_tcp(cfg);
+  if (cfg.backend.rfind("tcp://", 0) == 0 || cfg.backend.rfind("tcp+tls://", 0) == 0) return connect_tcp(cfg);
   if (cfg.backend.rfind("file://", 0) == 0) return connect_file(cfg);
   if (cfg.backend.rfind("redis://", 0) == 0 || cfg.backend.rfind("redis+cluster://", 0) == 0) return connect_redis(cfg);
   if (cfg.backend.rfind("rediss://", 0) == 0)
@@ -51,7 +51,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
                 "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
+  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, tcp+tls://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
 }
 
 }  // namespace
@@ -64,9 +64,10 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 std::string member_refusal(const std::string& uri) {
-  for (const char* scheme : {"tcp://", "dpdk://", "file://", "redis://", "rdma://"})
+  for (const char* scheme : {"tcp://", "tcp+tls://", "dpdk://", "file://", "redis://", "rdma://"})
     if (uri.rfind(scheme, 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, rdma://HOST:PORT, dpdk://..., "
+  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, tcp+tls://HOST:PORT, "
+         "rdma://HOST:PORT, dpdk://..., "
          "file:///PATH or redis://HOST:PORT (redis+cluster:// not yet)";
 }
 

@@ -8,7 +8,9 @@
 # with the one-line error, exit status 1, never silent wrong data. The server
 # takes a token, which never shows in any recording (it is proven, not sent).
 # A pool with a tampering server rebuilds the bad pieces from the others. Bad
-# values are refused with one line.
+# values are refused with one line. Over tcp+tls:// (TLS, protection off) the
+# marker is not in the traffic either, and a flipped bit ends the run with one
+# line (test/cli/tls_test.sh has the rest of TLS).
 set -uo pipefail
 BENCH=$1
 SERVER=$2
@@ -65,6 +67,12 @@ sys.exit(0 if found else 1)
 PY
 }
 
+# A certificate for 127.0.0.1, for the tcp+tls:// cases.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=farmem-test \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null ||
+  { echo "openssl cannot make a test certificate (apt-get install openssl)"; exit 1; }
+TLS_ARGS=(--tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem")
+
 TOKEN=token-$RANDOM-never-on-the-wire
 echo "$TOKEN" >"$tmp/token"
 export FARMEM_TOKEN_FILE=$tmp/token
@@ -92,14 +100,16 @@ while not os.path.exists(sys.argv[2]):
 print(len(d), sum(len(s) for s in d), d[54321][:40])
 PY
   want=$(/usr/bin/python3 "$tmp/prog.py" "$tmp/r0" "$tmp/r0")
-  run_marked() {  # NAME RUN-OPTIONS...: the program through a recording relay
-    local name=$1
+  run_marked() {  # NAME RUN-OPTIONS...: the program through a recording relay; MARK_SCHEME=tcp+tls: over TLS
+    local name=$1 scheme=${MARK_SCHEME:-tcp} extra=() mode=record
     shift
-    start_tcp_server "m-$name" --capacity 2G --token-file "$tmp/token"  # a server of its own: no earlier run's bytes in its heap
+    [[ $scheme == tcp+tls ]] && extra=("${TLS_ARGS[@]}") && mode=bytes
+    # a server of its own: no earlier run's bytes in its heap
+    LISTEN_SCHEME=$scheme start_tcp_server "m-$name" --capacity 2G --token-file "$tmp/token" "${extra[@]}"
     local mem=$SPID
-    start_relay "$name" record
+    start_relay "$name" "$mode"
     rm -f "$tmp/ready" "$tmp/go"
-    FARMEM_BACKEND=tcp://127.0.0.1:$RPORT FARMEM_FAR_MEM=512M FARMEM_HW_MEM=256M timeout 120 "$RUN" --local-mem 8M --stats "$@" \
+    FARMEM_TLS_CA=$tmp/cert.pem FARMEM_BACKEND=$scheme://127.0.0.1:$RPORT FARMEM_FAR_MEM=512M FARMEM_HW_MEM=256M timeout 120 "$RUN" --local-mem 8M --stats "$@" \
       -- /usr/bin/python3 "$tmp/prog.py" "$tmp/ready" "$tmp/go" >"$tmp/$name.out" 2>"$tmp/$name.err" &
     local cpid=$!
     for _ in $(seq 1200); do [[ -f $tmp/ready ]] || ! kill -0 "$cpid" 2>/dev/null && break; sleep 0.05; done
@@ -123,6 +133,12 @@ PY
       ok "$opts: same output, the marker is neither on the wire nor in the server's memory ($st)"
     else bad "$opts: rc $RC, wire $WIRE_HAS, server $SERVER_HAS, '$GOT' vs '$want'; $(tail -2 "$tmp/sealed.err")"; fi
   done
+  # TLS hides the traffic (not the server's memory: protection does that).
+  MARK_SCHEME=tcp+tls run_marked tls
+  st=$(grep -o '"bytes_out":[0-9]*' "$tmp/tls.err" | head -1)
+  if ((RC == 0)) && [[ $GOT == "$want" && $WIRE_HAS -ne 0 && $SERVER_HAS -eq 0 ]] && [[ $st != '"bytes_out":0' ]]; then
+    ok "tcp+tls://, protection off: same output, the marker is not on the wire (it is in the server's memory) ($st)"
+  else bad "tcp+tls://: rc $RC, wire $WIRE_HAS, server $SERVER_HAS, '$GOT' vs '$want'; $(tail -2 "$tmp/tls.err")"; fi
 fi
 
 # 3. Tampering: a bit flipped in every page that comes back, or an older
@@ -147,6 +163,22 @@ for mode in flip replay; do
     ok "$mode with protection: stopped with one line: $ERR"
   else bad "$mode with protection: rc $RC, '$ERR', $OUT $(tail -3 "$tmp/tamper.err")"; fi
 done
+
+# Over TLS, protection off: a bit flipped in the server's bytes fails the
+# record's check; the run ends with one line, never with the bad page.
+LISTEN_SCHEME=tcp+tls start_tcp_server tls-flip --capacity 1G --token-file "$tmp/token" "${TLS_ARGS[@]}"
+TLS_SPID=$SPID
+start_relay tls-flip flipbyte
+OUT=$(FARMEM_TLS_CA=$tmp/cert.pem FARMEM_BACKEND=tcp+tls://127.0.0.1:$RPORT FARMEM_FAR_MEM=256M timeout 120 "$BENCH" \
+      --working-set 24M --local-mem 8M --ops 20000 --json 2>"$tmp/tls-flip.err")
+RC=$?
+ERR=$(grep '^farmem: ' "$tmp/tls-flip.err")
+kill "$RPID" "$TLS_SPID" 2>/dev/null; wait "$RPID" "$TLS_SPID" 2>/dev/null
+PORT=$MAIN_PORT
+if ((RC == 1)) && [[ $(wc -l <<<"$ERR") -eq 1 ]] && grep -q "lost the memory server tcp+tls://127.0.0.1:$RPORT (TLS: " <<<"$ERR" &&
+   [[ $OUT != *'"verified"'* ]]; then
+  ok "tcp+tls://, a flipped bit: stopped with one line: $ERR"
+else bad "tcp+tls:// flipped bit: rc $RC, '$ERR', $OUT $(tail -3 "$tmp/tls-flip.err")"; fi
 
 # 4. A pool (ec:2+1 over three servers), one of them behind a relay that flips
 #    a bit in every piece it sends back: each bad piece fails its check, the

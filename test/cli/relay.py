@@ -7,7 +7,11 @@
 #   flip     flip one bit in every page the server sends back
 #   replay   send back the previous version a client wrote to that offset
 #            instead of the newest (a replayed page)
-# It knows only the framing (40-byte header, then `length` bytes).
+# It knows only the framing (40-byte header, then `length` bytes). For
+# tcp+tls://, whose framing it cannot see, two modes work on the bytes:
+#   bytes    relay and record the bytes as they are
+#   flipbyte flip one bit of the server's bytes once 1 MiB has passed
+#            (past the handshake, inside a page)
 import socket, struct, sys, threading
 
 port_file, target, mode, record = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -63,12 +67,39 @@ def pump(src, dst, to_server):
             pass
 
 
+def pump_bytes(src, dst, to_server):
+    global tampered
+    passed = 0
+    try:
+        while True:
+            b = src.recv(65536)
+            if not b:
+                break
+            with lock:
+                rec.write(b)
+            if mode == "flipbyte" and not to_server and tampered == 0 and passed + len(b) > (1 << 20):
+                b = bytearray(b)
+                b[len(b) // 2] ^= 0x10
+                b = bytes(b)
+                tampered += 1
+            passed += len(b)
+            dst.sendall(b)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def serve(client):
     server = socket.create_connection(("127.0.0.1", target))
     for s in (client, server):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    threading.Thread(target=pump, args=(client, server, True), daemon=True).start()
-    threading.Thread(target=pump, args=(server, client, False), daemon=True).start()
+    fn = pump_bytes if mode in ("bytes", "flipbyte") else pump
+    threading.Thread(target=fn, args=(client, server, True), daemon=True).start()
+    threading.Thread(target=fn, args=(server, client, False), daemon=True).start()
 
 
 ls = socket.socket()

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <thread>
@@ -29,6 +30,9 @@ struct Server {
   std::string uri;
 };
 
+// Set: servers listen on tcp+tls:// with the certificate and key in this directory.
+std::string g_tls_dir;
+
 // Starts farmem-server (FARMEM_SERVER, set by meson) on a loopback port (0: a free one).
 Server start_server(const std::string& port = "0") {
   const char* path = std::getenv("FARMEM_SERVER");
@@ -41,8 +45,14 @@ Server start_server(const std::string& port = "0") {
   if (s.pid == 0) {
     dup2(out[1], 1);
     close(out[0]);
-    const std::string listen = "tcp://127.0.0.1:" + port;
-    execl(path, path, "--listen", listen.c_str(), "--capacity", "8G", static_cast<char*>(nullptr));
+    const std::string listen = (g_tls_dir.empty() ? "tcp://127.0.0.1:" : "tcp+tls://127.0.0.1:") + port;
+    if (g_tls_dir.empty()) {
+      execl(path, path, "--listen", listen.c_str(), "--capacity", "8G", static_cast<char*>(nullptr));
+    } else {
+      const std::string cert = g_tls_dir + "/cert.pem", key = g_tls_dir + "/key.pem";
+      execl(path, path, "--listen", listen.c_str(), "--capacity", "8G", "--tls-cert", cert.c_str(), "--tls-key",
+            key.c_str(), static_cast<char*>(nullptr));
+    }
     _exit(127);
   }
   close(out[1]);
@@ -54,7 +64,7 @@ Server start_server(const std::string& port = "0") {
     text.append(buf, static_cast<std::size_t>(n));
   }
   close(out[0]);
-  const std::size_t at = text.find("tcp://");
+  const std::size_t at = text.find(g_tls_dir.empty() ? "tcp://" : "tcp+tls://");
   REQUIRE(at != std::string::npos);
   s.uri = text.substr(at, text.find(',', at) - at);
   return s;
@@ -196,6 +206,27 @@ TEST_CASE("ec:2+1 over 4 servers with lz4 and aead: each server's pieces compres
     CHECK(stat(one, "damaged") == 0);
   }
   CHECK(compressed.size() == 3);
+}
+
+TEST_CASE("ec:2+1 over 4 tcp+tls:// servers: one killed mid-run, nothing lost", "[tls]") {
+  char dir[] = "/tmp/farmem-pool-tls-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  g_tls_dir = dir;
+  const std::string make_cert = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+                                "-subj /CN=farmem-test -addext subjectAltName=IP:127.0.0.1 -keyout " +
+                                g_tls_dir + "/key.pem -out " + g_tls_dir + "/cert.pem 2>/dev/null";
+  REQUIRE(std::system(make_cert.c_str()) == 0);
+  setenv("FARMEM_TLS_CA", (g_tls_dir + "/cert.pem").c_str(), 1);
+  {
+    Servers s(4);
+    const std::uint64_t bad = run_workload(s.backend(), "ec:2+1", 0, [&](int sixth) {
+      if (sixth == 2) kill(s.all[2].pid, SIGKILL);
+    });
+    CHECK(bad == 0);
+  }
+  unsetenv("FARMEM_TLS_CA");
+  std::system(("rm -rf " + g_tls_dir).c_str());
+  g_tls_dir.clear();
 }
 
 TEST_CASE("replicas:2 over 3 servers, sealed (aead): one stopped longer than the timeout, nothing lost, "

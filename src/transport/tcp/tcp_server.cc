@@ -1,4 +1,5 @@
-// The networked memory server (tcp://): one epoll loop serving many clients.
+// The networked memory server (tcp://, and tcp+tls:// through stream.hpp): one
+// epoll loop serving many clients.
 // A client session is a far region of its own (mapped on HELLO, unmapped when
 // its last connection closes); a runtime opens one connection per core and
 // attaches them all to its session. Every message is validated before use; a
@@ -43,6 +44,8 @@ struct Session {
 
 struct Conn {
   int fd = -1;
+  std::unique_ptr<net::tcp::Stream> stream;  // owns fd
+  bool first_byte_seen = false;              // tcp+tls://: a plain client was looked for
   std::string peer;
   std::vector<char> in;
   std::size_t in_used = 0;
@@ -64,6 +67,7 @@ class Server {
   bool start_listening();
   void accept_all();
   void on_readable(Conn& c);
+  bool refuse_plain_client(Conn& c);
   bool handle(Conn& c, const wire::Header& h, const char* payload);
   void reply(Conn& c, const wire::Header& h, const void* data = nullptr, std::size_t len = 0);
   void fail(Conn& c, std::uint64_t id, wire::Errc e, const std::string& msg);
@@ -103,16 +107,16 @@ bool Server::start_listening() {
   std::string port = std::to_string(opt_.port);
   int rc = getaddrinfo(opt_.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    std::fprintf(stderr, "farmem-server: cannot listen on tcp://%s:%u: cannot resolve %s: %s\n", opt_.host.c_str(),
-                 opt_.port, opt_.host.c_str(), gai_strerror(rc));
+    std::fprintf(stderr, "farmem-server: cannot listen on %s://%s:%u: cannot resolve %s: %s\n",
+                 opt_.tls ? "tcp+tls" : "tcp", opt_.host.c_str(), opt_.port, opt_.host.c_str(), gai_strerror(rc));
     return false;
   }
   lfd_ = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (lfd_ < 0 || bind(lfd_, res->ai_addr, res->ai_addrlen) != 0 || listen(lfd_, 128) != 0) {
-    std::fprintf(stderr, "farmem-server: cannot listen on tcp://%s:%u: %s\n", opt_.host.c_str(),
-                 opt_.port, std::strerror(errno));
+    std::fprintf(stderr, "farmem-server: cannot listen on %s://%s:%u: %s\n", opt_.tls ? "tcp+tls" : "tcp",
+                 opt_.host.c_str(), opt_.port, std::strerror(errno));
     freeaddrinfo(res);
     return false;
   }
@@ -122,8 +126,9 @@ bool Server::start_listening() {
   getsockname(lfd_, reinterpret_cast<sockaddr*>(&ss), &sl);
   unsigned actual = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                                     : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-  uri_ = host_port_uri("tcp", opt_.host, actual);
-  std::printf("farmem-server: listening on tcp://%s:%u, capacity %llu MiB, token %s\n", opt_.host.c_str(),
+  const char* scheme = opt_.tls ? "tcp+tls" : "tcp";
+  uri_ = host_port_uri(scheme, opt_.host, actual);
+  std::printf("farmem-server: listening on %s://%s:%u, capacity %llu MiB, token %s\n", scheme, opt_.host.c_str(),
               actual, static_cast<unsigned long long>(ctx_.account.capacity() >> 20),
               ctx_.token.empty() ? "not required" : "required");
   std::fflush(stdout);
@@ -153,6 +158,8 @@ void Server::accept_all() {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     auto c = std::make_unique<Conn>();
     c->fd = fd;
+    c->stream = std::make_unique<net::tcp::Stream>(fd);
+    if (opt_.tls) c->stream->start_tls_server(*opt_.tls);
     c->peer = peer_name(ss);
     c->in.resize(64 * 1024);
     epoll_event ev{};
@@ -271,10 +278,30 @@ bool Server::handle(Conn& c, const wire::Header& h, const char* payload) {
   return true;
 }
 
+// tcp+tls://: a client that starts in the clear (its first byte is not a TLS
+// handshake record's) is told so in the clear, in its own protocol, and closed.
+bool Server::refuse_plain_client(Conn& c) {
+  c.first_byte_seen = true;
+  unsigned char b = 0;
+  if (recv(c.fd, &b, 1, MSG_PEEK) != 1 || b == 0x16) return false;
+  const std::string msg = "this server speaks TLS: connect to " + uri_ + " (FARMEM_BACKEND=" + uri_ +
+                          ", FARMEM_TLS_CA naming the CA of its certificate)";
+  wire::Header r = wire::make(wire::Op::Error, 0, 0, 0, static_cast<std::uint32_t>(msg.size()),
+                              static_cast<std::uint32_t>(wire::Errc::BadMessage));
+  iovec iov[2] = {{&r, sizeof r}, {const_cast<char*>(msg.data()), msg.size()}};
+  msghdr m{};
+  m.msg_iov = iov;
+  m.msg_iovlen = 2;
+  sendmsg(c.fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  close_conn(c.fd);
+  return true;
+}
+
 void Server::on_readable(Conn& c) {
+  if (opt_.tls && !c.first_byte_seen && refuse_plain_client(c)) return;
   for (;;) {
     if (c.in.size() - c.in_used < 64 * 1024) c.in.resize(c.in.size() * 2);
-    ssize_t n = recv(c.fd, c.in.data() + c.in_used, c.in.size() - c.in_used, 0);
+    ssize_t n = c.stream->recv(c.in.data() + c.in_used, c.in.size() - c.in_used);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
       close_conn(c.fd);
       return;
@@ -312,8 +339,10 @@ void Server::on_readable(Conn& c) {
 }
 
 void Server::flush(Conn& c) {
-  while (c.out_sent < c.out.size()) {
-    ssize_t n = send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+  net::tcp::Stream& s = *c.stream;
+  while (c.out_sent < c.out.size() || s.unsent()) {
+    iovec iov{c.out.data() + c.out_sent, c.out.size() - c.out_sent};
+    ssize_t n = c.out_sent < c.out.size() ? s.send(&iov, 1) : (s.flush() ? 0 : -1);
     if (n < 0) {
       if (errno == EAGAIN) break;
       if (errno == EINTR) continue;
@@ -322,7 +351,7 @@ void Server::flush(Conn& c) {
     }
     c.out_sent += static_cast<std::size_t>(n);
   }
-  if (c.out_sent == c.out.size()) {
+  if (c.out_sent == c.out.size() && !s.unsent()) {
     c.out.clear();
     c.out_sent = 0;
     if (c.closing) {
@@ -330,8 +359,15 @@ void Server::flush(Conn& c) {
       return;
     }
   }
+  // TLS may hold decrypted requests that epoll cannot see (reading stopped for
+  // back-pressure): serve them once the replies are out.
+  if (c.out.empty() && s.buffered()) {
+    on_readable(c);
+    return;
+  }
+  const bool want_out = !c.out.empty() || s.unsent() || s.wants_write();
   epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLRDHUP | (c.out.empty() ? 0u : static_cast<unsigned>(EPOLLOUT));
+  ev.events = EPOLLIN | EPOLLRDHUP | (want_out ? static_cast<unsigned>(EPOLLOUT) : 0u);
   ev.data.fd = c.fd;
   epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
 }
@@ -341,8 +377,7 @@ void Server::close_conn(int fd) {
   if (it == conns_.end()) return;
   Session* s = it->second->session;
   epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
-  close(fd);
-  conns_.erase(it);
+  conns_.erase(it);  // its stream closes fd
   if (s && --s->conns == 0) {  // last connection of a client: reclaim its memory
     sessions_.erase(s->id);
   }
@@ -382,7 +417,11 @@ int Server::run() {
         auto it = conns_.find(fd);
         if (it == conns_.end()) continue;
         Conn& c = *it->second;
-        if (evs[i].events & EPOLLOUT) flush(c);
+        if (evs[i].events & EPOLLOUT) {
+          const bool handshake_step = c.stream->wants_write();  // a TLS read that waited to write
+          flush(c);
+          if (handshake_step && conns_.count(fd)) on_readable(c);
+        }
         if (conns_.count(fd) && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
           on_readable(c);
       }

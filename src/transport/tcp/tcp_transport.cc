@@ -1,5 +1,6 @@
-// The tcp:// transport: far memory on a farmem-server across the network. One
-// TCP connection per core (queue pair), all attached to one server session;
+// The tcp:// and tcp+tls:// transport: far memory on a farmem-server across
+// the network, in the clear or under TLS (stream.hpp). One TCP connection per
+// core (queue pair), all attached to one server session;
 // requests are pipelined (many pages in flight) and a batch of posts goes out
 // in one writev. Replies land straight in their frames. A dead or silent
 // server ends the process with a clear message (never a hang, never stale data),
@@ -24,6 +25,7 @@
 
 #include "farmem/runtime.hpp"
 #include "transport/queue_pair.hpp"
+#include "transport/tcp/stream.hpp"
 #include "transport/tcp/tcp_transport.hpp"
 #include "transport/auth.hpp"
 #include "transport/wire.hpp"
@@ -40,25 +42,29 @@ using detail::now_ns;
 
 struct Endpoint {
   std::string host, port, uri;
+  bool tls;  // tcp+tls://
 };
 
 Endpoint parse_uri(const std::string& uri) {
-  const std::string prefix = "tcp://";
-  if (uri.rfind(prefix, 0) != 0) throw Error("FARMEM_BACKEND=" + uri + " is not tcp://HOST:PORT");
+  const bool tls = uri.rfind("tcp+tls://", 0) == 0;
+  const std::string prefix = tls ? "tcp+tls://" : "tcp://";
+  const std::string form = prefix + "HOST:PORT";
+  if (uri.rfind(prefix, 0) != 0) throw Error("FARMEM_BACKEND=" + uri + " is not " + form);
   std::string rest = uri.substr(prefix.size());
   std::size_t colon = rest.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
-    throw Error("FARMEM_BACKEND=" + uri + " is not tcp://HOST:PORT");
+    throw Error("FARMEM_BACKEND=" + uri + " is not " + form);
   std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
   if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   char* end = nullptr;
   long p = std::strtol(port.c_str(), &end, 10);
   if (*end || p < 1 || p > 65535) throw Error("FARMEM_BACKEND=" + uri + ": port must be 1-65535");
-  return {host, port, uri};
+  return {host, port, uri, tls};
 }
 
-// Connects with a timeout; returns a blocking socket or throws Error.
-int dial(const Endpoint& ep) {
+// Connects with a timeout, then starts TLS when the URI asks for it (tls:
+// the transport's context). Returns the connection or throws Error.
+std::unique_ptr<tcp::Stream> dial(const Endpoint& ep, const tcp::TlsContext* tls) {
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -85,36 +91,24 @@ int dial(const Endpoint& ep) {
     }
     if (r == 0) {
       freeaddrinfo(res);
-      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      return fd;
+      auto s = std::make_unique<tcp::Stream>(fd);
+      if (tls) s->start_tls_client(*tls, ep.host, ep.uri, kConnectTimeoutMs);
+      return s;
     }
     close(fd);
   }
   freeaddrinfo(res);
-  throw Error("cannot connect to the memory server " + ep.uri + ": " + why +
-              "; start farmem-server --listen " + ep.uri + " or fix FARMEM_BACKEND");
-}
-
-bool read_full(int fd, void* buf, std::size_t len, int timeout_ms) {
-  char* p = static_cast<char*>(buf);
-  while (len) {
-    pollfd pf{fd, POLLIN, 0};
-    if (::poll(&pf, 1, timeout_ms) <= 0) return false;
-    ssize_t n = recv(fd, p, len, 0);
-    if (n <= 0) return false;
-    p += n;
-    len -= static_cast<std::size_t>(n);
-  }
-  return true;
+  throw Error("cannot connect to the memory server " + ep.uri + ": " + why + "; start farmem-server --listen " +
+              (ep.tls ? "tcp+tls://HOST:PORT --tls-cert FILE --tls-key FILE" : ep.uri) + " or fix FARMEM_BACKEND");
 }
 
 // One handshake message from the server: its header, and its payload into
 // `payload` (at most `max` bytes). Throws the server's refusal as one line.
-wire::Header handshake_reply(int fd, const Endpoint& ep, void* payload, std::size_t max) {
+wire::Header handshake_reply(tcp::Stream& s, const Endpoint& ep, void* payload, std::size_t max) {
   wire::Header r{};
-  if (!read_full(fd, &r, sizeof r, 5000))
+  if (!s.read_full(&r, sizeof r, 5000))
     throw Error("the memory server " + ep.uri + " did not answer the handshake within 5 s; is it a farmem-server?");
   if (r.magic == wire::kMagic && r.version != wire::kVersion)
     throw Error("the memory server " + ep.uri + " refused us: " + wire::version_refusal(r.version, "server"));
@@ -123,14 +117,14 @@ wire::Header handshake_reply(int fd, const Endpoint& ep, void* payload, std::siz
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (" + why + ")");
   if (static_cast<wire::Op>(r.op) == wire::Op::Error) {
     std::string msg(r.length, '\0');
-    read_full(fd, msg.data(), msg.size(), 5000);
+    s.read_full(msg.data(), msg.size(), 5000);
     auto e = static_cast<wire::Errc>(r.status);
     if (e == wire::Errc::BadToken)
       throw Error("the memory server " + ep.uri + " refused us: " + msg +
                   "; set FARMEM_TOKEN_FILE to the server's token file");
     throw Error("the memory server " + ep.uri + " refused us: " + msg);
   }
-  if (r.length != max || !read_full(fd, payload, max, 5000))
+  if (r.length != max || !s.read_full(payload, max, 5000))
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (unexpected payload)");
   return r;
 }
@@ -138,13 +132,14 @@ wire::Header handshake_reply(int fd, const Endpoint& ep, void* payload, std::siz
 // HELLO on a fresh connection, then the token's challenge and response
 // (transport/auth.hpp): the token is proven, never sent, and the server proves
 // it holds it too. Returns the reply (id = session, offset = capacity).
-wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::uint64_t capacity,
+wire::Header hello(tcp::Stream& s, const Endpoint& ep, const std::string& token, std::uint64_t capacity,
                    std::uint64_t attach_session) {
   wire::Header h = wire::make(wire::Op::Hello, attach_session, capacity, attach_session ? 1 : 0, 0);
-  if (::send(fd, &h, sizeof h, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof h))
+  iovec hi{&h, sizeof h};
+  if (!s.write_full(&hi, 1, 5000))
     throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
   unsigned char server_nonce[auth::kNonce], proof[auth::kNonce + auth::kMac], server_proof[auth::kMac];
-  wire::Header c = handshake_reply(fd, ep, server_nonce, sizeof server_nonce);
+  wire::Header c = handshake_reply(s, ep, server_nonce, sizeof server_nonce);
   if (static_cast<wire::Op>(c.op) != wire::Op::Challenge)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (no challenge)");
   if (!token.empty() && c.size == 1)
@@ -154,9 +149,9 @@ wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::ui
   auth::prove(token, true, server_nonce, proof, proof + auth::kNonce);
   wire::Header p = wire::make(wire::Op::Prove, attach_session, 0, 0, sizeof proof);
   iovec iov[2] = {{&p, sizeof p}, {proof, sizeof proof}};
-  if (writev(fd, iov, 2) != static_cast<ssize_t>(sizeof p + sizeof proof))
+  if (!s.write_full(iov, 2, 5000))
     throw Error("the memory server " + ep.uri + " closed the connection during the handshake");
-  wire::Header r = handshake_reply(fd, ep, server_proof, sizeof server_proof);
+  wire::Header r = handshake_reply(s, ep, server_proof, sizeof server_proof);
   if (static_cast<wire::Op>(r.op) != wire::Op::Reply)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (no reply to our proof)");
   if (!token.empty() && !auth::check(token, false, server_nonce, proof, server_proof))
@@ -168,14 +163,9 @@ wire::Header hello(int fd, const Endpoint& ep, const std::string& token, std::ui
 class TcpQueuePair final : public QueuePair {
  public:
   // survive: a pool member (fails requests instead of ending the process);
-  // fd < 0: a member whose server could not be reached, failed from the start.
-  TcpQueuePair(int fd, std::string uri, bool survive, std::uint64_t silence_ns)
-      : fd_(fd), uri_(std::move(uri)), survive_(survive), silence_ns_(silence_ns), dead_(fd < 0) {
-    if (fd_ >= 0) fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
-  }
-  ~TcpQueuePair() override {
-    if (fd_ >= 0) close(fd_);
-  }
+  // no stream: a member whose server could not be reached, failed from the start.
+  TcpQueuePair(std::unique_ptr<tcp::Stream> s, std::string uri, bool survive, std::uint64_t silence_ns)
+      : s_(std::move(s)), uri_(std::move(uri)), survive_(survive), silence_ns_(silence_ns), dead_(!s_) {}
 
   void post_read(std::uint64_t off, void* local, std::size_t len, std::uint64_t cookie) override {
     if (dead_) return fail_now(cookie);
@@ -192,22 +182,22 @@ class TcpQueuePair final : public QueuePair {
   }
   void submit() override {
     // Send everything; while the socket is full, keep reading replies so the
-    // server never blocks on us (and we never deadlock with it).
+    // server never blocks on us (and we never deadlock with it). Under TLS the
+    // last bytes taken may still be buffered: they are pushed out too.
     std::size_t i = 0;
-    while (i < out_.size() && !dead_) {
-      msghdr m{};
-      m.msg_iov = &out_[i];
-      m.msg_iovlen = std::min<std::size_t>(out_.size() - i, 512);
-      ssize_t n = sendmsg(fd_, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (!dead_ && (i < out_.size() || s_->unsent())) {
+      ssize_t n = i < out_.size() ? s_->send(&out_[i], static_cast<int>(std::min<std::size_t>(out_.size() - i, 512)))
+                                  : (s_->flush() ? 0 : -1);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno != EAGAIN) {
-          dead(detail::errno_text(errno));
+          dead(s_->error());
           break;
         }
         receive();
-        pollfd p{fd_, POLLOUT | POLLIN, 0};
-        ::poll(&p, 1, 100);
+        if (dead_) break;
+        pollfd p{s_->fd(), POLLOUT | POLLIN, 0};
+        if (!s_->buffered()) ::poll(&p, 1, 100);
         check_silence();
         continue;
       }
@@ -232,7 +222,8 @@ class TcpQueuePair final : public QueuePair {
 
   void wait(unsigned timeout_us) override {
     if (pending_.empty() || dead_) return;
-    pollfd p{fd_, POLLIN, 0};
+    if (s_->buffered()) return;
+    pollfd p{s_->fd(), POLLIN, 0};
     timespec ts{0, static_cast<long>(timeout_us) * 1000};
     ppoll(&p, 1, &ts, nullptr);
   }
@@ -266,8 +257,7 @@ class TcpQueuePair final : public QueuePair {
     pending_.clear();
     out_.clear();
     headers_.clear();
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
+    s_.reset();
   }
 
   void check_silence() {
@@ -283,14 +273,14 @@ class TcpQueuePair final : public QueuePair {
     for (;;) {
       ssize_t n;
       if (hdr_got_ < sizeof hdr_) {
-        n = recv(fd_, reinterpret_cast<char*>(&hdr_) + hdr_got_, sizeof hdr_ - hdr_got_, MSG_DONTWAIT);
+        n = s_->recv(reinterpret_cast<char*>(&hdr_) + hdr_got_, sizeof hdr_ - hdr_got_);
       } else {
-        n = recv(fd_, cur_.dst + body_got_, cur_.len - body_got_, MSG_DONTWAIT);
+        n = s_->recv(cur_.dst + body_got_, cur_.len - body_got_);
       }
       if (n == 0) return dead("connection closed by the server");
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
-        return dead(detail::errno_text(errno));
+        return dead(s_->error());
       }
       progress_ns_ = now_ns();
       if (hdr_got_ < sizeof hdr_) {
@@ -314,8 +304,7 @@ class TcpQueuePair final : public QueuePair {
     if (wire::validate(hdr_, true, &why) != wire::Errc::Ok) return dead("malformed reply: " + why), false;
     if (static_cast<wire::Op>(hdr_.op) == wire::Op::Error) {
       std::string msg(hdr_.length, '\0');
-      fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
-      read_full(fd_, msg.data(), msg.size(), 2000);
+      s_->read_full(msg.data(), msg.size(), 2000);
       // A full server is not a failed one: in a pool its pages could not go
       // anywhere else either (placement is fixed), so far memory is full.
       if (static_cast<wire::Errc>(hdr_.status) == wire::Errc::NoCapacity)
@@ -334,7 +323,7 @@ class TcpQueuePair final : public QueuePair {
     return true;
   }
 
-  int fd_;
+  std::unique_ptr<tcp::Stream> s_;
   std::string uri_;
   bool survive_;
   std::uint64_t silence_ns_;
@@ -358,35 +347,31 @@ class TcpTransport final : public Transport {
         survive_(member != nullptr),
         silence_ns_(member ? member->timeout_ns
                            : cfg.server_timeout_ms ? cfg.server_timeout_ms * 1000000ull : kSilenceLimitNs) {
-    ctl_ = dial(ep_);
-    try {
-      wire::Header r = hello(ctl_, ep_, token_, member ? member->capacity : cfg.far_mem_bytes, 0);
-      session_ = r.id;
-      capacity_ = r.offset;
-    } catch (...) {
-      close(ctl_);
-      throw;
-    }
+    if (ep_.tls) tls_ = tcp::TlsContext::client(cfg.tls_ca);
+    ctl_ = dial(ep_, tls_.get());
+    wire::Header r = hello(*ctl_, ep_, token_, member ? member->capacity : cfg.far_mem_bytes, 0);
+    session_ = r.id;
+    capacity_ = r.offset;
   }
   ~TcpTransport() override { shutdown(); }
 
   std::unique_ptr<QueuePair> create_qp() override {
     // Runs on any thread that starts using far memory: never throw from here.
-    int fd = -1;
+    std::unique_ptr<tcp::Stream> s;
     try {
-      fd = dial(ep_);
-      hello(fd, ep_, token_, capacity_, session_);
+      s = dial(ep_, tls_.get());
+      hello(*s, ep_, token_, capacity_, session_);
     } catch (const Error& e) {
-      if (fd >= 0) close(fd);
+      s.reset();
       if (!survive_)
         detail::fatal("lost the memory server %s (a new core could not attach: %s)", ep_.uri.c_str(), e.what());
-      fd = -1;  // a queue pair that fails everything: the pool goes elsewhere
+      // No stream: a queue pair that fails everything, and the pool goes elsewhere.
     }
-    return std::make_unique<TcpQueuePair>(fd, ep_.uri, survive_, silence_ns_);
+    return std::make_unique<TcpQueuePair>(std::move(s), ep_.uri, survive_, silence_ns_);
   }
   void discard(std::uint64_t off, std::uint64_t len) override {
     std::lock_guard<std::mutex> g(mu_);
-    for (std::uint64_t done = 0; done < len && ctl_ >= 0;) {
+    for (std::uint64_t done = 0; done < len && ctl_;) {
       std::uint64_t n = std::min<std::uint64_t>(len - done, 1ull << 30) & ~std::uint64_t{wire::kUnit - 1};
       if (n == 0) break;
       request(wire::make(wire::Op::Discard, 0, off + done, static_cast<std::uint32_t>(n), 0));
@@ -395,13 +380,12 @@ class TcpTransport final : public Transport {
   }
   std::uint64_t remote_usage() override {
     std::lock_guard<std::mutex> g(mu_);
-    if (ctl_ < 0) return 0;
+    if (!ctl_) return 0;
     return request(wire::make(wire::Op::Usage, 0, 0, 0, 0)).offset;
   }
   void shutdown() override {
     std::lock_guard<std::mutex> g(mu_);
-    if (ctl_ >= 0) close(ctl_);
-    ctl_ = -1;
+    ctl_.reset();
   }
   std::string describe() const override { return ep_.uri; }
 
@@ -409,16 +393,17 @@ class TcpTransport final : public Transport {
   // A pool member whose control connection broke answers 0 from then on.
   wire::Header request(const wire::Header& h) {
     wire::Header r{};
-    if (send(ctl_, &h, sizeof h, MSG_NOSIGNAL) != sizeof h ||
-        !read_full(ctl_, &r, sizeof r, static_cast<int>(silence_ns_ / 1000000))) {
-      if (!survive_) detail::fatal("lost the memory server %s (control connection)", ep_.uri.c_str());
-      close(ctl_);
-      ctl_ = -1;
+    const int timeout_ms = static_cast<int>(silence_ns_ / 1000000);
+    iovec hi{const_cast<wire::Header*>(&h), sizeof h};
+    if (!ctl_->write_full(&hi, 1, timeout_ms) || !ctl_->read_full(&r, sizeof r, timeout_ms)) {
+      if (!survive_)
+        detail::fatal("lost the memory server %s (control connection: %s)", ep_.uri.c_str(), ctl_->error().c_str());
+      ctl_.reset();
       return r;
     }
     if (static_cast<wire::Op>(r.op) == wire::Op::Error) {
       std::string msg(r.length, '\0');
-      read_full(ctl_, msg.data(), msg.size(), 2000);
+      ctl_->read_full(msg.data(), msg.size(), 2000);
       detail::fatal("the memory server %s refused a request: %s", ep_.uri.c_str(), msg.c_str());
     }
     return r;
@@ -428,7 +413,8 @@ class TcpTransport final : public Transport {
   std::string token_;
   bool survive_;
   std::uint64_t silence_ns_;
-  int ctl_ = -1;
+  std::shared_ptr<tcp::TlsContext> tls_;  // tcp+tls:// only
+  std::unique_ptr<tcp::Stream> ctl_;       // the control connection (discards, usage)
   std::uint64_t session_ = 0, capacity_ = 0;
   std::mutex mu_;
 };
