@@ -51,4 +51,14 @@ void derive_nonce(const unsigned char* secret, const void* bound, std::size_t le
 
 bool equal(const unsigned char* a, const unsigned char* b) { return CRYPTO_memcmp(a, b, kMac) == 0; }
 
+std::string no_token_refusal(const std::string& uri) {
+  return "the memory server " + uri + " requires no token, so it cannot prove it holds ours; start it with "
+         "--token-file (the file FARMEM_TOKEN_FILE names) or unset FARMEM_TOKEN_FILE";
+}
+
+std::string unproven_refusal(const std::string& uri) {
+  return "the memory server " + uri + " could not prove it holds our token (another token, or something in "
+         "between); check FARMEM_TOKEN_FILE and the server's --token-file";
+}
+
 }  // namespace farmem::net::auth

@@ -28,4 +28,10 @@ void derive_nonce(const unsigned char* secret, const void* bound, std::size_t le
 // Compares two nonces or proofs without an early exit.
 bool equal(const unsigned char* a, const unsigned char* b);
 
+// The lines a client with a token stops with, naming the server (uri) and the
+// fix: the server requires no token, so it cannot prove it holds ours; or its
+// proof is wrong.
+std::string no_token_refusal(const std::string& uri);
+std::string unproven_refusal(const std::string& uri);
+
 }  // namespace farmem::net::auth

@@ -1,10 +1,12 @@
 // The device-independent logic of the rdma:// transport: URI and knob parsing,
-// the token digest (SHA-256 test vectors), the connection private data
-// (round trips, padding, malformed and random input), selective-signaling
+// the connection private data (round trips, padding, malformed and random
+// input), the token's challenge and response over two connects (a proof,
+// a wrong token, a replay, a stale or forged challenge), selective-signaling
 // accounting (which cookies complete when a signaled request completes), and,
 // when built with rdma-core, the chained ibv_send_wr lists. No device needed.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -20,18 +22,6 @@
 namespace rd = farmem::net::rdma;
 namespace wire = farmem::net::wire;
 using farmem::Error;
-
-namespace {
-std::string hex(const rd::Digest& d) {
-  static const char* digits = "0123456789abcdef";
-  std::string s;
-  for (auto b : d) {
-    s += digits[b >> 4];
-    s += digits[b & 15];
-  }
-  return s;
-}
-}  // namespace
 
 TEST_CASE("rdma URIs parse, and bad ones say what is wrong") {
   auto e = rd::parse_uri("rdma://10.0.0.1:7000", false, "FARMEM_BACKEND");
@@ -73,27 +63,12 @@ TEST_CASE("rdma tuning knobs: defaults, ranges, and the signal interval fits the
   CHECK_THROWS_WITH(rd::parse_tuning("64", "33"), Catch::Contains("exceeds half of FARMEM_RDMA_QUEUE_DEPTH"));
 }
 
-TEST_CASE("token digest is SHA-256 (FIPS 180-2 vectors); no token is all zeros") {
-  CHECK(hex(rd::sha256("", 0)) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  CHECK(hex(rd::sha256("abc", 3)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";  // 56 bytes: padding spills
-  CHECK(hex(rd::sha256(two_blocks.data(), two_blocks.size())) ==
-        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-  std::string million(1000000, 'a');
-  CHECK(hex(rd::sha256(million.data(), million.size())) ==
-        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
-  CHECK(rd::token_digest("") == rd::Digest{});
-  CHECK(rd::token_digest("s3cret") == rd::sha256("s3cret", 6));
-  CHECK(rd::digest_equal(rd::token_digest("a"), rd::token_digest("a")));
-  CHECK_FALSE(rd::digest_equal(rd::token_digest("a"), rd::token_digest("b")));
-  CHECK_FALSE(rd::digest_equal(rd::token_digest(""), rd::token_digest("a")));
-}
-
 TEST_CASE("connect request private data: round trip, padding, and rejection of bad input") {
   rd::ConnectRequest r;
   r.kind = rd::ConnKind::NewSession;
   r.capacity = 3ull << 30;
-  r.token = rd::token_digest("tok");
+  r.nonce[0] = 7;
+  r.nonce[15] = 9;
   auto b = rd::encode(r);
   static_assert(sizeof(b) == 56, "fits an IB/RoCE connect request through rdma_cm");
   rd::ConnectRequest got;
@@ -102,7 +77,22 @@ TEST_CASE("connect request private data: round trip, padding, and rejection of b
   CHECK(got.kind == rd::ConnKind::NewSession);
   CHECK(got.capacity == r.capacity);
   CHECK(got.session == 0);
-  CHECK(got.token == r.token);
+  CHECK(got.nonce == r.nonce);
+  CHECK_FALSE(got.proven);
+  r.proven = true;
+  r.proof[3] = 1;
+  auto pb = rd::encode(r);
+  REQUIRE(rd::decode(pb.data(), pb.size(), &got, &why) == wire::Errc::Ok);
+  CHECK(got.proven);
+  CHECK(got.proof == r.proof);
+  CHECK(got.kind == rd::ConnKind::NewSession);
+  r.proven = false;
+  pb = rd::encode(r);  // a proof without the flag: not written
+  REQUIRE(rd::decode(pb.data(), pb.size(), &got, &why) == wire::Errc::Ok);
+  pb[43] = 1;          // and not accepted
+  CHECK(rd::decode(pb.data(), pb.size(), &got, &why) == wire::Errc::BadMessage);
+  CHECK(why == "a proof in a first connect");
+  r.proof = {};
 
   std::vector<std::uint8_t> padded(b.begin(), b.end());
   padded.resize(92, 0);  // what some CMs deliver
@@ -115,7 +105,6 @@ TEST_CASE("connect request private data: round trip, padding, and rejection of b
   REQUIRE(rd::decode(ab.data(), ab.size(), &got, nullptr) == wire::Errc::Ok);
   CHECK(got.kind == rd::ConnKind::Attach);
   CHECK(got.session == a.session);
-  CHECK(got.token == rd::Digest{});
 
   CHECK(rd::decode(b.data(), 55, &got, &why) == wire::Errc::BadMessage);
   CHECK(why == "connect request too short");
@@ -124,8 +113,9 @@ TEST_CASE("connect request private data: round trip, padding, and rejection of b
   bad[0] ^= 1;
   CHECK(rd::decode(bad.data(), bad.size(), &got, &why) == wire::Errc::BadMessage);
   bad = b;
-  bad[4] = 2;  // version 2
-  CHECK(rd::decode(bad.data(), bad.size(), &got, nullptr) == wire::Errc::Version);
+  bad[4] = 1;  // version 1: the token's digest, no challenge
+  CHECK(rd::decode(bad.data(), bad.size(), &got, &why) == wire::Errc::Version);
+  CHECK(why == "the client speaks rdma protocol version 1, this server 2; use the same farmem release on both sides");
   bad = b;
   bad[6] = 9;  // kind
   CHECK(rd::decode(bad.data(), bad.size(), &got, &why) == wire::Errc::BadMessage);
@@ -168,12 +158,15 @@ TEST_CASE("random and mutated private data never crash the decoders") {
     if (rd::decode(m.data(), m.size(), &acc, nullptr)) CHECK(acc.capacity % 4096 == 0);
     rd::Reject rej;
     if (rd::decode(m.data(), m.size(), &rej)) CHECK(rej.message.size() <= rd::kRejectMessageMax);
+    rd::Challenge ch;
+    rd::decode(m.data(), m.size(), &ch);
   }
-  CHECK(ok > 0);  // flips in the token or capacity leave a valid request
+  CHECK(ok > 0);  // flips in the nonce or capacity leave a valid request
 }
 
 TEST_CASE("accept private data: round trip and validation") {
-  rd::Accept a{42, 1ull << 30, 0x7f0000000000ull, 0xabcd};
+  rd::Accept a{42, 1ull << 30, 0x7f0000000000ull, 0xabcd, {}};
+  a.proof[31] = 5;
   auto b = rd::encode(a);
   static_assert(sizeof(b) <= 196, "fits an IB/RoCE connect reply");
   rd::Accept got;
@@ -183,18 +176,91 @@ TEST_CASE("accept private data: round trip and validation") {
   CHECK(got.capacity == a.capacity);
   CHECK(got.remote_addr == a.remote_addr);
   CHECK(got.rkey == a.rkey);
+  CHECK(got.proof == a.proof);
   std::vector<std::uint8_t> padded(b.begin(), b.end());
   padded.resize(196, 0);
   CHECK(rd::decode(padded.data(), padded.size(), &got, nullptr));
-  CHECK_FALSE(rd::decode(b.data(), 39, &got, &why));
+  CHECK_FALSE(rd::decode(b.data(), rd::kAcceptBytes - 1, &got, &why));
   auto bad = b;
   bad[1] ^= 0xff;
   CHECK_FALSE(rd::decode(bad.data(), bad.size(), &got, &why));
   CHECK(why.find("magic") != std::string::npos);
-  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{0, 4096, 1, 1}).data(), 40, &got, nullptr));        // no session
-  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 100, 1, 1}).data(), 40, &got, nullptr));         // capacity not pages
-  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 4096, 0, 1}).data(), 40, &got, nullptr));        // no address
-  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 8192, ~0ull - 4095, 1}).data(), 40, &got, nullptr));  // wraps
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{0, 4096, 1, 1, {}}).data(), rd::kAcceptBytes, &got, nullptr));        // no session
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 100, 1, 1, {}}).data(), rd::kAcceptBytes, &got, nullptr));         // capacity not pages
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 4096, 0, 1, {}}).data(), rd::kAcceptBytes, &got, nullptr));        // no address
+  CHECK_FALSE(rd::decode(rd::encode(rd::Accept{1, 8192, ~0ull - 4095, 1, {}}).data(), rd::kAcceptBytes, &got, nullptr));  // wraps
+}
+
+TEST_CASE("the token is proven over two connects, never sent; wrong, replayed, stale and forged proofs fail") {
+  constexpr std::uint64_t kEpoch = rd::ConnectAuth::kEpochNs, t0 = 1000 * kEpoch + 5;
+  rd::ConnectAuth server("s3cret-token");
+  const rd::ConnectRequest first = rd::first_connect(rd::ConnKind::NewSession, 0, 1ull << 30);
+  CHECK(first.nonce != rd::ClientNonce{});
+  CHECK(rd::first_connect(rd::ConnKind::NewSession, 0, 1).nonce != first.nonce);  // fresh each time
+  auto wire_first = rd::encode(first);
+  // The token is nowhere in what goes out.
+  const std::string token = "s3cret-token";
+  CHECK(std::search(wire_first.begin(), wire_first.end(), token.begin(), token.end()) == wire_first.end());
+
+  // The challenge goes out as a reject and comes back intact; a reject decoder does not take it for a refusal.
+  const rd::Challenge ch = server.challenge(first, t0);
+  CHECK_FALSE(ch.no_token);
+  auto cb = rd::encode(ch);
+  static_assert(sizeof(cb) == 148, "an IB/RoCE reject's private data");
+  rd::Challenge got_ch;
+  REQUIRE(rd::decode(cb.data(), cb.size(), &got_ch));
+  CHECK(got_ch.nonce == ch.nonce);
+  rd::Reject not_a_refusal;
+  CHECK_FALSE(rd::decode(cb.data(), cb.size(), &not_a_refusal));
+  CHECK(server.challenge(first, t0 + 1).nonce == ch.nonce);  // the server keeps nothing: it derives it again
+
+  // The right token: accepted, and the server's proof convinces the client.
+  const rd::ConnectRequest second = rd::second_connect(first, ch, token);
+  rd::ConnectRequest decoded;
+  auto sb = rd::encode(second);
+  REQUIRE(rd::decode(sb.data(), sb.size(), &decoded, nullptr) == wire::Errc::Ok);
+  rd::ServerProof proof{};
+  std::string why;
+  REQUIRE(server.verify(decoded, t0 + kEpoch / 2, &proof, &why) == wire::Errc::Ok);
+  rd::Accept acc{1, 4096, 1, 1, proof};
+  CHECK(rd::server_proven(first, ch, token, acc));
+  CHECK_FALSE(rd::server_proven(first, ch, "another", acc));
+  acc.proof[0] ^= 1;
+  CHECK_FALSE(rd::server_proven(first, ch, token, acc));
+
+  // The same second connect again (recorded and replayed): refused.
+  CHECK(server.verify(decoded, t0 + kEpoch / 2, &proof, &why) == wire::Errc::BadToken);
+  CHECK(why == "a replayed connect request");
+
+  // A wrong token, a changed field, a challenge from two epochs ago, a forged challenge: refused.
+  auto refused = [&](const rd::ConnectRequest& r, std::uint64_t now) {
+    std::string w;
+    return server.verify(r, now, nullptr, &w) == wire::Errc::BadToken && w.find("wrong or missing token") == 0;
+  };
+  const rd::ConnectRequest f2 = rd::first_connect(rd::ConnKind::Attach, 77, 0);
+  const rd::Challenge c2 = server.challenge(f2, t0);
+  CHECK(refused(rd::second_connect(f2, c2, "not-the-token"), t0));
+  rd::ConnectRequest moved = rd::second_connect(f2, c2, token);
+  moved.session = 78;  // the proof was for session 77
+  CHECK(refused(moved, t0));
+  CHECK(refused(rd::second_connect(f2, c2, token), t0 + 2 * kEpoch));
+  rd::Challenge forged = c2;
+  forged.nonce[5] ^= 0x40;
+  CHECK(refused(rd::second_connect(f2, forged, token), t0));
+  // Across one epoch boundary it still works (a challenge at the end of one, the proof in the next).
+  CHECK(server.verify(rd::second_connect(f2, c2, token), t0 + kEpoch, nullptr, &why) == wire::Errc::Ok);
+  // A first connect where the proof was due is not a proof.
+  CHECK(server.verify(rd::first_connect(rd::ConnKind::Attach, 77, 0), t0, nullptr, &why) == wire::Errc::BadMessage);
+
+  // A server without a token says so in its challenge (a client with one refuses it), and takes any proof.
+  rd::ConnectAuth open_server("");
+  const rd::Challenge oc = open_server.challenge(first, t0);
+  CHECK(oc.no_token);
+  auto ob = rd::encode(oc);
+  REQUIRE(rd::decode(ob.data(), ob.size(), &got_ch));
+  CHECK(got_ch.no_token);
+  CHECK(open_server.verify(rd::second_connect(first, oc, ""), t0, nullptr, &why) == wire::Errc::Ok);
+  CHECK(rd::server_proven(first, oc, "", rd::Accept{}));
 }
 
 TEST_CASE("reject private data carries a code and one printable line") {

@@ -419,8 +419,7 @@ class DpdkTransport final : public Transport {
     };
     step(Op::Hello, std::string(reinterpret_cast<const char*>(client_nonce), auth::kNonce));
     if (!token.empty() && hello.reply.size == 1)
-      throw Error("the memory server " + sh_.uri.text + " requires no token, so it cannot prove it holds ours; start "
-                  "it with --token-file (the file FARMEM_TOKEN_FILE names) or unset FARMEM_TOKEN_FILE");
+      throw Error(auth::no_token_refusal(sh_.uri.text));
     const std::string server_nonce = hello.handshake_reply;
     unsigned char proof[auth::kMac];
     auth::prove(token, true, reinterpret_cast<const unsigned char*>(server_nonce.data()), client_nonce, proof);
@@ -429,8 +428,7 @@ class DpdkTransport final : public Transport {
     if (!token.empty() &&
         !auth::check(token, false, reinterpret_cast<const unsigned char*>(server_nonce.data()), client_nonce,
                      reinterpret_cast<const unsigned char*>(hello.handshake_reply.data())))
-      throw Error("the memory server " + sh_.uri.text + " could not prove it holds our token (another token, or "
-                  "something in between); check FARMEM_TOKEN_FILE and the server's --token-file");
+      throw Error(auth::unproven_refusal(sh_.uri.text));
     session_ = hello.reply.session;
     capacity_ = hello.reply.offset;
     sh_.dead.store(false, std::memory_order_release);  // a new session on a server that came back

@@ -1,6 +1,6 @@
 // The device-independent half of the rdma:// transport (see rdma_logic.hpp):
-// URI and knob parsing, SHA-256 for the token digest, private-data encoding
-// and validation, and selective-signaling accounting.
+// URI and knob parsing, private-data encoding and validation, the token's
+// challenge and response over two connects, and selective-signaling accounting.
 #include "transport/rdma/rdma_logic.hpp"
 
 #include <algorithm>
@@ -9,7 +9,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <openssl/crypto.h>
+
 #include "farmem/runtime.hpp"
+#include "transport/auth.hpp"
 
 namespace farmem::net::rdma {
 namespace {
@@ -44,51 +47,6 @@ unsigned parse_knob(const char* name, const char* v, unsigned def, unsigned lo, 
     throw Error(std::string(name) + "='" + v + "' is out of range; use " + std::to_string(lo) + " to " +
                 std::to_string(hi));
   return static_cast<unsigned>(x);
-}
-
-constexpr std::uint32_t kSha256K[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-
-void sha256_block(std::uint32_t h[8], const std::uint8_t* b) {
-  std::uint32_t w[64];
-  for (int i = 0; i < 16; ++i)
-    w[i] = (std::uint32_t{b[4 * i]} << 24) | (std::uint32_t{b[4 * i + 1]} << 16) |
-           (std::uint32_t{b[4 * i + 2]} << 8) | b[4 * i + 3];
-  for (int i = 16; i < 64; ++i) {
-    std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-    std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-  }
-  std::uint32_t a = h[0], bb = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-  for (int i = 0; i < 64; ++i) {
-    std::uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + kSha256K[i] + w[i];
-    std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & bb) ^ (a & c) ^ (bb & c));
-    hh = g;
-    g = f;
-    f = e;
-    e = d + t1;
-    d = c;
-    c = bb;
-    bb = a;
-    a = t1 + t2;
-  }
-  h[0] += a;
-  h[1] += bb;
-  h[2] += c;
-  h[3] += d;
-  h[4] += e;
-  h[5] += f;
-  h[6] += g;
-  h[7] += hh;
 }
 
 }  // namespace
@@ -129,64 +87,41 @@ Tuning parse_tuning(const char* queue_depth, const char* signal_every) {
   return t;
 }
 
-Digest sha256(const void* data, std::size_t len) {
-  std::uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  const auto* p = static_cast<const std::uint8_t*>(data);
-  std::size_t full = len / 64;
-  for (std::size_t i = 0; i < full; ++i) sha256_block(h, p + 64 * i);
-  std::uint8_t tail[128] = {};
-  std::size_t rem = len % 64;
-  if (rem) std::memcpy(tail, p + 64 * full, rem);
-  tail[rem] = 0x80;
-  std::size_t tail_len = rem < 56 ? 64 : 128;
-  std::uint64_t bits = static_cast<std::uint64_t>(len) * 8;
-  for (int i = 0; i < 8; ++i) tail[tail_len - 1 - i] = static_cast<std::uint8_t>(bits >> (8 * i));
-  sha256_block(h, tail);
-  if (tail_len == 128) sha256_block(h, tail + 64);
-  Digest d;
-  for (int i = 0; i < 8; ++i)
-    for (int j = 0; j < 4; ++j) d[4 * i + j] = static_cast<std::uint8_t>(h[i] >> (24 - 8 * j));
-  return d;
-}
+// Connect request: magic u32, version u16, kind u16 (0x100: the second connect,
+// with a proof), session u64, capacity u64, client nonce [16], proof [16].
+constexpr std::uint16_t kProven = 0x100;
 
-Digest token_digest(const std::string& token) {
-  if (token.empty()) return Digest{};
-  return sha256(token.data(), token.size());
-}
-
-bool digest_equal(const Digest& a, const Digest& b) {
-  std::uint8_t diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<std::uint8_t>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
-// Connect request: magic u32, version u16, kind u16, session u64, capacity u64, token digest [32].
 std::array<std::uint8_t, kConnectBytes> encode(const ConnectRequest& r) {
   std::array<std::uint8_t, kConnectBytes> b{};
   put32(&b[0], kMagic);
   put16(&b[4], kVersion);
-  put16(&b[6], static_cast<std::uint16_t>(r.kind));
+  put16(&b[6], static_cast<std::uint16_t>(static_cast<std::uint16_t>(r.kind) | (r.proven ? kProven : 0)));
   put64(&b[8], r.session);
   put64(&b[16], r.capacity);
-  std::memcpy(&b[24], r.token.data(), r.token.size());
+  std::memcpy(&b[24], r.nonce.data(), r.nonce.size());
+  if (r.proven) std::memcpy(&b[40], r.proof.data(), r.proof.size());
   return b;
 }
 
 wire::Errc decode(const void* data, std::size_t len, ConnectRequest* out, std::string* why) {
-  auto fail = [&](wire::Errc e, const char* msg) {
+  auto fail = [&](wire::Errc e, const std::string& msg) {
     if (why) *why = msg;
     return e;
   };
   const auto* b = static_cast<const std::uint8_t*>(data);
   if (!b || len < kConnectBytes) return fail(wire::Errc::BadMessage, "connect request too short");
   if (get32(b) != kMagic) return fail(wire::Errc::BadMessage, "not a farmem connect request (bad magic)");
-  if (get16(b + 4) != kVersion) return fail(wire::Errc::Version, "unsupported protocol version");
+  if (get16(b + 4) != kVersion)
+    return fail(wire::Errc::Version, "the client speaks rdma protocol version " + std::to_string(get16(b + 4)) +
+                                         ", this server " + std::to_string(kVersion) +
+                                         "; use the same farmem release on both sides");
   ConnectRequest r;
-  std::uint16_t kind = get16(b + 6);
+  const std::uint16_t kind = get16(b + 6) & ~kProven;
+  r.proven = (get16(b + 6) & kProven) != 0;
   r.session = get64(b + 8);
   r.capacity = get64(b + 16);
-  std::memcpy(r.token.data(), b + 24, r.token.size());
+  std::memcpy(r.nonce.data(), b + 24, r.nonce.size());
+  std::memcpy(r.proof.data(), b + 40, r.proof.size());
   if (kind == static_cast<std::uint16_t>(ConnKind::NewSession)) {
     if (r.session != 0) return fail(wire::Errc::BadMessage, "new session with a session id");
     if (r.capacity == 0) return fail(wire::Errc::BadMessage, "new session asks for no memory");
@@ -195,12 +130,14 @@ wire::Errc decode(const void* data, std::size_t len, ConnectRequest* out, std::s
   } else {
     return fail(wire::Errc::BadMessage, "unknown connection kind");
   }
+  if (!r.proven && r.proof != ClientProof{}) return fail(wire::Errc::BadMessage, "a proof in a first connect");
   r.kind = static_cast<ConnKind>(kind);
   if (out) *out = r;
   return wire::Errc::Ok;
 }
 
-// Accept: magic u32, version u16, 0 u16, session u64, capacity u64, remote_addr u64, rkey u32, 0 u32.
+// Accept: magic u32, version u16, 0 u16, session u64, capacity u64, remote_addr u64, rkey u32, 0 u32,
+// server proof [32].
 std::array<std::uint8_t, kAcceptBytes> encode(const Accept& a) {
   std::array<std::uint8_t, kAcceptBytes> b{};
   put32(&b[0], kMagic);
@@ -209,6 +146,7 @@ std::array<std::uint8_t, kAcceptBytes> encode(const Accept& a) {
   put64(&b[16], a.capacity);
   put64(&b[24], a.remote_addr);
   put32(&b[32], a.rkey);
+  std::memcpy(&b[40], a.proof.data(), a.proof.size());
   return b;
 }
 
@@ -227,11 +165,113 @@ bool decode(const void* data, std::size_t len, Accept* out, std::string* why) {
   a.capacity = get64(b + 16);
   a.remote_addr = get64(b + 24);
   a.rkey = get32(b + 32);
+  std::memcpy(a.proof.data(), b + 40, a.proof.size());
   if (a.session == 0) return fail("no session id");
   if (a.capacity == 0 || a.capacity % 4096) return fail("bad capacity");
   if (a.remote_addr == 0 || a.remote_addr + a.capacity < a.remote_addr) return fail("bad remote address");
   if (out) *out = a;
   return true;
+}
+
+// Challenge: magic u32, version u16, code u16 (kChallengeCode), flags u16 (1: no token), 0 u16, nonce [32].
+std::array<std::uint8_t, kRejectBytes> encode(const Challenge& c) {
+  std::array<std::uint8_t, kRejectBytes> b{};
+  put32(&b[0], kMagic);
+  put16(&b[4], kVersion);
+  put16(&b[6], kChallengeCode);
+  put16(&b[8], c.no_token ? 1 : 0);
+  std::memcpy(&b[12], c.nonce.data(), c.nonce.size());
+  return b;
+}
+
+bool decode(const void* data, std::size_t len, Challenge* out) {
+  const auto* b = static_cast<const std::uint8_t*>(data);
+  if (!b || len < 12 + ServerNonce{}.size() || get32(b) != kMagic || get16(b + 4) != kVersion ||
+      get16(b + 6) != kChallengeCode || get16(b + 8) > 1 || get16(b + 10) != 0)
+    return false;
+  Challenge c;
+  c.no_token = get16(b + 8) == 1;
+  std::memcpy(c.nonce.data(), b + 12, c.nonce.size());
+  if (out) *out = c;
+  return true;
+}
+
+namespace {
+// auth:: works on 32-byte nonces: the client's 16 are zero-extended.
+std::array<unsigned char, auth::kNonce> wide(const ClientNonce& n) {
+  std::array<unsigned char, auth::kNonce> w{};
+  std::memcpy(w.data(), n.data(), n.size());
+  return w;
+}
+}  // namespace
+
+ConnectRequest first_connect(ConnKind kind, std::uint64_t session, std::uint64_t capacity) {
+  ConnectRequest r;
+  r.kind = kind;
+  r.session = session;
+  r.capacity = capacity;
+  unsigned char n[auth::kNonce];
+  auth::random_nonce(n);
+  std::memcpy(r.nonce.data(), n, r.nonce.size());
+  return r;
+}
+
+ConnectRequest second_connect(const ConnectRequest& first, const Challenge& c, const std::string& token) {
+  ConnectRequest r = first;
+  r.proven = true;
+  unsigned char mac[auth::kMac];
+  auth::prove(token, true, c.nonce.data(), wide(first.nonce).data(), mac);
+  std::memcpy(r.proof.data(), mac, r.proof.size());
+  return r;
+}
+
+bool server_proven(const ConnectRequest& first, const Challenge& c, const std::string& token, const Accept& a) {
+  return token.empty() || auth::check(token, false, c.nonce.data(), wide(first.nonce).data(), a.proof.data());
+}
+
+ConnectAuth::ConnectAuth(std::string token) : token_(std::move(token)) { auth::random_nonce(secret_); }
+
+ServerNonce ConnectAuth::nonce_for(const ConnectRequest& r, std::uint64_t epoch) const {
+  std::uint8_t bound[16 + 2 + 8 + 8 + 8];
+  std::memcpy(bound, r.nonce.data(), 16);
+  put16(bound + 16, static_cast<std::uint16_t>(r.kind));
+  put64(bound + 18, r.session);
+  put64(bound + 26, r.capacity);
+  put64(bound + 34, epoch);
+  ServerNonce n;
+  auth::derive_nonce(secret_, bound, sizeof bound, n.data());
+  return n;
+}
+
+Challenge ConnectAuth::challenge(const ConnectRequest& r, std::uint64_t now_ns) const {
+  Challenge c;
+  c.nonce = nonce_for(r, now_ns / kEpochNs);
+  c.no_token = token_.empty();
+  return c;
+}
+
+wire::Errc ConnectAuth::verify(const ConnectRequest& r, std::uint64_t now_ns, ServerProof* proof, std::string* why) {
+  const std::uint64_t epoch = now_ns / kEpochNs;
+  for (auto it = used_.begin(); it != used_.end();) it = it->second + 1 < epoch ? used_.erase(it) : std::next(it);
+  if (!r.proven) {
+    if (why) *why = "a first connect where a proof was due";
+    return wire::Errc::BadMessage;
+  }
+  for (std::uint64_t back = 0; back < 2 && back <= epoch; ++back) {
+    const ServerNonce n = nonce_for(r, epoch - back);
+    unsigned char mac[auth::kMac];
+    auth::prove(token_, true, n.data(), wide(r.nonce).data(), mac);
+    if (!token_.empty() && CRYPTO_memcmp(mac, r.proof.data(), r.proof.size()) != 0) continue;
+    if (used_.count(r.nonce)) {
+      if (why) *why = "a replayed connect request";
+      return wire::Errc::BadToken;
+    }
+    used_[r.nonce] = epoch;
+    if (proof) auth::prove(token_, false, n.data(), wide(r.nonce).data(), proof->data());
+    return wire::Errc::Ok;
+  }
+  if (why) *why = "wrong or missing token";  // or a challenge older than a minute
+  return wire::Errc::BadToken;
 }
 
 // Reject: magic u32, version u16, code u16, message (NUL-terminated, zero-padded).
@@ -247,7 +287,8 @@ std::array<std::uint8_t, kRejectBytes> encode(const Reject& r) {
 
 bool decode(const void* data, std::size_t len, Reject* out) {
   const auto* b = static_cast<const std::uint8_t*>(data);
-  if (!b || len < 8 || get32(b) != kMagic || get16(b + 4) != kVersion) return false;
+  // Any version: an older server's refusal of our version is worth printing.
+  if (!b || len < 8 || get32(b) != kMagic || get16(b + 6) == kChallengeCode) return false;
   Reject r;
   r.code = static_cast<wire::Errc>(get16(b + 6));
   std::size_t n = 0;

@@ -6,8 +6,10 @@
 // other client's queue pair can name it. Its per-core connections attach to
 // that session and move pages with one-sided READ/WRITE; the server's CPU only
 // sees connection events and control requests (discard, usage: wire headers
-// over SEND/RECV). The token digest travels in the connect request's private
-// data; a wrong one is rejected with a reason (rdma_reject). The memory is
+// over SEND/RECV). Every connection is two connects: the first is rejected with
+// a challenge, the second carries the client's proof of the token in its
+// private data and is accepted with the server's (rd::ConnectAuth); a wrong one
+// is rejected with a reason (rdma_reject). The memory is
 // deregistered and unmapped when the session's last connection goes.
 #include "transport/rdma/rdma_server.hpp"
 
@@ -29,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/os.hpp"
 #include "transport/rdma/rdma_logic.hpp"
 #include "transport/rdma/rdma_verbs.hpp"
 #include "transport/wire.hpp"
@@ -36,6 +39,7 @@
 namespace farmem::server {
 namespace {
 
+using farmem::detail::now_ns;
 namespace wire = net::wire;
 namespace rd = net::rdma;
 
@@ -72,7 +76,7 @@ struct Conn {
 class Server {
  public:
   Server(const RdmaServerOptions& o, ListenerContext& ctx)
-      : opt_(o), ctx_(ctx), token_(ctx.token.empty() ? rd::Digest{} : rd::token_digest(ctx.token)) {}
+      : opt_(o), ctx_(ctx), auth_(ctx.token) {}
   int run();
 
  private:
@@ -94,7 +98,7 @@ class Server {
 
   RdmaServerOptions opt_;
   ListenerContext& ctx_;
-  rd::Digest token_;
+  rd::ConnectAuth auth_;
   std::string uri_;  // rdma://HOST:PORT with the port actually bound
   int ep_ = -1;
   rdma_event_channel* ch_ = nullptr;
@@ -245,8 +249,14 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
   std::string why;
   if (wire::Errc e = rd::decode(pdata.data(), pdata.size(), &req, &why); e != wire::Errc::Ok)
     return reject(id, e, "malformed connect request: " + why);
-  if (!ctx_.token.empty() && !rd::digest_equal(req.token, token_))
-    return reject(id, wire::Errc::BadToken, "wrong or missing token");
+  if (!req.proven) {  // the first connect: answered with a challenge
+    auto data = rd::encode(auth_.challenge(req, now_ns()));
+    rdma_reject(id, data.data(), static_cast<std::uint8_t>(data.size()));
+    rdma_destroy_id(id);
+    return;
+  }
+  rd::ServerProof proof;
+  if (wire::Errc e = auth_.verify(req, now_ns(), &proof, &why); e != wire::Errc::Ok) return reject(id, e, why);
   Device* dev = device(id->verbs);
   if (!dev) return reject(id, wire::Errc::NoCapacity, "the server cannot create a completion channel");
   Session* s = nullptr;
@@ -294,7 +304,7 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
     for (int i = 0; ok && i < kCtlRecvs; ++i) post_recv(*c, i);
     if (ok) ibv_req_notify_cq(c->cq, 0);
   }
-  rd::Accept acc{s->id, s->capacity, reinterpret_cast<std::uint64_t>(s->base), s->mr->rkey};
+  rd::Accept acc{s->id, s->capacity, reinterpret_cast<std::uint64_t>(s->base), s->mr->rkey, proof};
   auto data = rd::encode(acc);
   rdma_conn_param p{};
   p.private_data = data.data();

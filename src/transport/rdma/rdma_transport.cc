@@ -20,11 +20,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "farmem/runtime.hpp"
+#include "transport/auth.hpp"
 #include "transport/queue_pair.hpp"
 #include "transport/rdma/rdma_logic.hpp"
 #include "transport/rdma/rdma_transport.hpp"
@@ -107,8 +109,10 @@ class Connection {
                   " send slots: " + std::strerror(errno) + "; lower FARMEM_RDMA_QUEUE_DEPTH");
   }
 
-  // Connects with `req` in the private data; returns what the server granted.
-  rdma::Accept connect(const rdma::ConnectRequest& req, int initiator_depth) {
+  // Connects with `req` in the private data. True: accepted, *acc is what the
+  // server granted; false: refused with a challenge (*challenge), and this
+  // connection is done (a new one makes the second connect). Throws a refusal as one line.
+  bool connect(const rdma::ConnectRequest& req, int initiator_depth, rdma::Accept* acc, rdma::Challenge* challenge) {
     auto data = rdma::encode(req);
     rdma_conn_param p{};
     p.private_data = data.data();
@@ -131,6 +135,7 @@ class Connection {
                                         (ev->param.conn.private_data ? ev->param.conn.private_data_len : 0));
     rdma_ack_cm_event(ev);
     if (type == RDMA_CM_EVENT_REJECTED) {
+      if (rdma::decode(pdata.data(), pdata.size(), challenge)) return false;
       rdma::Reject r;
       if (rdma::decode(pdata.data(), pdata.size(), &r)) {
         std::string msg = "the memory server " + ep_.uri + " refused us: " + r.message;
@@ -145,11 +150,10 @@ class Connection {
                   " (status " + std::to_string(status) + "); start farmem-server --listen " + ep_.uri +
                   " or fix FARMEM_BACKEND");
     connected_ = true;
-    rdma::Accept acc;
     std::string why;
-    if (!rdma::decode(pdata.data(), pdata.size(), &acc, &why))
+    if (!rdma::decode(pdata.data(), pdata.size(), acc, &why))
       throw Error("the memory server " + ep_.uri + " sent a malformed accept (" + why + "); is it a farmem-server?");
-    return acc;
+    return true;
   }
 
   rdma_event_channel* ch = nullptr;
@@ -399,27 +403,32 @@ class RdmaTransport final : public Transport {
   explicit RdmaTransport(const Config& cfg, const MemberOptions* member = nullptr)
       : ep_(rdma::parse_uri(member ? member->uri : cfg.backend, false, member ? "FARMEM_BACKEND (a pool member)" : "FARMEM_BACKEND")),
         tuning_(rdma::parse_tuning(std::getenv("FARMEM_RDMA_QUEUE_DEPTH"), std::getenv("FARMEM_RDMA_SIGNAL_EVERY"))),
-        token_(rdma::token_digest(wire::read_client_token(cfg.token_file, wire::kMaxToken))),
+        token_(wire::read_client_token(cfg.token_file, wire::kMaxToken)),
         member_(member != nullptr),
         silence_ns_(member ? member->timeout_ns : kSilenceLimitNs) {
     if (std::string why = rdma::no_device_reason(); !why.empty())
       throw Error(ep_.uri + ": " + why + "; use tcp://HOST:PORT (farmem-server --listen tcp://...) or " +
                   rdma::kSoftRoceHint);
-    ctl_ = std::make_unique<Connection>(ep_);
-    ctl_->resolve();
-    pd_ = ibv_alloc_pd(ctl_->id->verbs);
-    if (!pd_) throw Error(ep_.uri + ": cannot allocate a protection domain: " + std::strerror(errno));
-    odp_ = rdma::odp_supported(ctl_->id->verbs);
-    ctl_mr_ = ibv_reg_mr(pd_, ctl_buf_, sizeof ctl_buf_, IBV_ACCESS_LOCAL_WRITE);
-    if (!ctl_mr_) throw Error(ep_.uri + ": cannot register a control buffer: " + std::strerror(errno) + locked_hint());
-    ctl_->create_qp(pd_, 2, 2);
+    const std::uint64_t want = member ? member->capacity : cfg.far_mem_bytes;
+    rdma::Accept acc = handshake(ctl_, rdma::first_connect(rdma::ConnKind::NewSession, 0, want), false, [&] {
+      auto c = std::make_unique<Connection>(ep_);
+      c->resolve();
+      if (!pd_) {  // the first connection's device holds everything of this transport
+        pd_ = ibv_alloc_pd(c->id->verbs);
+        if (!pd_) throw Error(ep_.uri + ": cannot allocate a protection domain: " + std::strerror(errno));
+        odp_ = rdma::odp_supported(c->id->verbs);
+        ctl_mr_ = ibv_reg_mr(pd_, ctl_buf_, sizeof ctl_buf_, IBV_ACCESS_LOCAL_WRITE);
+        if (!ctl_mr_)
+          throw Error(ep_.uri + ": cannot register a control buffer: " + std::strerror(errno) + locked_hint());
+      } else if (c->id->verbs != pd_->context) {
+        throw Error(ep_.uri + " resolved to another RDMA device on the second connect");
+      }
+      c->create_qp(pd_, 2, 2);
+      return c;
+    });
+    // Nothing comes on the control connection but replies to our requests, so the receive can follow the accept.
     if (!post_ctl_recv()) throw Error(ep_.uri + ": cannot post a receive on the control connection");
-    rdma::ConnectRequest req;
-    req.kind = rdma::ConnKind::NewSession;
-    req.capacity = member ? member->capacity : cfg.far_mem_bytes;
-    req.token = token_;
-    rdma::Accept acc = ctl_->connect(req, 0);
-    if (acc.capacity < req.capacity)
+    if (acc.capacity < want)
       throw Error("the memory server " + ep_.uri + " granted less memory than " +
                   (member ? std::string("the pool asks of each server (FARMEM_FAR_MEM / K)") : "FARMEM_FAR_MEM asks for"));
     session_ = acc.session;
@@ -457,16 +466,15 @@ class RdmaTransport final : public Transport {
                       " KiB): " + std::strerror(errno) + locked_hint());
         staged.lkey = staged.mr->lkey;
       }
-      auto c = std::make_unique<Connection>(ep_);
-      c->resolve();
-      if (c->id->verbs != pd_->context)
-        throw Error(ep_.uri + " resolves to another RDMA device than the control connection did");
-      c->create_qp(pd_, tuning_.queue_depth, 1);
-      rdma::ConnectRequest req;
-      req.kind = rdma::ConnKind::Attach;
-      req.session = session_;
-      req.token = token_;
-      rdma::Accept acc = c->connect(req, rdma::max_reads_in_flight(c->id->verbs, true));
+      std::unique_ptr<Connection> c;
+      rdma::Accept acc = handshake(c, rdma::first_connect(rdma::ConnKind::Attach, session_, 0), true, [&] {
+        auto d = std::make_unique<Connection>(ep_);
+        d->resolve();
+        if (d->id->verbs != pd_->context)
+          throw Error(ep_.uri + " resolves to another RDMA device than the control connection did");
+        d->create_qp(pd_, tuning_.queue_depth, 1);
+        return d;
+      });
       if (acc.session != session_ || acc.remote_addr != remote_.addr || acc.rkey != remote_.rkey)
         throw Error("the memory server " + ep_.uri + " attached a queue pair to another session");
       return std::make_unique<RdmaQueuePair>(std::move(c), remote_, local_, tuning_, ep_.uri,
@@ -569,9 +577,31 @@ class RdmaTransport final : public Transport {
     return r;
   }
 
+  // The token's challenge and response (docs/protocol.md, RDMA): the first
+  // connect is refused with the server's challenge; a rejected connection
+  // cannot connect again, so open() makes a new one for the second, which
+  // carries our proof and is accepted with the server's. Returns that accept;
+  // c is the connection made.
+  rdma::Accept handshake(std::unique_ptr<Connection>& c, const rdma::ConnectRequest& first, bool data_qp,
+                         const std::function<std::unique_ptr<Connection>()>& open) {
+    rdma::Accept acc;
+    rdma::Challenge ch;
+    auto depth = [&] { return data_qp ? rdma::max_reads_in_flight(c->id->verbs, true) : 0; };
+    c = open();
+    if (c->connect(first, depth(), &acc, &ch))
+      throw Error("the memory server " + ep_.uri + " accepted us without a challenge; is it a farmem-server of "
+                  "this release?");
+    if (!token_.empty() && ch.no_token) throw Error(auth::no_token_refusal(ep_.uri));
+    c = open();
+    if (!c->connect(rdma::second_connect(first, ch, token_), depth(), &acc, &ch))
+      throw Error("the memory server " + ep_.uri + " challenged our proof again; try again");
+    if (!rdma::server_proven(first, ch, token_, acc)) throw Error(auth::unproven_refusal(ep_.uri));
+    return acc;
+  }
+
   Endpoint ep_;
   rdma::Tuning tuning_;
-  rdma::Digest token_;
+  std::string token_;
   std::unique_ptr<Connection> ctl_;
   ibv_pd* pd_ = nullptr;
   bool odp_ = false;

@@ -143,8 +143,7 @@ wire::Header hello(tcp::Stream& s, const Endpoint& ep, const std::string& token,
   if (static_cast<wire::Op>(c.op) != wire::Op::Challenge)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (no challenge)");
   if (!token.empty() && c.size == 1)
-    throw Error("the memory server " + ep.uri + " requires no token, so it cannot prove it holds ours; start it "
-                "with --token-file (the file FARMEM_TOKEN_FILE names) or unset FARMEM_TOKEN_FILE");
+    throw Error(auth::no_token_refusal(ep.uri));
   auth::random_nonce(proof);
   auth::prove(token, true, server_nonce, proof, proof + auth::kNonce);
   wire::Header p = wire::make(wire::Op::Prove, attach_session, 0, 0, sizeof proof);
@@ -155,8 +154,7 @@ wire::Header hello(tcp::Stream& s, const Endpoint& ep, const std::string& token,
   if (static_cast<wire::Op>(r.op) != wire::Op::Reply)
     throw Error("the memory server " + ep.uri + " sent a malformed handshake (no reply to our proof)");
   if (!token.empty() && !auth::check(token, false, server_nonce, proof, server_proof))
-    throw Error("the memory server " + ep.uri + " could not prove it holds our token (another token, or "
-                "something in between); check FARMEM_TOKEN_FILE and the server's --token-file");
+    throw Error(auth::unproven_refusal(ep.uri));
   return r;
 }
 
