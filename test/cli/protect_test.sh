@@ -141,8 +141,8 @@ PY
   else bad "tcp+tls://: rc $RC, wire $WIRE_HAS, server $SERVER_HAS, '$GOT' vs '$want'; $(tail -2 "$tmp/tls.err")"; fi
 fi
 
-# 3. Tampering: a bit flipped in every page that comes back, or an older
-#    version of the page sent back. Protection off, the program would get
+# 3. Tampering: a bit flipped in every page that comes back, an older
+#    version of the page sent back, or another page's bytes. Protection off, the program would get
 #    wrong data (the bench's own check sees it); on, it stops with one line.
 tamper() {  # MODE PROTECT: runs the bench through a tampering relay; sets RC, OUT, ERR
   start_relay "$1-$2" "$1"
@@ -155,7 +155,7 @@ tamper() {  # MODE PROTECT: runs the bench through a tampering relay; sets RC, O
 tamper replay none
 if [[ $OUT != *'"verified":true'* ]]; then ok "protection off: a replayed page reaches the program (rc $RC, $(tail -1 "$tmp/tamper.err")): the relay tampers"
 else bad "protection off: the replay was not seen: $OUT"; fi
-for mode in flip replay; do
+for mode in flip replay swap; do
   tamper "$mode" aead
   if ((RC == 1)) && [[ $(wc -l <<<"$ERR") -eq 1 ]] &&
      grep -q "far page [0-9]* came back from tcp://127.0.0.1:$RPORT altered, replayed or moved" <<<"$ERR" &&

@@ -7,6 +7,8 @@
 #   flip     flip one bit in every page the server sends back
 #   replay   send back the previous version a client wrote to that offset
 #            instead of the newest (a replayed page)
+#   swap     send back the newest version the client wrote to another offset
+#            (another page's bytes: a moved page)
 # It knows only the framing (40-byte header, then `length` bytes). For
 # tcp+tls://, whose framing it cannot see, two modes work on the bytes:
 #   bytes    relay and record the bytes as they are
@@ -57,6 +59,12 @@ def pump(src, dst, to_server):
                     elif mode == "replay" and len(written.get(off, [])) >= 2 and written[off][-2] != payload:
                         payload = written[off][-2]
                         tampered += 1
+                    elif mode == "swap":
+                        other = next((o for o in written if o != off and len(written[o][-1]) == length
+                                      and written[o][-1] != payload), None)
+                        if other is not None:
+                            payload = written[other][-1]
+                            tampered += 1
             dst.sendall(h + payload)
     except OSError:
         pass

@@ -248,7 +248,7 @@ void Server::on_connect_request(rdma_cm_id* id, const std::vector<std::uint8_t>&
   rd::ConnectRequest req;
   std::string why;
   if (wire::Errc e = rd::decode(pdata.data(), pdata.size(), &req, &why); e != wire::Errc::Ok)
-    return reject(id, e, "malformed connect request: " + why);
+    return reject(id, e, e == wire::Errc::Version ? why : "malformed connect request: " + why);
   if (!req.proven) {  // the first connect: answered with a challenge
     auto data = rd::encode(auth_.challenge(req, now_ns()));
     rdma_reject(id, data.data(), static_cast<std::uint8_t>(data.size()));
