@@ -8,7 +8,9 @@
 # program under farmem-run with identical output, two Redis in a replicated
 # pool that loses one mid-run, and one line with a non-zero
 # exit for each problem: no server, wrong or missing password, a full Redis,
-# a server that is not Redis, a Redis that dies mid-run, a bad URI, a cluster URI.
+# a server that is not Redis, a Redis that dies mid-run, a bad URI, a cluster URI;
+# connections dropped and a failover behind the same address (reconnected),
+# and a Redis restarted without a replica copy (one line).
 # Usage: redis_test.sh FARMEM_BENCH [FARMEM_RUN]
 set -uo pipefail
 BENCH=$1
@@ -147,7 +149,75 @@ if ((rc == 0)) && grep -q '"verified":true' "$tmp/pool.out" && grep -q "redis://
   ok "a pool of two Redis (replicas:2), one killed mid-run: verified, its keys removed from the other"
 else bad "redis pool: rc $rc $(cat "$tmp/pool.out") $(grep -v measured "$tmp/pool.err" | tail -3)"; fi
 
-# 7. Problems: one line, non-zero exit, within seconds.
+# 7. Connections made again. Redis drops every client connection mid-run
+#    (CLIENT KILL): the run goes on with the same Redis. Then a failover
+#    behind the same address: the master is killed, its replica promoted
+#    (with a replica of its own, so WAIT 1 still holds) and a forwarder takes
+#    over the old address; with FARMEM_REDIS_WAIT=1 nothing acknowledged is
+#    lost. Without WAIT, a Redis restarted at that address ends the run with
+#    one line (its pages may be gone or old), never with wrong data.
+start_redis drops
+DROPS=$RPORT
+bench "redis://127.0.0.1:$DROPS" 32M --ops 60000 >"$tmp/drops.out" &
+client=$!
+for _ in $(seq 300); do (($(farmem_keys "$DROPS") > 1000)) && break; sleep 0.05; done
+rcli "$DROPS" client kill type normal >/dev/null
+wait "$client"; rc=$?
+if ((rc == 0)) && grep -q '"verified":true' "$tmp/drops.out"; then
+  ok "every client connection dropped mid-run: reconnected to the same Redis, verified"
+else bad "connections dropped: rc $rc $(cat "$tmp/drops.out") $(tail -3 "$tmp/err")"; fi
+
+forward() {  # FROM TO: a TCP forwarder on port FROM to port TO (the failover's new address owner)
+  python3 -c '
+import socket, sys, threading
+def pump(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1]))); ls.listen(64)
+while True:
+    c, _ = ls.accept(); u = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    for a, b in ((c, u), (u, c)): threading.Thread(target=pump, args=(a, b), daemon=True).start()' "$1" "$2" &
+  pids+=($!)
+}
+start_redis fo-master --repl-diskless-sync-delay 0
+FOM=$RPORT FOMPID=$RPID
+start_redis fo-replica --replicaof 127.0.0.1 "$FOM" --repl-diskless-sync-delay 0
+FOR=$RPORT
+start_redis fo-replica2 --replicaof 127.0.0.1 "$FOR"
+for _ in $(seq 100); do rcli "$FOM" info replication | grep -q 'connected_slaves:1' && break; sleep 0.1; done
+FARMEM_STATS=1 FARMEM_REDIS_WAIT=1 FARMEM_SERVER_TIMEOUT=20s bench "redis://127.0.0.1:$FOM" 32M --ops 30000 >"$tmp/fo.out" &
+client=$!
+for _ in $(seq 300); do (($(farmem_keys "$FOR") > 1000)) && break; sleep 0.05; done
+kill -9 "$FOMPID"
+rcli "$FOR" replicaof no one >/dev/null
+forward "$FOM" "$FOR"
+wait "$client"; rc=$?
+if ((rc == 0)) && grep -q '"verified":true' "$tmp/fo.out" && grep -q '"reconnects":[1-9]' "$tmp/err"; then
+  ok "failover behind the same address (master killed, replica promoted, WAIT 1): verified ($(grep -o '"redis":{[^}]*}' "$tmp/err"))"
+else bad "failover: rc $rc $(cat "$tmp/fo.out") $(grep -v measured "$tmp/err" | tail -3)"; fi
+
+start_redis restarted
+RST=$RPORT
+( for _ in $(seq 300); do (($(farmem_keys "$RST") > 1000)) && break; sleep 0.05; done
+  kill -9 "$RPID"; sleep 0.3
+  redis-server --port "$RST" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & echo $! >"$tmp/rst.pid" ) &
+t0=$SECONDS
+FARMEM_REDIS_WAIT=0 bench "redis://127.0.0.1:$RST" 32M --ops 100000000 >/dev/null; rc=$?
+pids+=("$(cat "$tmp/rst.pid" 2>/dev/null)")
+line=$(grep '^farmem' "$tmp/err")
+if ((rc != 0 && SECONDS - t0 < 60)) && [[ $(wc -l <<<"$line") -eq 1 ]] &&
+  grep -q "is another Redis now (restarted, or failed over: run_id .*FARMEM_REDIS_WAIT=0 kept no replica copy" <<<"$line"; then
+  ok "Redis restarted at its address without a replica copy: stopped with one line: $line"
+else bad "restarted Redis: rc $rc, '$line'"; fi
+
+# 8. Problems: one line, non-zero exit, within seconds.
 expect_line() {  # WHAT PATTERN URI [ENV...]: runs a short bench, wants one farmem line matching PATTERN
   local what=$1 pattern=$2 uri=$3
   shift 3

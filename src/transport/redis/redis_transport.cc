@@ -7,8 +7,11 @@
 // only when N replicas hold them. A control connection discards pages and, at
 // exit, removes every key this run wrote; a reaper process removes them if the
 // process ends without that (killed, or under farmem-run, whose programs leave
-// far memory in place at exit). A dead, full or silent Redis ends the process
-// with one line, as the other transports do.
+// far memory in place at exit). A broken connection is made again (the same
+// Redis, or after a failover behind the same address when FARMEM_REDIS_WAIT
+// kept a replica copy of every acknowledged page) and what was in flight is
+// sent again; a Redis that stays away, restarted without a replica copy, full
+// or silent ends the process with one line, as the other transports do.
 #include <fcntl.h>
 #include <pthread.h>
 #include <hiredis/hiredis.h>
@@ -107,7 +110,17 @@ struct Shared {
   bool survive = false;  // a pool member: a lost Redis fails requests instead of ending the process
   std::atomic<std::uint64_t>* written = nullptr;  // bitmap, mmap'd: only touched parts cost memory
   std::uint64_t npages = 0;
-  std::atomic<std::uint64_t> keys{0}, reads{0}, writes{0}, waits{0};
+  std::atomic<std::uint64_t> keys{0}, reads{0}, writes{0}, waits{0}, reconnects{0};
+  std::mutex run_mu;
+  std::string run_id;  // the Redis process holding our pages (INFO server)
+
+  // A connection again after one broke (why): retried until the silence
+  // limit. Another Redis process at that address (a restart, or a replica
+  // promoted by a failover) is taken only when FARMEM_REDIS_WAIT made every
+  // acknowledged page reach a replica; otherwise its pages may be gone or old,
+  // and the process ends with one line. Alone only: a pool member's lost
+  // Redis is the pool's to handle.
+  redisContext* reopen(const std::string& why);
 
   // Marks page written; a new key counts once.
   void mark(std::uint64_t page) {
@@ -216,8 +229,56 @@ redisContext* open_connection(const Shared& s, const redis::Node& node) {
   return c;
 }
 
+// A field of INFO section on c ("" if Redis does not say). Throws Error on a lost connection.
+std::string info_field(redisContext* c, const Shared& s, const char* section, const std::string& field) {
+  Reply r = command(c, s, {"INFO", section});
+  if (r.r->type != REDIS_REPLY_STRING) return "";
+  const std::string info = text(r.r);
+  std::size_t at = info.find(field + ":");
+  if (at == std::string::npos) return "";
+  at += field.size() + 1;
+  return info.substr(at, info.find_first_of("\r\n", at) - at);
+}
+
+redisContext* Shared::reopen(const std::string& why) {
+  if (survive) gone(why);  // not reached: a member's queue pair fails its posts instead
+  const std::uint64_t deadline = now_ns() + silence_ns;
+  std::string last = why;
+  for (;;) {
+    redisContext* c = nullptr;
+    try {
+      c = open_connection(*this, uri.nodes[0]);
+      const std::string id = info_field(c, *this, "server", "run_id");
+      if (info_field(c, *this, "replication", "role") == "master") {  // a replica not promoted yet refuses writes
+        std::lock_guard<std::mutex> g(run_mu);
+        if (id != run_id) {
+          if (wait_replicas == 0) {
+            redisFree(c);
+            detail::fatal("Redis at %s is another Redis now (restarted, or failed over: run_id %s, was %s) and "
+                          "FARMEM_REDIS_WAIT=0 kept no replica copy of our pages, so some may be gone or old; far "
+                          "memory is lost: restart the application (FARMEM_REDIS_WAIT=1 with a replica survives a "
+                          "failover)",
+                          uri.shown.c_str(), id.c_str(), run_id.c_str());
+          }
+          run_id = id;
+        }
+        reconnects.fetch_add(1, std::memory_order_relaxed);
+        return c;
+      }
+      last = "it answers as a replica";
+    } catch (const Error& e) {
+      last = e.what();
+    }
+    if (c) redisFree(c);
+    if (now_ns() > deadline)
+      gone(why + "; no Redis to take over within " + std::to_string(silence_ns / 1000000000ull) + " s: " + last);
+    timespec pause{0, 100 * 1000 * 1000};
+    nanosleep(&pause, nullptr);
+  }
+}
+
 // UNLINK the keys of pages, kUnlinkBatch a command, all pipelined.
-// False if a pool member's connection broke.
+// False if the connection broke.
 bool unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& pages) {
   std::size_t sent = 0;
   for (std::size_t i = 0; i < pages.size(); i += kUnlinkBatch) {
@@ -233,10 +294,7 @@ bool unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& page
   NoSigpipe quiet;
   for (; sent; --sent) {
     void* raw = nullptr;
-    if (redisGetReply(ctl, &raw) != REDIS_OK) {
-      if (s.survive) return false;  // a pool member's lost Redis: its keys went with it
-      s.gone(std::string("control connection: ") + ctl->errstr);
-    }
+    if (redisGetReply(ctl, &raw) != REDIS_OK) return false;
     Reply r(raw);
     if (r.r->type == REDIS_REPLY_ERROR && !s.survive) s.refused(text(r.r));
   }
@@ -292,14 +350,8 @@ class RedisQueuePair final : public QueuePair {
     char* dst = static_cast<char*>(local);
     for (std::size_t i = 0; i < parts.size(); ++i) {
       const redis::Part& p = parts[i];
-      std::string key = redis::page_key(s_.prefix, p.page);
-      if (p.whole()) {
-        append({"GET", key});
-      } else {
-        append({"GETRANGE", key, std::to_string(p.in_page), std::to_string(p.in_page + p.len - 1)});
-      }
-      expect_.push_back({p.whole() ? Kind::GetWhole : Kind::GetRange, i + 1 == parts.size(), cookie, dst + p.at,
-                         p.len, p.page});
+      send({p.whole() ? Kind::GetWhole : Kind::GetRange, i + 1 == parts.size(), cookie, dst + p.at, p.len, p.page,
+            nullptr, p.in_page});
     }
     s_.reads.fetch_add(1, std::memory_order_relaxed);
   }
@@ -309,14 +361,9 @@ class RedisQueuePair final : public QueuePair {
     const char* src = static_cast<const char*>(local);
     for (std::size_t i = 0; i < parts.size(); ++i) {
       const redis::Part& p = parts[i];
-      std::string key = redis::page_key(s_.prefix, p.page);
-      std::string_view data(src + p.at, p.len);
-      if (p.whole()) append({"SET", key, data});
-      else append({"SETRANGE", key, std::to_string(p.in_page), data});
+      send({Kind::Write, i + 1 == parts.size(), cookie, nullptr, p.len, p.page, src + p.at, p.in_page});
       s_.mark(p.page);
-      expect_.push_back({Kind::Write, i + 1 == parts.size(), cookie, nullptr, p.len, p.page});
     }
-    unwaited_writes_ = true;
     s_.writes.fetch_add(1, std::memory_order_relaxed);
   }
   void submit() override {
@@ -330,6 +377,7 @@ class RedisQueuePair final : public QueuePair {
   std::size_t poll(Completion* out, std::size_t max) override {
     if (done_.empty() && !expect_.empty() && !dead_) {
       try {
+        if (resent_) resent_ = false, flush();  // what a reconnect sent again
         receive();
         if (done_.empty() && !expect_.empty()) check_silence();
       } catch (const Lost&) {
@@ -346,6 +394,7 @@ class RedisQueuePair final : public QueuePair {
 
  private:
   enum class Kind : std::uint8_t { GetWhole, GetRange, Write, Wait };
+  // One command in flight, with what it takes to send it again after a reconnect.
   struct Expect {
     Kind kind;
     bool last;  // the post's last part: its reply completes the post
@@ -353,6 +402,8 @@ class RedisQueuePair final : public QueuePair {
     char* dst;
     std::uint32_t len;
     std::uint64_t page;
+    const char* src = nullptr;  // a write's bytes (the frame stays ours until the post completes)
+    std::uint32_t in_page = 0;  // a range's start in its page
   };
 
   struct Lost {};  // thrown by lost() in a pool member, caught by submit() and poll()
@@ -360,16 +411,66 @@ class RedisQueuePair final : public QueuePair {
   // Redis is gone or unusable. Alone, that ends the process; in a pool, every
   // post in flight and every later one completes as failed.
   [[noreturn]] void lost(const std::string& why) {
-    if (!s_.survive) s_.gone(why);
+    if (!s_.survive) {
+      resume(why);
+      throw Lost{};
+    }
     dead_ = true;
     for (const Expect& e : expect_)
       if (e.last && e.kind != Kind::Wait) done_.push_back({e.cookie, true});
-    for (const Completion& c : unacked_) done_.push_back({c.cookie, true});
+    for (const Expect& e : unacked_)
+      if (e.last) done_.push_back({e.cookie, true});
     expect_.clear();
     unacked_.clear();
     redisFree(c_);
     c_ = nullptr;
     throw Lost{};
+  }
+
+  // Alone, a broken connection is made again (Shared::reopen: the same Redis,
+  // or a failover FARMEM_REDIS_WAIT made safe) and every command without an
+  // answer, and every write a WAIT has not confirmed, is sent again: SET and
+  // GET of the same bytes, so one that did reach Redis does no harm.
+  void resume(const std::string& why) {
+    if (++resumes_ > 20) s_.gone(why + " (again and again)");
+    redisContext* c = s_.reopen(why);
+    redisFree(c_);
+    c_ = c;
+    fcntl(c_->fd, F_SETFL, fcntl(c_->fd, F_GETFL) | O_NONBLOCK);
+    c_->flags &= ~REDIS_BLOCK;
+    std::deque<Expect> again;
+    for (Expect& e : unacked_) again.push_back(e);
+    for (Expect& e : expect_)
+      if (e.kind != Kind::Wait) again.push_back(e);
+    unacked_.clear();
+    expect_.clear();
+    wait_since_ns_ = 0;
+    for (const Expect& e : again) send(e);
+    if (unwaited_writes_ && s_.wait_replicas) append_wait();
+    progress_ns_ = now_ns();
+    resent_ = true;
+  }
+
+  // Appends the command for e and expects its reply.
+  void send(const Expect& e) {
+    const std::string key = redis::page_key(s_.prefix, e.page);
+    const bool whole = e.len == kPageSize;
+    switch (e.kind) {
+      case Kind::GetWhole:
+        append({"GET", key});
+        break;
+      case Kind::GetRange:
+        append({"GETRANGE", key, std::to_string(e.in_page), std::to_string(e.in_page + e.len - 1)});
+        break;
+      case Kind::Write:
+        if (whole) append({"SET", key, std::string_view(e.src, e.len)});
+        else append({"SETRANGE", key, std::to_string(e.in_page), std::string_view(e.src, e.len)});
+        unwaited_writes_ = true;
+        break;
+      case Kind::Wait:
+        return;
+    }
+    expect_.push_back(e);
   }
 
   std::vector<redis::Part> checked_split(std::uint64_t off, std::size_t len, const char* what) {
@@ -427,6 +528,7 @@ class RedisQueuePair final : public QueuePair {
       }
       Reply r(raw);
       progress_ns_ = now_ns();
+      resumes_ = 0;
       if (expect_.empty()) lost("a reply to a request we did not send");
       Expect e = expect_.front();
       expect_.pop_front();
@@ -464,13 +566,16 @@ class RedisQueuePair final : public QueuePair {
         break;
       }
       case Kind::Write:
-        if (e.last) (s_.wait_replicas ? unacked_ : done_).push_back({e.cookie});
+        if (s_.wait_replicas) unacked_.push_back(e);
+        else if (e.last) done_.push_back({e.cookie});
         break;
       case Kind::Wait: {
         if (r->type != REDIS_REPLY_INTEGER) lost("WAIT answered with something other than a number");
         if (r->integer >= static_cast<long long>(s_.wait_replicas)) {
-          for (auto& c : unacked_) done_.push_back(c);
+          for (const Expect& w : unacked_)
+            if (w.last) done_.push_back({w.cookie});
           unacked_.clear();
+          resumes_ = 0;
           wait_since_ns_ = 0;
           break;
         }
@@ -500,8 +605,10 @@ class RedisQueuePair final : public QueuePair {
   redisContext* c_;
   std::deque<Expect> expect_;        // one per command in flight, in the order of their replies
   std::deque<Completion> done_;
-  std::deque<Completion> unacked_;   // writes Redis holds, waiting for WAIT's replicas
+  std::deque<Expect> unacked_;       // writes Redis holds, waiting for WAIT's replicas
   bool unwaited_writes_ = false;
+  bool resent_ = false;              // a reconnect appended commands: poll() sends them
+  unsigned resumes_ = 0;             // reconnects since the last confirmed batch
   bool dead_;
   bool part_failed_ = false;  // a part of the post being completed found its key missing
   std::uint64_t progress_ns_ = 0, wait_since_ns_ = 0;
@@ -694,6 +801,12 @@ class RedisTransport final : public Transport {
     s_.written = static_cast<std::atomic<std::uint64_t>*>(m);  // shared with the reaper
 
     ctl_ = open_connection(s_, s_.uri.nodes[0]);
+    try {
+      s_.run_id = info_field(ctl_, s_, "server", "run_id");
+    } catch (const Error&) {
+      redisFree(ctl_);
+      throw;
+    }
     const long long replicas = connected_replicas();
     if (cfg.redis_wait < 0) {
       s_.wait_replicas = replicas > 0 ? 1 : 0;
@@ -728,7 +841,13 @@ class RedisTransport final : public Transport {
     // Only whole pages are dropped: a part of one may still hold another piece.
     for (std::uint64_t p = (off + kPageSize - 1) / kPageSize; (p + 1) * kPageSize <= off + len; ++p)
       if (s_.unmark(p)) pages.push_back(p);
-    if (!unlink(ctl_, s_, pages)) redisFree(ctl_), ctl_ = nullptr;
+    if (!unlink(ctl_, s_, pages)) {
+      redisFree(ctl_);
+      ctl_ = nullptr;
+      if (s_.survive) return;  // a member's lost Redis: its keys went with it
+      ctl_ = s_.reopen("the control connection broke");
+      if (!unlink(ctl_, s_, pages)) s_.gone(std::string("control connection: ") + ctl_->errstr);
+    }
   }
   std::uint64_t remote_usage() override { return s_.keys.load(std::memory_order_relaxed) * kPageSize; }
   void shutdown() override {
@@ -743,7 +862,7 @@ class RedisTransport final : public Transport {
     return "\"redis\":{\"reads\":" + std::to_string(s_.reads.load()) + ",\"writes\":" +
            std::to_string(s_.writes.load()) + ",\"keys\":" + std::to_string(s_.keys.load()) +
            ",\"waits\":" + std::to_string(s_.waits.load()) + ",\"wait_replicas\":" +
-           std::to_string(s_.wait_replicas) + "}";
+           std::to_string(s_.wait_replicas) + ",\"reconnects\":" + std::to_string(s_.reconnects.load()) + "}";
   }
   // A child cannot read our pages (fork_prepare says so); it must not remove them at its exit.
   void fork_child() override { child_ = true; }
