@@ -35,6 +35,20 @@ def recv_exact(s, n):
     return bytes(b)
 
 
+def close_both(*socks):
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def flipped(payload):
+    p = bytearray(payload)
+    p[len(p) // 2] ^= 0x10
+    return bytes(p)
+
+
 def pump(src, dst, to_server):
     global tampered
     try:
@@ -52,9 +66,7 @@ def pump(src, dst, to_server):
                     written.setdefault(off, []).append(payload)
                 elif not to_server and op == REPLY and length == size and length > 0:
                     if mode == "flip":
-                        p = bytearray(payload)
-                        p[len(p) // 2] ^= 0x10
-                        payload = bytes(p)
+                        payload = flipped(payload)
                         tampered += 1
                     elif mode == "replay" and len(written.get(off, [])) >= 2 and written[off][-2] != payload:
                         payload = written[off][-2]
@@ -68,11 +80,7 @@ def pump(src, dst, to_server):
             dst.sendall(h + payload)
     except OSError:
         pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    close_both(src, dst)
 
 
 def pump_bytes(src, dst, to_server):
@@ -86,19 +94,13 @@ def pump_bytes(src, dst, to_server):
             with lock:
                 rec.write(b)
             if mode == "flipbyte" and not to_server and tampered == 0 and passed + len(b) > (1 << 20):
-                b = bytearray(b)
-                b[len(b) // 2] ^= 0x10
-                b = bytes(b)
+                b = flipped(b)
                 tampered += 1
             passed += len(b)
             dst.sendall(b)
     except OSError:
         pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    close_both(src, dst)
 
 
 def serve(client):
