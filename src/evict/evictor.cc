@@ -262,16 +262,18 @@ bool Evictor::refill_rings() {
   return any;
 }
 
-// A transparent victim takes the other resident pages of its 2 MiB block with
-// it: they are write-protected and unmapped as one range (a kernel TLB
-// shootdown a block, not a page). The region has no accessed bits to consult
-// (the application's loads and stores never reach the runtime), so this costs
-// it nothing in accuracy.
+// A transparent victim takes the other resident pages of its group
+// (hw::Region::kEvictPages) with it: they are write-protected and unmapped as
+// one range (a kernel TLB shootdown a group, not a page). The region has no
+// accessed bits to consult (the application's loads and stores never reach the
+// runtime), so the group's hot pages leave too: the smaller the group, the
+// fewer of them.
 void Evictor::take_hw_block(Batch& b, std::uint64_t vpn) {
+  constexpr std::uint64_t kGroup = hw::Region::kEvictPages;
   const std::uint64_t first = rt_.hw_first.load(std::memory_order_relaxed);
   const std::uint64_t end = first + rt_.hw_pages.load(std::memory_order_relaxed);
-  const std::uint64_t lo = first + ((vpn - first) & ~(kHwBlockPages - 1));
-  for (std::uint64_t p = lo; p < std::min(lo + kHwBlockPages, end); ++p) {
+  const std::uint64_t lo = first + ((vpn - first) & ~(kGroup - 1));
+  for (std::uint64_t p = lo; p < std::min(lo + kGroup, end); ++p) {
     if (p == vpn) continue;
     std::atomic<std::uint64_t>& word = rt_.pt[p];
     std::uint64_t s = word.load(std::memory_order_acquire);
