@@ -378,8 +378,8 @@ bool Evictor::select_batch() {
   // them, where a tracked page was faulted in, so touched again, since.
   const bool unwatched_first = unwatched_scanned_ > 0;
   if (unwatched_first) take_unwatched(b);
-  for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < rt_.cfg.evict_batch;
-       ++scanned) {
+  std::size_t want = rt_.cfg.evict_batch;
+  for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < want; ++scanned) {
     std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
     std::uint64_t vpn = rt_.owner[f].load(std::memory_order_relaxed);
     if (vpn == 0) continue;
@@ -392,7 +392,14 @@ bool Evictor::select_batch() {
     }
     if (!word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel)) continue;
     b.victims.push_back({vpn, f});
-    if (rt_.is_hw_page(vpn)) take_hw_block(b, vpn);
+    if (rt_.is_hw_page(vpn)) {
+      take_hw_block(b, vpn);
+      // A transparent batch costs a few TLB shootdowns whatever its size: keep
+      // choosing groups until it is as large as one 2 MiB block was, so it
+      // frees as many frames at once (fault-around takes only from a ring at
+      // least half full).
+      want = std::max<std::size_t>(want, kHwBatchPages);
+    }
   }
   if (b.victims.empty() && !unwatched_first) take_unwatched(b);
   if (b.victims.empty()) return false;
