@@ -93,7 +93,7 @@ class Region {
   // group is taken whole, hot pages included; 2 MiB groups (512 pages) took
   // 70% of gcc's evictions as neighbours of a page CLOCK chose, and 57% of its
   // faults were on pages back within an eighth of a budget's worth of
-  // evictions. 64 pages took 28% of its faults away (docs/benchmarks.md).
+  // evictions. 64 pages took 38% of its faults away (docs/benchmarks.md).
   static constexpr std::uint64_t kEvictPages = 64;
   void unmap_written(const Leaving& l);
   void drop_page(std::uint64_t vpn);  // a freed page leaves the region
