@@ -262,16 +262,18 @@ bool Evictor::refill_rings() {
   return any;
 }
 
-// A transparent victim takes the other resident pages of its 2 MiB block with
-// it: they are write-protected and unmapped as one range (a kernel TLB
-// shootdown a block, not a page). The region has no accessed bits to consult
-// (the application's loads and stores never reach the runtime), so this costs
-// it nothing in accuracy.
+// A transparent victim takes the other resident pages of its group
+// (hw::Region::kEvictPages) with it: they are write-protected and unmapped as
+// one range (a kernel TLB shootdown a group, not a page). The region has no
+// accessed bits to consult (the application's loads and stores never reach the
+// runtime), so the group's hot pages leave too: the smaller the group, the
+// fewer of them.
 void Evictor::take_hw_block(Batch& b, std::uint64_t vpn) {
+  constexpr std::uint64_t kGroup = hw::Region::kEvictPages;
   const std::uint64_t first = rt_.hw_first.load(std::memory_order_relaxed);
   const std::uint64_t end = first + rt_.hw_pages.load(std::memory_order_relaxed);
-  const std::uint64_t lo = first + ((vpn - first) & ~(kHwBlockPages - 1));
-  for (std::uint64_t p = lo; p < std::min(lo + kHwBlockPages, end); ++p) {
+  const std::uint64_t lo = first + ((vpn - first) & ~(kGroup - 1));
+  for (std::uint64_t p = lo; p < std::min(lo + kGroup, end); ++p) {
     if (p == vpn) continue;
     std::atomic<std::uint64_t>& word = rt_.pt[p];
     std::uint64_t s = word.load(std::memory_order_acquire);
@@ -376,8 +378,8 @@ bool Evictor::select_batch() {
   // them, where a tracked page was faulted in, so touched again, since.
   const bool unwatched_first = unwatched_scanned_ > 0;
   if (unwatched_first) take_unwatched(b);
-  for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < rt_.cfg.evict_batch;
-       ++scanned) {
+  std::size_t want = rt_.cfg.evict_batch;
+  for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < want; ++scanned) {
     std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
     std::uint64_t vpn = rt_.owner[f].load(std::memory_order_relaxed);
     if (vpn == 0) continue;
@@ -390,7 +392,14 @@ bool Evictor::select_batch() {
     }
     if (!word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel)) continue;
     b.victims.push_back({vpn, f});
-    if (rt_.is_hw_page(vpn)) take_hw_block(b, vpn);
+    if (rt_.is_hw_page(vpn)) {
+      take_hw_block(b, vpn);
+      // A transparent batch costs a few TLB shootdowns whatever its size: keep
+      // choosing groups until it is as large as one 2 MiB block was, so it
+      // frees as many frames at once (fault-around takes only from a ring at
+      // least half full).
+      want = std::max<std::size_t>(want, kHwBatchPages);
+    }
   }
   if (b.victims.empty() && !unwatched_first) take_unwatched(b);
   if (b.victims.empty()) return false;

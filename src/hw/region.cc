@@ -467,7 +467,8 @@ void Region::protect(Leaving& l) {
   std::sort(l.vpns.begin(), l.vpns.end());
   l.ranges.clear();
   for (std::uint64_t v : l.vpns) {
-    if (!l.ranges.empty() && (v - first_vpn_) / kBlockPages == (l.ranges.back().first - first_vpn_) / kBlockPages)
+    if (!l.ranges.empty() && (v - first_vpn_) / kBlockPages == (l.ranges.back().first - first_vpn_) / kBlockPages &&
+        !mapped_between(l.ranges.back().first + l.ranges.back().second, v))
       l.ranges.back().second = v + 1 - l.ranges.back().first;
     else
       l.ranges.emplace_back(v, 1);
@@ -476,6 +477,20 @@ void Region::protect(Leaving& l) {
     if (int e = write_protect(uffd_.fd, page_addr(first), pages * 4096, true); e != 0)
       detail::fatal("cannot write-protect pages of the transparent region at %p (UFFDIO_WRITEPROTECT: %s)",
                     static_cast<void*>(page_addr(first)), std::strerror(e));
+}
+
+// A page of [from, to) that is here and stays (a group of kEvictPages that is
+// not leaving): one range over it would write-protect it, and its next write
+// would fault. Pages that are not here cost nothing to cover. The answer may be
+// stale by the time of the write-protection; a page filled meanwhile is then
+// covered, as a page filled inside a leaving group always was: its next write
+// faults once. Only pages that leave need the protection, and they always get it.
+bool Region::mapped_between(std::uint64_t from, std::uint64_t to) const {
+  for (std::uint64_t v = from; v < to; ++v) {
+    const Kind k = ps::kind(rt_.pt[v].load(std::memory_order_relaxed));
+    if (k == Kind::Resident || k == Kind::Fetching) return true;
+  }
+  return false;
 }
 
 void Region::unmap_written(const Leaving& l) {

@@ -247,3 +247,51 @@ TEST_CASE("blocks filled, checked and freed by two threads while chunks are watc
   CHECK(nonzero.load() == 0);
   CHECK(stats().resident_bytes <= (16ull << 20));
 }
+
+// The evictor takes a transparent victim with the resident pages of its group
+// (hw::Region::kEvictPages), not of its whole 2 MiB block: groups of one block
+// leave while other groups of it stay and are written. One thread keeps
+// writing one group in every 2 MiB block while another streams over the rest
+// (4x the budget) and forces those blocks out around it. The write-protection
+// of the leaving groups must cover every page that leaves, whatever it skips,
+// so nothing written is lost on either side.
+TEST_CASE("groups of a 2 MiB block leave while another group of it is written") {
+  start();
+  const std::uint64_t bytes = 64ull << 20, pages = bytes / 4096, block = 512, group = 64;
+  auto* w = static_cast<std::uint64_t*>(farmem_malloc(bytes));
+  REQUIRE(w != nullptr);
+  auto hot = [&](std::uint64_t p) { return (p % block) / group == 3; };  // 4 MiB of the 64
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> bad{0}, hot_rounds{0};
+  std::thread writer([&] {
+    std::vector<std::uint64_t> version(pages, 0);
+    for (std::uint64_t round = 1; !done.load(std::memory_order_relaxed) || round < 3; ++round) {
+      for (std::uint64_t p = 0; p < pages; ++p) {
+        if (!hot(p)) continue;
+        const std::uint64_t i = p * 512 + 2 + round % 500;  // another word of it each round
+        if (w[p * 512] != (version[p] ? test::mix(p, version[p]) : 0)) ++bad;
+        w[p * 512] = test::mix(p, round);
+        w[i] = test::mix(i, round);
+        version[p] = round;
+      }
+      hot_rounds.fetch_add(1, std::memory_order_relaxed);
+    }
+    for (std::uint64_t p = 0; p < pages; ++p)
+      if (hot(p) && w[p * 512] != test::mix(p, version[p])) ++bad;
+  });
+  const int passes = test::kSanitized ? 2 : 4;
+  for (int pass = 1; pass <= passes; ++pass)
+    for (std::uint64_t p = 0; p < pages; ++p) {
+      if (hot(p)) continue;
+      const std::uint64_t want = pass == 1 ? 0 : test::mix(p * 512 + 1, pass - 1);
+      if (w[p * 512 + 1] != want) ++bad;
+      w[p * 512 + 1] = test::mix(p * 512 + 1, pass);
+    }
+  done.store(true);
+  writer.join();
+  INFO(stats_json());
+  CHECK(bad.load() == 0);
+  CHECK(hot_rounds.load() >= 3);
+  CHECK(stats().resident_bytes <= (16ull << 20));
+  farmem_free(w);
+}
