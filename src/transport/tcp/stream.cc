@@ -189,13 +189,10 @@ void Stream::start_tls_client(const TlsContext& ctx, const std::string& host, co
   }
 }
 
-void Stream::start_tls_server(const TlsContext& ctx) {
+bool Stream::start_tls_server(const TlsContext& ctx) {
   ssl_ = new_ssl(ctx, fd_);
-  if (!ssl_) {  // out of memory: the connection closes
-    shutdown(fd_, SHUT_RDWR);
-    return;
-  }
-  SSL_set_accept_state(ssl_);
+  if (ssl_) SSL_set_accept_state(ssl_);
+  return ssl_ != nullptr;
 }
 
 ssize_t Stream::ssl_result(int r, bool reading) {

@@ -48,8 +48,9 @@ class Stream {
   // Client: TLS over the connected socket, checking the certificate for `host`
   // (a name or an address). Throws farmem::Error: one line naming `uri` and the fix.
   void start_tls_client(const TlsContext& ctx, const std::string& host, const std::string& uri, int timeout_ms);
-  // Server: TLS on an accepted socket; the handshake runs inside the first recv and flush calls.
-  void start_tls_server(const TlsContext& ctx);
+  // Server: TLS on an accepted socket; the handshake runs inside the first
+  // recv and flush calls. False (out of memory): the connection must be closed.
+  bool start_tls_server(const TlsContext& ctx);
 
   int fd() const { return fd_; }
   bool tls() const { return ssl_ != nullptr; }

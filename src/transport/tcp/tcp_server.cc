@@ -100,6 +100,7 @@ std::string peer_name(const sockaddr_storage& ss) {
 }
 
 bool Server::start_listening() {
+  const char* scheme = opt_.tls ? "tcp+tls" : "tcp";
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -108,15 +109,15 @@ bool Server::start_listening() {
   int rc = getaddrinfo(opt_.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
     std::fprintf(stderr, "farmem-server: cannot listen on %s://%s:%u: cannot resolve %s: %s\n",
-                 opt_.tls ? "tcp+tls" : "tcp", opt_.host.c_str(), opt_.port, opt_.host.c_str(), gai_strerror(rc));
+                 scheme, opt_.host.c_str(), opt_.port, opt_.host.c_str(), gai_strerror(rc));
     return false;
   }
   lfd_ = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (lfd_ < 0 || bind(lfd_, res->ai_addr, res->ai_addrlen) != 0 || listen(lfd_, 128) != 0) {
-    std::fprintf(stderr, "farmem-server: cannot listen on %s://%s:%u: %s\n", opt_.tls ? "tcp+tls" : "tcp",
-                 opt_.host.c_str(), opt_.port, std::strerror(errno));
+    std::fprintf(stderr, "farmem-server: cannot listen on %s://%s:%u: %s\n", scheme, opt_.host.c_str(), opt_.port,
+                 std::strerror(errno));
     freeaddrinfo(res);
     return false;
   }
@@ -126,7 +127,6 @@ bool Server::start_listening() {
   getsockname(lfd_, reinterpret_cast<sockaddr*>(&ss), &sl);
   unsigned actual = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                                     : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-  const char* scheme = opt_.tls ? "tcp+tls" : "tcp";
   uri_ = host_port_uri(scheme, opt_.host, actual);
   std::printf("farmem-server: listening on %s://%s:%u, capacity %llu MiB, token %s\n", scheme, opt_.host.c_str(),
               actual, static_cast<unsigned long long>(ctx_.account.capacity() >> 20),
@@ -159,7 +159,7 @@ void Server::accept_all() {
     auto c = std::make_unique<Conn>();
     c->fd = fd;
     c->stream = std::make_unique<net::tcp::Stream>(fd);
-    if (opt_.tls) c->stream->start_tls_server(*opt_.tls);
+    if (opt_.tls && !c->stream->start_tls_server(*opt_.tls)) continue;  // no memory for TLS: closed, never plain
     c->peer = peer_name(ss);
     c->in.resize(64 * 1024);
     epoll_event ev{};

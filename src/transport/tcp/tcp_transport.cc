@@ -6,7 +6,6 @@
 // server ends the process with a clear message (never a hang, never stale data),
 // unless the transport is one server of a pool: then its queue pairs report
 // every request as failed and the pool reads and writes elsewhere.
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
