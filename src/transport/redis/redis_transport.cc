@@ -301,9 +301,16 @@ bool unlink(redisContext* ctl, Shared& s, const std::vector<std::uint64_t>& page
   return true;
 }
 
-// UNLINK every key this run wrote.
-void unlink_all(redisContext* ctl, Shared& s) {
+// UNLINK every key this run wrote. False if the connection broke: the pages
+// of the batch it broke in are marked again, so a new connection (or the
+// reaper) still removes them.
+bool unlink_all(redisContext* ctl, Shared& s) {
   std::vector<std::uint64_t> pages;
+  auto unlink_or_keep = [&] {
+    if (unlink(ctl, s, pages)) return true;
+    for (std::uint64_t p : pages) s.mark(p);
+    return false;
+  };
   for (std::uint64_t w = 0; w < (s.npages + 63) / 64; ++w) {
     std::uint64_t bits = s.written[w].load(std::memory_order_relaxed);
     for (; bits; bits &= bits - 1) {
@@ -311,11 +318,18 @@ void unlink_all(redisContext* ctl, Shared& s) {
       if (s.unmark(p)) pages.push_back(p);
     }
     if (pages.size() >= 64 * kUnlinkBatch) {
-      if (!unlink(ctl, s, pages)) return;
+      if (!unlink_or_keep()) return false;
       pages.clear();
     }
   }
-  unlink(ctl, s, pages);
+  return unlink_or_keep();
+}
+
+// hiredis 0.14 has no switch to non-blocking once connected: clear its flag
+// and the socket's together, so redisBufferRead/Write return on EAGAIN.
+void make_nonblocking(redisContext* c) {
+  fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+  c->flags &= ~REDIS_BLOCK;
 }
 
 void Shared::remove_all_keys() const {
@@ -334,11 +348,7 @@ class RedisQueuePair final : public QueuePair {
  public:
   // c null: a pool member's queue pair whose Redis could not be reached; it fails everything.
   RedisQueuePair(Shared& s, redisContext* c) : s_(s), c_(c), dead_(c == nullptr) {
-    if (dead_) return;
-    // hiredis 0.14 has no switch to non-blocking once connected: clear its flag
-    // and the socket's together, so redisBufferRead/Write return on EAGAIN.
-    fcntl(c_->fd, F_SETFL, fcntl(c_->fd, F_GETFL) | O_NONBLOCK);
-    c_->flags &= ~REDIS_BLOCK;
+    if (!dead_) make_nonblocking(c_);
   }
   ~RedisQueuePair() override {
     if (c_) redisFree(c_);
@@ -436,8 +446,7 @@ class RedisQueuePair final : public QueuePair {
     redisContext* c = s_.reopen(why);
     redisFree(c_);
     c_ = c;
-    fcntl(c_->fd, F_SETFL, fcntl(c_->fd, F_GETFL) | O_NONBLOCK);
-    c_->flags &= ~REDIS_BLOCK;
+    make_nonblocking(c_);
     std::deque<Expect> again;
     for (Expect& e : unacked_) again.push_back(e);
     for (Expect& e : expect_)
@@ -853,7 +862,13 @@ class RedisTransport final : public Transport {
   void shutdown() override {
     std::lock_guard<std::mutex> g(mu_);
     if (!ctl_) return;
-    if (!child_) unlink_all(ctl_, s_);  // a forked child leaves its parent's pages alone
+    // A forked child leaves its parent's pages alone. Alone, a broken control
+    // connection is made again, as the queue pairs' are.
+    if (!child_ && !unlink_all(ctl_, s_) && !s_.survive) {
+      redisFree(ctl_);
+      ctl_ = s_.reopen("the control connection broke");
+      if (!unlink_all(ctl_, s_)) s_.gone(std::string("control connection: ") + ctl_->errstr);
+    }
     redisFree(ctl_);
     ctl_ = nullptr;
   }
@@ -871,11 +886,8 @@ class RedisTransport final : public Transport {
   // INFO replication's connected_slaves, or -1 if Redis does not say.
   long long connected_replicas() {
     try {
-      Reply r = command(ctl_, s_, {"INFO", "replication"});
-      std::string info = text(r.r);
-      std::size_t at = info.find("connected_slaves:");
-      if (r.r->type != REDIS_REPLY_STRING || at == std::string::npos) return -1;
-      return std::strtoll(info.c_str() + at + 17, nullptr, 10);
+      const std::string n = info_field(ctl_, s_, "replication", "connected_slaves");
+      return n.empty() ? -1 : std::strtoll(n.c_str(), nullptr, 10);
     } catch (const Error&) {
       redisFree(ctl_);
       throw;
