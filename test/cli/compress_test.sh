@@ -22,14 +22,6 @@ if grep -q '"verified":true' <<<"$out" && grep -q '"raw_pages":0,' <<<"$stats" &
 else bad "lz4 over tcp: server held $held MiB; $out $(tail -3 "$tmp/e1")"; fi
 
 # 2. Bad codecs and combinations: one line naming the setting, non-zero exit.
-expect_error() {  # NAME PATTERN CMD...
-  local name=$1 pattern=$2
-  shift 2
-  local err rc
-  err=$("$@" 2>&1 >/dev/null); rc=$?
-  if ((rc != 0)) && [[ $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then ok "$name: $err"
-  else bad "$name (exit $rc): $err"; fi
-}
 expect_error "unknown codec" "FARMEM_COMPRESS=gzip: unknown codec; use none, lz4, zstd or zstd:LEVEL" \
   env FARMEM_COMPRESS=gzip "$BENCH" --working-set 16M --ops 1000
 expect_error "bad zstd level" "the zstd level must be 1-" env FARMEM_COMPRESS=zstd:40 "$BENCH" --working-set 16M --ops 1000

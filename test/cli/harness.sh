@@ -26,3 +26,14 @@ start_tcp_server() {
   echo "server did not start:"; cat "$tmp/$name.err"; exit 1
 }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# expect_error NAME PATTERN CMD...: CMD ends within 20 s with a non-zero status
+# and one line on stderr that matches PATTERN (grep).
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  local err rc
+  err=$(timeout 20 "$@" 2>&1 >/dev/null); rc=$?
+  if ((rc != 0 && rc != 124)) && [[ $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then ok "$name: $err"
+  else bad "$name (exit $rc): $err"; fi
+}

@@ -18,15 +18,6 @@ RUN=${3:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 RELAY="/usr/bin/python3 $(dirname "${BASH_SOURCE[0]}")/relay.py"
 
-expect_error() {  # NAME PATTERN CMD...: non-zero exit, one line on stderr matching PATTERN
-  local name=$1 pattern=$2
-  shift 2
-  local err rc
-  err=$("$@" 2>&1 >/dev/null); rc=$?
-  if ((rc != 0)) && [[ $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then ok "$name: $err"
-  else bad "$name (exit $rc): $err"; fi
-}
-
 # start_relay NAME MODE: a relay to the server on $PORT; sets RPORT and RPID, records $tmp/NAME.rec.
 start_relay() {
   rm -f "$tmp/$1.port"

@@ -23,15 +23,6 @@ TLS=(--tls-cert "$tmp/good.pem" --tls-key "$tmp/good.key")
 echo "token-$RANDOM" >"$tmp/token"
 export FARMEM_TOKEN_FILE=$tmp/token FARMEM_TLS_CA=$tmp/good.pem
 
-expect_error() {  # NAME PATTERN CMD...: non-zero exit within 20 s, one line on stderr matching PATTERN
-  local name=$1 pattern=$2
-  shift 2
-  local err rc
-  err=$(timeout 20 "$@" 2>&1 >/dev/null); rc=$?
-  if ((rc != 0 && rc != 124)) && [[ $(wc -l <<<"$err") -eq 1 ]] && grep -q -- "$pattern" <<<"$err"; then ok "$name: $err"
-  else bad "$name (exit $rc): $err"; fi
-}
-
 LISTEN_SCHEME=tcp+tls start_tcp_server main --capacity 1G --token-file "$tmp/token" "${TLS[@]}"
 URI=tcp+tls://127.0.0.1:$PORT
 start_tcp_server plain --capacity 1G --token-file "$tmp/token"
