@@ -268,7 +268,7 @@ bool Evictor::refill_rings() {
 // accessed bits to consult (the application's loads and stores never reach the
 // runtime), so the group's hot pages leave too: the smaller the group, the
 // fewer of them.
-void Evictor::take_hw_block(Batch& b, std::uint64_t vpn) {
+void Evictor::take_hw_group(Batch& b, std::uint64_t vpn) {
   constexpr std::uint64_t kGroup = hw::Region::kEvictPages;
   const std::uint64_t first = rt_.hw_first.load(std::memory_order_relaxed);
   const std::uint64_t end = first + rt_.hw_pages.load(std::memory_order_relaxed);
@@ -393,7 +393,7 @@ bool Evictor::select_batch() {
     if (!word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel)) continue;
     b.victims.push_back({vpn, f});
     if (rt_.is_hw_page(vpn)) {
-      take_hw_block(b, vpn);
+      take_hw_group(b, vpn);
       // A transparent batch costs a few TLB shootdowns whatever its size: keep
       // choosing groups until it is as large as one 2 MiB block was, so it
       // frees as many frames at once (fault-around takes only from a ring at

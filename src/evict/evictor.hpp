@@ -55,7 +55,7 @@ class Evictor {
   bool refill_rings();
   bool reclaim_dead_cores();
   bool select_batch();
-  void take_hw_block(Batch& b, std::uint64_t vpn);
+  void take_hw_group(Batch& b, std::uint64_t vpn);
   static constexpr std::size_t kHwBatchPages = 512;  // transparent pages a batch gathers (groups of 64)
   bool acked(std::uint64_t gen) const;
   void wait_acked(std::uint64_t gen) const;
