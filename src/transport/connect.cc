@@ -64,16 +64,17 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 std::string member_refusal(const std::string& uri) {
-  for (const char* scheme : {"tcp://", "tcp+tls://", "dpdk://", "file://", "redis://", "rdma://"})
+  for (const char* scheme : {"tcp://", "tcp+tls://", "dpdk://", "file://", "redis://", "redis+cluster://", "rdma://"})
     if (uri.rfind(scheme, 0) == 0) return {};
   return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, tcp+tls://HOST:PORT, "
          "rdma://HOST:PORT, dpdk://..., "
-         "file:///PATH or redis://HOST:PORT (redis+cluster:// not yet)";
+         "file:///PATH, redis://HOST:PORT or redis+cluster://HOST:PORT,... (in an @FILE, one URI a line)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {
   if (std::string no = member_refusal(member.uri); !no.empty()) throw Error(no);
-  if (member.uri.rfind("redis://", 0) == 0) return connect_redis_member(cfg, member);
+  if (member.uri.rfind("redis://", 0) == 0 || member.uri.rfind("redis+cluster://", 0) == 0)
+    return connect_redis_member(cfg, member);
   if (member.uri.rfind("dpdk://", 0) == 0) {
 #if FARMEM_HAVE_DPDK
     return connect_dpdk_member(cfg, member);

@@ -8,7 +8,7 @@
 # program under farmem-run with identical output, two Redis in a replicated
 # pool that loses one mid-run, and one line with a non-zero
 # exit for each problem: no server, wrong or missing password, a full Redis,
-# a server that is not Redis, a Redis that dies mid-run, a bad URI, a cluster URI;
+# a server that is not Redis, a Redis that dies mid-run, a bad URI, a cluster URI at a standalone Redis;
 # connections dropped and a failover behind the same address (reconnected),
 # and a Redis restarted without a replica copy (one line).
 # Usage: redis_test.sh FARMEM_BENCH [FARMEM_RUN]
@@ -17,33 +17,7 @@ BENCH=$1
 RUN=${2:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 ok() { echo "ok   [${SECONDS}s] $*"; }
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null || {
-  echo "redis-server and redis-cli are not installed (apt-get install redis-server): skipped"; exit 77; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# start_redis NAME ARGS...: a redis-server on a free port, no persistence; sets RPORT and RPID.
-start_redis() {
-  local name=$1
-  shift
-  RPORT=$(free_port)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
-    --dbfilename "$name.rdb" "$@" >"$tmp/$name.log" 2>&1 &
-  RPID=$!
-  pids+=("$RPID")
-  for _ in $(seq 100); do
-    redis-cli -p "$RPORT" ping 2>/dev/null | grep -q -e PONG -e NOAUTH && return 0
-    sleep 0.05
-  done
-  echo "redis-server did not start:"; cat "$tmp/$name.log"; exit 1
-}
-rcli() { redis-cli --no-auth-warning -p "$@"; }
-bench() {  # URI WORKING_SET ARGS...: farmem-bench at 25% local; JSON on stdout, stderr in $tmp/err
-  local uri=$1 ws=$2
-  shift 2
-  FARMEM_BACKEND=$uri FARMEM_FAR_MEM=256M timeout 120 "$BENCH" --working-set "$ws" --local-mem 25% \
-    --uthreads 16 --json "$@" 2>"$tmp/err"
-}
-farmem_keys() { rcli "$@" --scan --pattern 'farmem:*' | wc -l; }
+source "$(dirname "${BASH_SOURCE[0]}")/redis_harness.sh"
 
 start_redis main --repl-diskless-sync-delay 0  # a replica syncs at once, not after 5 s
 MAIN=$RPORT
@@ -95,12 +69,6 @@ victim=$!
 for _ in $(seq 300); do (($(farmem_keys "$MAIN") > 100)) && break; sleep 0.1; done
 left=$(farmem_keys "$MAIN")
 kill -9 "$victim"; wait "$victim" 2>/dev/null
-no_keys_within() {  # SECONDS REDIS-CLI-ARGS...
-  local t=$1
-  shift
-  for _ in $(seq $((t * 10))); do [[ $(farmem_keys "$@") == 0 ]] && return 0; sleep 0.1; done
-  return 1
-}
 if ((left > 0)) && no_keys_within 5 "$MAIN" && [[ $(rcli "$MAIN" get keep) == me ]]; then
   ok "a client killed with SIGKILL: its reaper removed its $left keys"
 else bad "killed client: $left keys, $(farmem_keys "$MAIN") after 5 s"; fi
@@ -236,7 +204,7 @@ expect_line "wrong password" "refused our credentials (WRONGPASS" "redis://:nope
 expect_line "no password" "needs a password (NOAUTH" "redis://127.0.0.1:$AUTH"
 expect_line "bad URI" "port must be 1-65535" "redis://127.0.0.1:99999"
 expect_line "no such database" "refused database 99" "redis://127.0.0.1:$MAIN/99"
-expect_line "cluster URI" "Redis Cluster is not supported yet" "redis+cluster://127.0.0.1:$MAIN,127.0.0.1:$AUTH"
+expect_line "cluster URI at a standalone Redis" "is not a cluster node (ERR This instance has cluster support disabled)" "redis+cluster://127.0.0.1:$MAIN,127.0.0.1:$AUTH"
 NOTREDIS=$(free_port)
 python3 -c '
 import socket, sys

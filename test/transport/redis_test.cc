@@ -92,6 +92,62 @@ TEST_CASE("Redis Cluster key slots, as the specification gives them") {
   CHECK(key_slot("foo{bar}{zap}") == key_slot("bar"));
 }
 
+TEST_CASE("MOVED and ASK redirections") {
+  Redirect r;
+  REQUIRE(parse_redirect("MOVED 3999 127.0.0.1:6381", "seed", r));
+  CHECK(!r.ask);
+  CHECK(r.slot == 3999);
+  CHECK(r.node.host == "127.0.0.1");
+  CHECK(r.node.port == 6381);
+  REQUIRE(parse_redirect("ASK 16383 redis-2.internal:7000", "seed", r));
+  CHECK(r.ask);
+  CHECK(r.slot == 16383);
+  CHECK(r.node.host == "redis-2.internal");
+  REQUIRE(parse_redirect("MOVED 7 [::1]:7001", "seed", r));
+  CHECK(r.node.host == "::1");
+  CHECK(r.node.port == 7001);
+  REQUIRE(parse_redirect("MOVED 7 :7001", "seed", r));  // the node does not know its address: the one we asked
+  CHECK(r.node.host == "seed");
+  CHECK(!parse_redirect("ERR unknown command", "seed", r));
+  CHECK(!parse_redirect("MOVED 16384 127.0.0.1:6381", "seed", r));  // no such slot
+  CHECK(!parse_redirect("MOVED 12 127.0.0.1", "seed", r));           // no port
+  CHECK(!parse_redirect("MOVED 12 127.0.0.1:0", "seed", r));
+  CHECK(!parse_redirect("MOVED x 127.0.0.1:6381", "seed", r));
+  CHECK(!parse_redirect("MOVEDX 1 127.0.0.1:6381", "seed", r));
+}
+
+TEST_CASE("a CLUSTER SLOTS reply parsed without allocating, as the reaper reads it") {
+  // Redis 7's form: [first, last, [host, port, id, metadata], replica...]; the
+  // second master serves two ranges, and one node does not know its address.
+  const std::string master_a = "*4\r\n$9\r\n127.0.0.1\r\n:7001\r\n$3\r\naaa\r\n*0\r\n";
+  const std::string replica = "*4\r\n$9\r\n127.0.0.1\r\n:7004\r\n$3\r\nddd\r\n*0\r\n";
+  const std::string master_b = "*3\r\n$0\r\n\r\n:7002\r\n$3\r\nbbb\r\n";
+  const std::string reply = "*3\r\n"
+                            "*4\r\n:0\r\n:8191\r\n" + master_a + replica +
+                            "*3\r\n:8192\r\n:10000\r\n" + master_b +
+                            "*3\r\n:10001\r\n:16383\r\n" + master_b;
+  std::vector<std::uint16_t> owner(kSlots, 999);
+  SlotOwner nodes[4];
+  unsigned count = 0;
+  CHECK(parse_cluster_slots(reply.data(), reply.size(), nodes, 4, &count, owner.data()) ==
+        static_cast<long>(reply.size()));
+  REQUIRE(count == 2);
+  CHECK(std::string(nodes[0].host) == "127.0.0.1");
+  CHECK(nodes[0].port == 7001);
+  CHECK(std::string(nodes[1].host).empty());
+  CHECK(nodes[1].port == 7002);
+  CHECK(owner[0] == 0);
+  CHECK(owner[8191] == 0);
+  CHECK(owner[8192] == 1);
+  CHECK(owner[16383] == 1);
+  // Every prefix is incomplete, never wrong; an error reply and too many masters are not a map.
+  for (std::size_t cut = 0; cut < reply.size(); ++cut)
+    CHECK(parse_cluster_slots(reply.data(), cut, nodes, 4, &count, owner.data()) == 0);
+  const std::string error = "-ERR This instance has cluster support disabled\r\n";
+  CHECK(parse_cluster_slots(error.data(), error.size(), nodes, 4, &count, owner.data()) == -1);
+  CHECK(parse_cluster_slots(reply.data(), reply.size(), nodes, 1, &count, owner.data()) == -1);
+}
+
 TEST_CASE("a transfer splits at page boundaries in 512-byte units") {
   auto p = split(0, 4096);
   REQUIRE(p.size() == 1);

@@ -2,6 +2,7 @@
 #include "transport/redis/redis_logic.hpp"
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -162,6 +163,149 @@ unsigned key_slot(std::string_view key) {
     if (close != std::string_view::npos && close > open + 1) key = key.substr(open + 1, close - open - 1);
   }
   return crc16(key) & 16383;
+}
+
+bool parse_redirect(std::string_view error, const std::string& host, Redirect& out) {
+  Redirect r;
+  if (error.rfind("MOVED ", 0) == 0) {
+    error.remove_prefix(6);
+  } else if (error.rfind("ASK ", 0) == 0) {
+    r.ask = true;
+    error.remove_prefix(4);
+  } else {
+    return false;
+  }
+  std::size_t space = error.find(' ');
+  if (space == 0 || space == std::string_view::npos || space > 5) return false;
+  unsigned slot = 0;
+  for (char c : error.substr(0, space)) {
+    if (c < '0' || c > '9') return false;
+    slot = slot * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (slot >= kSlots) return false;
+  r.slot = slot;
+  std::string_view addr = error.substr(space + 1);
+  std::size_t colon = addr.rfind(':');
+  if (colon == std::string_view::npos || colon + 1 == addr.size() || addr.size() - colon > 6) return false;
+  int port = 0;
+  for (char c : addr.substr(colon + 1)) {
+    if (c < '0' || c > '9') return false;
+    port = port * 10 + (c - '0');
+  }
+  if (port < 1 || port > 65535) return false;
+  std::string_view h = addr.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);  // [IPv6]
+  r.node.host = h.empty() ? host : std::string(h);
+  r.node.port = port;
+  out = r;
+  return true;
+}
+
+namespace {
+
+// A cursor over a RESP reply; every read says false when the bytes run out.
+struct RespCursor {
+  const char* p;
+  const char* end;
+  bool short_of_bytes = false;
+  bool bad = false;
+
+  // The line after a type byte, as a number.
+  bool number(long long& v) {
+    bool neg = false;
+    v = 0;
+    if (p < end && *p == '-') neg = true, ++p;
+    const char* start = p;
+    while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    if (p + 1 >= end) return short_of_bytes = true, false;
+    if (p == start || p[0] != '\r' || p[1] != '\n') return bad = true, false;
+    p += 2;
+    if (neg) v = -v;
+    return true;
+  }
+  bool type(char want) {
+    if (p >= end) return short_of_bytes = true, false;
+    if (*p != want) return bad = true, false;
+    ++p;
+    return true;
+  }
+  bool integer(long long& v) { return type(':') && number(v); }
+  // A bulk string, copied into out (cut to cap - 1 bytes, NUL-terminated).
+  bool bulk(char* out, std::size_t cap) {
+    long long n;
+    if (!type('$') || !number(n)) return false;
+    if (n < 0) return bad = true, false;
+    if (end - p < n + 2) return short_of_bytes = true, false;
+    std::size_t k = std::min<std::size_t>(static_cast<std::size_t>(n), cap - 1);
+    std::memcpy(out, p, k);
+    out[k] = 0;
+    p += n + 2;
+    return true;
+  }
+  // Any one element, skipped.
+  bool skip() {
+    if (p >= end) return short_of_bytes = true, false;
+    const char t = *p++;
+    long long n;
+    switch (t) {
+      case '+':
+      case '-':
+      case ':': {
+        while (p + 1 < end && !(p[0] == '\r' && p[1] == '\n')) ++p;
+        if (p + 1 >= end) return short_of_bytes = true, false;
+        p += 2;
+        return true;
+      }
+      case '$':
+        if (!number(n)) return false;
+        if (n < 0) return true;
+        if (end - p < n + 2) return short_of_bytes = true, false;
+        p += n + 2;
+        return true;
+      case '*':
+      case '%':  // RESP3 map: twice as many elements
+        if (!number(n)) return false;
+        if (t == '%') n *= 2;
+        for (long long i = 0; i < n; ++i)
+          if (!skip()) return false;
+        return true;
+      default:
+        return bad = true, false;
+    }
+  }
+};
+
+}  // namespace
+
+long parse_cluster_slots(const char* buf, std::size_t len, SlotOwner* nodes, unsigned max, unsigned* count,
+                         std::uint16_t* owner) {
+  RespCursor c{buf, buf + len};
+  auto fail = [&]() -> long { return c.short_of_bytes && !c.bad ? 0 : -1; };
+  long long ranges;
+  *count = 0;
+  if (!c.type('*') || !c.number(ranges)) return fail();
+  for (long long r = 0; r < ranges; ++r) {
+    long long elements, first, last, fields, port;
+    SlotOwner m{};
+    if (!c.type('*') || !c.number(elements) || elements < 3 || !c.integer(first) || !c.integer(last)) return fail();
+    if (first < 0 || last < first || last >= kSlots) return -1;
+    // The master: [host, port, id, ...]; the replicas after it are skipped.
+    if (!c.type('*') || !c.number(fields) || fields < 2 || !c.bulk(m.host, sizeof m.host) || !c.integer(port)) return fail();
+    if (port < 1 || port > 65535) return -1;
+    m.port = static_cast<int>(port);
+    for (long long f = 2; f < fields; ++f)
+      if (!c.skip()) return fail();
+    for (long long e = 3; e < elements; ++e)
+      if (!c.skip()) return fail();
+    unsigned i = 0;
+    while (i < *count && !(nodes[i].port == m.port && std::strcmp(nodes[i].host, m.host) == 0)) ++i;
+    if (i == *count) {
+      if (*count == max) return -1;
+      nodes[(*count)++] = m;
+    }
+    for (long long s = first; s <= last; ++s) owner[s] = static_cast<std::uint16_t>(i);
+  }
+  return c.p - buf;
 }
 
 std::vector<Part> split(std::uint64_t off, std::uint64_t len) {

@@ -13,6 +13,7 @@ namespace farmem::net::redis {
 constexpr std::uint64_t kPageSize = 4096;
 constexpr std::uint64_t kUnit = 512;          // the smallest transfer, and its alignment
 constexpr std::uint64_t kPagesPerStripe = 16; // pages that share one hash tag (one cluster slot)
+constexpr unsigned kSlots = 16384;              // Redis Cluster's hash slots
 
 struct Node {
   std::string host;
@@ -45,6 +46,30 @@ std::string page_key(const std::string& prefix, std::uint64_t page);
 // spec defines it, and the slot of a key (its hash tag's, if it has one).
 std::uint16_t crc16(std::string_view bytes);
 unsigned key_slot(std::string_view key);
+
+// A cluster node's redirection of a command: "MOVED SLOT HOST:PORT" (the slot
+// lives there now) or "ASK SLOT HOST:PORT" (this once, while the slot moves).
+struct Redirect {
+  bool ask = false;
+  unsigned slot = 0;
+  Node node;
+};
+// True and fills out if error is a well-formed MOVED or ASK. An empty HOST
+// ("MOVED 1 :7001", a node that does not know its address) keeps `host`.
+bool parse_redirect(std::string_view error, const std::string& host, Redirect& out);
+
+// A master in a CLUSTER SLOTS reply, as parse_cluster_slots gives it.
+struct SlotOwner {
+  char host[64];  // "" when the node does not know its own address
+  int port;
+};
+// Parses a whole CLUSTER SLOTS reply (RESP) in buf without allocating (the
+// reaper calls it): owner[slot] becomes an index into nodes, which gets each
+// distinct master once (at most max of them; *count says how many). Returns
+// the bytes the reply took, 0 if buf holds only part of it so far, or -1 if
+// it is not a slot map (an error reply, a malformed one, too many masters).
+long parse_cluster_slots(const char* buf, std::size_t len, SlotOwner* nodes, unsigned max, unsigned* count,
+                         std::uint16_t* owner);
 
 // One page's share of a transfer: bytes [in_page, in_page+len) of page `page`,
 // at `at` bytes into the caller's buffer.
