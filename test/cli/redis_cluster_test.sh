@@ -3,7 +3,7 @@
 # on loopback: 3 masters with a replica each. A far array at a quarter of its
 # size in local memory is exact through the cluster, its pages spread over the
 # three masters and no key is left after exit; redis-cli --cluster reshard
-# moves slots (keys and all) during a run, and a master is killed mid-run and
+# moves slots (keys and all) to a master added during a run, and a master is killed mid-run and
 # its replica promoted, both without a lost or wrong page; a client killed
 # with SIGKILL after slots moved has its keys removed from every master by its
 # reaper; an
@@ -63,18 +63,30 @@ if grep -q '"verified":true' <<<"$out" && grep -q '"nodes":3' <<<"$stats" && gre
 else bad "far array through the cluster: $out $stats spread=$spread $(tail -2 "$tmp/err")"; fi
 [[ $(cluster_keys) == 0 ]] && ok "after exit no farmem key remains on any master" || bad "$(cluster_keys) keys left"
 
-# 2. Resharding during a run: 2000 slots move from one master to another, keys and all.
+# 2. Resharding during a run: a seventh node joins as an empty master and 2000
+#    slots move to it from another master, keys and all.
+start_redis node7 --cluster-enabled yes --cluster-config-file nodes-7.conf --cluster-node-timeout 1000 \
+  --cluster-port "$(free_port)"
+P7=$RPORT
+redis-cli --cluster add-node "127.0.0.1:$P7" "127.0.0.1:${PORTS[0]}" >"$tmp/add.log" 2>&1 ||
+  bad "add-node: $(tail -3 "$tmp/add.log")"
+for _ in $(seq 200); do
+  known=0
+  for p in "${PORTS[@]}"; do rcli "$p" cluster nodes | grep -q "127.0.0.1:$P7@.* master .* connected" && known=$((known + 1)); done
+  ((known == 6)) && break
+  sleep 0.1
+done
 FARMEM_STATS=1 bench "$URI" 64M --ops 60000 >"$tmp/reshard.out" &
 client=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.05; done
-read -r _ from < <(masters | sed -n 1p)
-read -r _ to < <(masters | sed -n 2p)
+read -r fport from < <(masters | sed -n 1p)
+to=$(rcli "$P7" cluster myid)
 redis-cli --cluster reshard "127.0.0.1:${PORTS[0]}" --cluster-from "$from" --cluster-to "$to" --cluster-slots 2000 \
   --cluster-yes --cluster-pipeline 64 >"$tmp/reshard.log" 2>&1; reshard_rc=$?
 wait "$client"; rc=$?
 stats=$(grep -o '"redis":{[^}]*}' "$tmp/err")
 if ((rc == 0 && reshard_rc == 0)) && grep -q '"verified":true' "$tmp/reshard.out" && grep -q '"redirects":[1-9]' <<<"$stats"; then
-  ok "2000 slots resharded during a run: verified, redirections followed ($stats)"
+  ok "2000 slots resharded to a new master during a run: verified, redirections followed ($stats)"
 else bad "resharding: rc $rc reshard rc $reshard_rc $(cat "$tmp/reshard.out") $stats $(tail -3 "$tmp/err") $(tail -3 "$tmp/reshard.log")"; fi
 
 # 3. A client stopped (SIGSTOP) while 1500 slots move back, then killed with
@@ -115,7 +127,7 @@ fi
 # 5. One line each: a redis:// URI at a cluster node, a WAIT above the replicas.
 expect_error "redis:// at a cluster node" "is a node of a Redis Cluster (it answered MOVED" \
   env FARMEM_BACKEND="redis://127.0.0.1:${PORTS[0]}" FARMEM_FAR_MEM=256M "$BENCH" --working-set 32M --local-mem 25% --ops 2000
-expect_error "WAIT above the replicas" "FARMEM_REDIS_WAIT=2 but a master of the Redis Cluster at .* has 1 connected replicas" \
+expect_error "WAIT above the replicas" "FARMEM_REDIS_WAIT=2 but a master of the Redis Cluster at .* has [01] connected replicas" \
   env FARMEM_BACKEND="$URI" FARMEM_REDIS_WAIT=2 FARMEM_FAR_MEM=256M "$BENCH" --working-set 32M --local-mem 25% --ops 2000
 
 # 6. A master killed mid-run: its replica is promoted (node timeout 1 s) and,
@@ -123,7 +135,7 @@ expect_error "WAIT above the replicas" "FARMEM_REDIS_WAIT=2 but a master of the 
 FARMEM_STATS=1 bench "$URI" 64M --ops 60000 >"$tmp/failover.out" &
 client=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.05; done
-read -r vport _ < <(masters | sed -n 3p)
+vport=$fport  # a master with a replica (the seventh has none)
 for i in "${!PORTS[@]}"; do [[ ${PORTS[$i]} == "$vport" ]] && kill -9 "${NODE_PIDS[$i]}"; done
 wait "$client"; rc=$?
 stats=$(grep -o '"redis":{[^}]*}' "$tmp/err")

@@ -409,7 +409,12 @@ class RedisQueuePair final : public QueuePair {
     Redirect rd;
     if (parse_redirect(msg, s_.node(l.node).host, rd)) {
       if (!s_.uri.cluster) s_.not_standalone(msg);
-      const unsigned to = s_.learn(rd.node);
+      bool added = false;
+      const unsigned to = s_.learn(rd.node, &added);
+      if (added) {  // a master added to the cluster: its replicas (for WAIT) come with the map
+        std::string unused;
+        s_.reload_slots(unused);
+      }
       if (rd.ask) {
         s_.redirects.fetch_add(1, std::memory_order_relaxed);
         send(e, static_cast<int>(to));

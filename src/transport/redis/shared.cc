@@ -31,10 +31,12 @@ void Shared::unmap_memory() {
   view = nullptr;
 }
 
-unsigned Shared::learn(const Node& node) {
+unsigned Shared::learn(const Node& node, bool* added) {
   std::lock_guard<std::mutex> g(mu_);
+  if (added) *added = false;
   for (unsigned i = 0; i < nodes_.size(); ++i)
     if (nodes_[i].host == node.host && nodes_[i].port == node.port) return i;
+  if (added) *added = true;
   if (nodes_.size() == kMaxNodes)
     detail::fatal("the Redis Cluster at %s has more than %u masters; farmem knows at most that many",
                   uri.shown.c_str(), kMaxNodes);

@@ -58,8 +58,8 @@ struct Shared {
   unsigned slot_of(std::uint64_t page) const { return key_slot(page_key(prefix, page)); }
   unsigned owner(unsigned slot) const { return view->owner[slot].load(std::memory_order_relaxed); }
   unsigned owner_of(std::uint64_t page) const { return owner(slot_of(page)); }
-  // Index of node, added if new (its address resolved for the reaper).
-  unsigned learn(const Node& node);
+  // Index of node, added if new (its address resolved for the reaper; *added says so).
+  unsigned learn(const Node& node, bool* added = nullptr);
   Node node(unsigned i);
   // Replicas a write to node must reach before it completes (WAIT).
   unsigned wait_for(unsigned node) const {
