@@ -108,15 +108,7 @@ for _ in $(seq 100); do [[ $(cluster_keys) == 0 ]] && break; sleep 0.1; done
 
 # 4. An unmodified program under farmem-run: output identical to a plain run.
 if [[ -n $RUN ]]; then
-  cat >"$tmp/prog.py" <<'PY'
-import hashlib
-blocks = [bytes([i % 251]) * (1 << 20) for i in range(32)]
-h = hashlib.sha256()
-for b in blocks: h.update(b)
-print(h.hexdigest(), sum(len(b) for b in blocks))
-PY
-  python3 "$tmp/prog.py" >"$tmp/plain.out"
-  "$RUN" --local-mem 12M --backend "$URI" --stats -- python3 "$tmp/prog.py" >"$tmp/run.out" 2>"$tmp/run.err"; rc=$?
+  run_python "$URI"; rc=$?
   for _ in $(seq 100); do [[ $(cluster_keys) == 0 ]] && break; sleep 0.1; done
   if ((rc == 0)) && cmp -s "$tmp/plain.out" "$tmp/run.out" && grep -q '"redis":{"reads":[0-9]*,"writes":[1-9]' "$tmp/run.err" &&
     [[ $(cluster_keys) == 0 ]]; then

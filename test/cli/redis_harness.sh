@@ -34,3 +34,17 @@ no_keys_within() {  # SECONDS REDIS-CLI-ARGS...
   for _ in $(seq $((t * 10))); do [[ $(farmem_keys "$@") == 0 ]] && return 0; sleep 0.1; done
   return 1
 }
+# run_python URI: a python3 program holding 32 MiB, plain and under farmem-run
+# (RUN) at 12 MiB local over URI; outputs in $tmp/plain.out and $tmp/run.out,
+# farmem-run's stderr in $tmp/run.err; its status.
+run_python() {
+  cat >"$tmp/prog.py" <<'PY'
+import hashlib
+blocks = [bytes([i % 251]) * (1 << 20) for i in range(32)]
+h = hashlib.sha256()
+for b in blocks: h.update(b)
+print(h.hexdigest(), sum(len(b) for b in blocks))
+PY
+  python3 "$tmp/prog.py" >"$tmp/plain.out"
+  "$RUN" --local-mem 12M --backend "$1" --stats -- python3 "$tmp/prog.py" >"$tmp/run.out" 2>"$tmp/run.err"
+}

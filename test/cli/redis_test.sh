@@ -83,16 +83,7 @@ rcli "$MAIN" del "farmem:{$(hostname)-888888-1-0}:0" >/dev/null
 
 # 5. An unmodified program under farmem-run: output identical to a plain run.
 if [[ -n $RUN ]]; then
-  cat >"$tmp/prog.py" <<'PY'
-import hashlib
-blocks = [bytes([i % 251]) * (1 << 20) for i in range(32)]
-h = hashlib.sha256()
-for b in blocks: h.update(b)
-print(h.hexdigest(), sum(len(b) for b in blocks))
-PY
-  python3 "$tmp/prog.py" >"$tmp/plain.out"
-  "$RUN" --local-mem 12M --backend "redis://127.0.0.1:$MAIN" --stats -- python3 "$tmp/prog.py" \
-    >"$tmp/run.out" 2>"$tmp/run.err"; rc=$?
+  run_python "redis://127.0.0.1:$MAIN"; rc=$?
   # farmem-run leaves far memory in place at exit (libc may still read it): the reaper removes the keys.
   if ((rc == 0)) && cmp -s "$tmp/plain.out" "$tmp/run.out" && grep -q '"redis":{"reads":[0-9]*,"writes":[1-9]' "$tmp/run.err" &&
     no_keys_within 5 "$MAIN"; then

@@ -14,10 +14,15 @@ inline constexpr bool kSanitized = true;
 inline constexpr bool kSanitized = false;
 #endif
 
-// Test sizes scale down under sanitizers; FARMEM_TEST_BYTES overrides.
+// A short run: under the sanitizers, or with FARMEM_TEST_SHORT set (the
+// release build's repeats of a long test in its other modes, which need the
+// races more than the length).
+inline bool short_run() { return kSanitized || std::getenv("FARMEM_TEST_SHORT") != nullptr; }
+
+// Test sizes scale down in a short run; FARMEM_TEST_BYTES overrides.
 inline std::uint64_t test_bytes(std::uint64_t normal, std::uint64_t sanitized) {
   if (const char* v = std::getenv("FARMEM_TEST_BYTES")) return farmem::parse_size(v, "FARMEM_TEST_BYTES");
-  return kSanitized ? sanitized : normal;
+  return short_run() ? sanitized : normal;
 }
 
 // A value that depends on the word index and a version: a page landing in the

@@ -46,7 +46,7 @@ TEST_CASE("plain pointers into far memory stay exact under eviction") {
   std::atomic<std::uint64_t> bad{0};
   auto worker = [&](unsigned t) {
     test::Rng rng(t + 3);
-    const int ops = test::kSanitized ? 20'000 : 200'000;
+    const int ops = test::short_run() ? 20'000 : 200'000;
     for (int op = 0; op < ops; ++op) {
       std::uint64_t r = rng.next();
       std::uint64_t i = ((r % pages) * 512 + ((r >> 32) % 256) * 2) + t;  // thread t: words of parity t
@@ -137,7 +137,7 @@ TEST_CASE("uthreads fault on transparent pages while the evictor runs") {
   for (unsigned t = 0; t < kUthreads; ++t)
     hs.push_back(uthread::spawn([&, t] {
       test::Rng rng(t + 11);
-      const int ops = test::kSanitized ? 2'000 : 20'000;
+      const int ops = test::short_run() ? 2'000 : 20'000;
       for (int op = 0; op < ops; ++op) {
         std::uint64_t r = rng.next();
         std::uint64_t i = (r % pages) * 512 + (((r >> 32) % 16) * kUthreads) + t;  // word t of 32: uthread t's
@@ -216,7 +216,7 @@ TEST_CASE("strided faults bring the pages at that stride in with them") {
 TEST_CASE("blocks filled, checked and freed by two threads while chunks are watched") {
   start();
   const std::uint64_t block = 4ull << 20, words = block / 8;
-  const int rounds = test::kSanitized ? 24 : 96;
+  const int rounds = test::short_run() ? 24 : 96;
   std::atomic<std::uint64_t> bad{0}, nonzero{0};
   auto worker = [&](unsigned t) {
     std::vector<std::pair<std::uint64_t*, std::uint64_t>> live;  // block, seed
@@ -279,7 +279,7 @@ TEST_CASE("groups of a 2 MiB block leave while another group of it is written") 
     for (std::uint64_t p = 0; p < pages; ++p)
       if (hot(p) && w[p * 512] != test::mix(p, version[p])) ++bad;
   });
-  const int passes = test::kSanitized ? 2 : 4;
+  const int passes = test::short_run() ? 2 : 4;
   for (int pass = 1; pass <= passes; ++pass)
     for (std::uint64_t p = 0; p < pages; ++p) {
       if (hot(p)) continue;
