@@ -221,14 +221,9 @@ void check_config(Config& cfg) {
                 " is out of range; set FARMEM_FAR_MEM between 16M and 64T");
   if (cfg.backend.empty()) cfg.backend = "shm";
   // A pool's members are checked when it connects.
-  if (!tier::names_pool(cfg.backend) && cfg.backend != "shm" && cfg.backend.rfind("tcp://", 0) != 0 &&
-      cfg.backend.rfind("tcp+tls://", 0) != 0 && cfg.backend.rfind("rdma://", 0) != 0 &&
-      cfg.backend.rfind("dpdk://", 0) != 0 && cfg.backend.rfind("file://", 0) != 0 &&
-      cfg.backend.rfind("redis", 0) != 0) {  // redis://, redis+cluster://, rediss://
-    throw Error("FARMEM_BACKEND=" + cfg.backend +
-                " is not a backend; use shm, tcp://HOST:PORT, tcp+tls://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://..., file:///PATH or several tcp:// "
-                "URIs separated by commas or @FILE (a pool)");
-  }
+  if (!tier::names_pool(cfg.backend) && !net::names_backend(cfg.backend))
+    throw Error("FARMEM_BACKEND=" + cfg.backend + " is not a backend; use " + net::backend_forms() +
+                ", or several URIs separated by commas or @FILE (a pool)");
 }
 
 detail::Runtime::~Runtime() {

@@ -24,6 +24,36 @@
 namespace farmem::net {
 namespace {
 
+// Every backend scheme: what a URI starts with, the form messages show, and
+// whether it can be a pool member.
+struct Scheme {
+  const char* prefix;
+  const char* form;
+  bool member;
+};
+constexpr Scheme kSchemes[] = {
+    {"shm", "shm", false},
+    {"tcp://", "tcp://HOST:PORT", true},
+    {"tcp+tls://", "tcp+tls://HOST:PORT", true},
+    {"redis://", "redis://HOST:PORT", true},
+    {"redis+cluster://", "redis+cluster://HOST:PORT,...", true},
+    {"rediss://", "rediss://HOST:PORT", false},  // named so connect() can say why it is not supported
+    {"rdma://", "rdma://HOST:PORT", true},
+    {"dpdk://", "dpdk://...", true},
+    {"file://", "file:///PATH", true},
+};
+
+std::string forms(bool members_only) {
+  std::string out;
+  for (const Scheme& s : kSchemes) {
+    if (members_only && !s.member) continue;
+    if (std::string(s.prefix) == "rediss://") continue;
+    if (!out.empty()) out += ", ";
+    out += s.form;
+  }
+  return out;
+}
+
 std::unique_ptr<Transport> connect_now(const Config& cfg) {
   if (tier::is_pool(cfg)) return tier::connect_pool(cfg);  // several servers, or redundancy
   if (cfg.backend == "shm") return connect_shm(cfg);
@@ -51,7 +81,7 @@ std::unique_ptr<Transport> connect_now(const Config& cfg) {
                 "configure time); install it and rebuild with -Ddpdk=enabled, or use shm or tcp://HOST:PORT");
 #endif
   }
-  throw Error("unknown backend '" + cfg.backend + "'; use shm, tcp://HOST:PORT, tcp+tls://HOST:PORT, redis://HOST:PORT, rdma://HOST:PORT, dpdk://... or file:///PATH");
+  throw Error("unknown backend '" + cfg.backend + "'; use " + backend_forms());
 }
 
 }  // namespace
@@ -63,12 +93,20 @@ std::uint32_t io_unit(const Config& cfg) {
   return 512;
 }
 
+bool names_backend(const std::string& backend) {
+  if (backend == "shm") return true;
+  for (const Scheme& s : kSchemes)
+    if (std::string(s.prefix).find("://") != std::string::npos && backend.rfind(s.prefix, 0) == 0) return true;
+  return false;
+}
+
+std::string backend_forms() { return forms(false); }
+
 std::string member_refusal(const std::string& uri) {
-  for (const char* scheme : {"tcp://", "tcp+tls://", "dpdk://", "file://", "redis://", "redis+cluster://", "rdma://"})
-    if (uri.rfind(scheme, 0) == 0) return {};
-  return "'" + uri + "' cannot be a pool member; a pool's servers are tcp://HOST:PORT, tcp+tls://HOST:PORT, "
-         "rdma://HOST:PORT, dpdk://..., "
-         "file:///PATH, redis://HOST:PORT or redis+cluster://HOST:PORT,... (in an @FILE, one URI a line)";
+  for (const Scheme& s : kSchemes)
+    if (s.member && uri.rfind(s.prefix, 0) == 0) return {};
+  return "'" + uri + "' cannot be a pool member; a pool's servers are " + forms(true) +
+         " (a redis+cluster:// URI in an @FILE, one URI a line)";
 }
 
 std::unique_ptr<Transport> connect_member(const Config& cfg, const MemberOptions& member) {

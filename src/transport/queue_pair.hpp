@@ -119,7 +119,12 @@ std::unique_ptr<Transport> connect(const Config& cfg);
 // dpdk's wire unit, file's O_DIRECT block; 1 for shm and rdma): what the
 // compressed tier rounds its pieces up to (at least 256).
 std::uint32_t io_unit(const Config& cfg);
-// Empty when `uri` can be a pool member (tcp://, dpdk://, file:// or redis://); else why not, and the fix.
+// True when backend starts with a scheme farmem knows (shm, tcp://, redis://, ...;
+// the one table of them is in connect.cc). Whether it works is connect's to say.
+bool names_backend(const std::string& backend);
+// "shm, tcp://HOST:PORT, ...": the forms of every backend, for messages.
+std::string backend_forms();
+// Empty when `uri` can be a pool member (all but shm); else why not, and the fix.
 std::string member_refusal(const std::string& uri);
 // One server of a pool (tcp://, dpdk:// or file://), connected now. Throws farmem::Error
 // naming the server, or member_refusal() for a URI that cannot be a member.
