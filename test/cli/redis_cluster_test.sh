@@ -7,7 +7,8 @@
 # its replica promoted, both without a lost or wrong page; a client killed
 # with SIGKILL after slots moved has its keys removed from every master by its
 # reaper; an
-# unmodified program under farmem-run gives identical output; one line each
+# unmodified program under farmem-run gives identical output; the cluster is
+# one member of a pool; one line each
 # for a redis:// URI at a cluster node and a WAIT above the replicas.
 # Usage: redis_cluster_test.sh FARMEM_BENCH [FARMEM_RUN]
 set -uo pipefail
@@ -73,16 +74,18 @@ redis-cli --cluster add-node "127.0.0.1:$P7" "127.0.0.1:${PORTS[0]}" >"$tmp/add.
 for _ in $(seq 200); do
   known=0
   for p in "${PORTS[@]}"; do rcli "$p" cluster nodes | grep -q "127.0.0.1:$P7@.* master .* connected" && known=$((known + 1)); done
-  ((known == 6)) && break
+  ((known == 6)) && redis-cli --cluster check "127.0.0.1:$P7" >/dev/null 2>&1 && break  # all agree: reshard may start
   sleep 0.1
 done
-FARMEM_STATS=1 bench "$URI" 64M --ops 60000 >"$tmp/reshard.out" &
+# Long enough to outlast the resharding (checked below), whatever the machine's speed.
+FARMEM_STATS=1 bench "$URI" 64M --ops 300000 >"$tmp/reshard.out" &
 client=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.05; done
 read -r fport from < <(masters | sed -n 1p)
 to=$(rcli "$P7" cluster myid)
 redis-cli --cluster reshard "127.0.0.1:${PORTS[0]}" --cluster-from "$from" --cluster-to "$to" --cluster-slots 2000 \
   --cluster-yes --cluster-pipeline 64 >"$tmp/reshard.log" 2>&1; reshard_rc=$?
+kill -0 "$client" 2>/dev/null || bad "the run ended before the resharding did: raise its --ops"
 wait "$client"; rc=$?
 stats=$(grep -o '"redis":{[^}]*}' "$tmp/err")
 if ((rc == 0 && reshard_rc == 0)) && grep -q '"verified":true' "$tmp/reshard.out" && grep -q '"redirects":[1-9]' <<<"$stats"; then
@@ -116,15 +119,25 @@ if [[ -n $RUN ]]; then
   else bad "farmem-run: rc $rc $(cat "$tmp/run.out") $(tail -2 "$tmp/run.err")"; fi
 fi
 
-# 5. One line each: a redis:// URI at a cluster node, a WAIT above the replicas.
+# 5. The cluster as one member of a replicas:2 pool (named in an @FILE: its
+#    URI has commas) beside a standalone Redis: verified, no key left on either.
+start_redis lone
+printf '%s\nredis://127.0.0.1:%s\n' "$URI" "$RPORT" >"$tmp/pool.txt"
+out=$(FARMEM_STATS=1 FARMEM_REDUNDANCY=replicas:2 bench "@$tmp/pool.txt" 32M --ops 5000)
+if grep -q '"verified":true' <<<"$out" && grep -q '"servers_up":2' "$tmp/err" && [[ $(cluster_keys) == 0 ]] &&
+  [[ $(farmem_keys "$RPORT") == 0 ]]; then
+  ok "a pool of the cluster and a standalone Redis (replicas:2): verified, no key left"
+else bad "cluster in a pool: $out $(tail -2 "$tmp/err")"; fi
+
+# 6. One line each: a redis:// URI at a cluster node, a WAIT above the replicas.
 expect_error "redis:// at a cluster node" "is a node of a Redis Cluster (it answered MOVED" \
   env FARMEM_BACKEND="redis://127.0.0.1:${PORTS[0]}" FARMEM_FAR_MEM=256M "$BENCH" --working-set 32M --local-mem 25% --ops 2000
 expect_error "WAIT above the replicas" "FARMEM_REDIS_WAIT=2 but a master of the Redis Cluster at .* has [01] connected replicas" \
   env FARMEM_BACKEND="$URI" FARMEM_REDIS_WAIT=2 FARMEM_FAR_MEM=256M "$BENCH" --working-set 32M --local-mem 25% --ops 2000
 
-# 6. A master killed mid-run: its replica is promoted (node timeout 1 s) and,
+# 7. A master killed mid-run: its replica is promoted (node timeout 1 s) and,
 #    with WAIT 1 (the default here), nothing acknowledged is lost.
-FARMEM_STATS=1 bench "$URI" 64M --ops 60000 >"$tmp/failover.out" &
+FARMEM_STATS=1 bench "$URI" 64M --ops 200000 >"$tmp/failover.out" &
 client=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.05; done
 vport=$fport  # a master with a replica (the seventh has none)
