@@ -81,6 +81,13 @@ TEST_CASE("redis keys: one hash tag per stripe of pages") {
   CHECK(distinct > 3000);  // 4096 stripes into 16384 slots: few collisions
 }
 
+TEST_CASE("a stripe's slot, computed without building a key, is its keys' slot") {
+  const std::string prefix = key_prefix("host", 42, 1700000000123456ull);
+  for (std::uint64_t stripe : {0ull, 1ull, 9ull, 10ull, 12345ull, 18446744073709551615ull / kPagesPerStripe})
+    for (std::uint64_t page : {stripe * kPagesPerStripe, stripe * kPagesPerStripe + kPagesPerStripe - 1})
+      CHECK(stripe_slot(prefix, stripe) == key_slot(page_key(prefix, page)));
+}
+
 TEST_CASE("Redis Cluster key slots, as the specification gives them") {
   CHECK(crc16("123456789") == 0x31C3);  // the spec's check value for CRC16-CCITT (XMODEM)
   CHECK(key_slot("foo") == 12182);

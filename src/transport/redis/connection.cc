@@ -35,6 +35,10 @@ std::string shown(const Node& node) {
   return (v6 ? "[" + node.host + "]" : node.host) + ":" + std::to_string(node.port);
 }
 
+std::string where(const Uri& uri, const Node& node) {
+  return uri.cluster ? shown(node) + " (of " + uri.shown + ")" : uri.shown;
+}
+
 Reply command(redisContext* c, const std::string& where, const std::vector<std::string>& args) {
   std::vector<const char*> argv;
   std::vector<std::size_t> lens;
@@ -55,8 +59,7 @@ Reply command(redisContext* c, const std::string& where, const std::vector<std::
 }
 
 redisContext* open_connection(const Uri& uri, const Node& node) {
-  // Messages name the URI, and the node when it is one the cluster told us of.
-  const std::string where = uri.cluster ? shown(node) + " (of " + uri.shown + ")" : uri.shown;
+  const std::string where = redis::where(uri, node);
   timeval tv{kConnectTimeoutMs / 1000, 0};
   redisContext* c = redisConnectWithTimeout(node.host.c_str(), node.port, tv);
   if (!c) throw Error("cannot connect to Redis at " + where + ": out of memory");

@@ -47,6 +47,9 @@ inline bool starts(const std::string& s, const char* p) { return s.rfind(p, 0) =
 
 // "HOST:PORT" of node, for messages.
 std::string shown(const Node& node);
+// What messages call node: the URI for a standalone Redis; in a cluster, the
+// node and the URI it was learned through.
+std::string where(const Uri& uri, const Node& node);
 
 // Runs one command on a blocking connection to the node named `where`; throws
 // Error on a lost connection or a peer that does not speak Redis.

@@ -14,10 +14,6 @@ namespace {
 
 struct Lost {};  // a pool member's Redis broke: unlink() gives up
 
-bool retry_later(const std::string& msg) {
-  return starts(msg, "TRYAGAIN") || starts(msg, "CLUSTERDOWN") || starts(msg, "LOADING");
-}
-
 void pause_ms(long ms) {
   timespec t{0, ms * 1000 * 1000};
   nanosleep(&t, nullptr);

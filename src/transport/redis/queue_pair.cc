@@ -37,10 +37,6 @@ using detail::now_ns;
 constexpr int kWaitTimeoutMs = 1000;               // one WAIT; repeated until the silence limit
 constexpr std::uint64_t kRetryPauseNs = 20000000;  // before sending again after TRYAGAIN or CLUSTERDOWN
 
-bool retry_later(const std::string& msg) {
-  return starts(msg, "TRYAGAIN") || starts(msg, "CLUSTERDOWN") || starts(msg, "LOADING");
-}
-
 class RedisQueuePair final : public QueuePair {
  public:
   explicit RedisQueuePair(Shared& s) : s_(s), links_(kMaxNodes) {}

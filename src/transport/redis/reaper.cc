@@ -227,10 +227,7 @@ void Reaper::run(int pipe_read) {
       const std::uint64_t page = w * 64 + static_cast<unsigned>(__builtin_ctzll(bits));
       unsigned node = 0;
       if (view_->cluster) {
-        char tag[256];  // the hash tag: the prefix after '{', and the stripe
-        std::size_t t = put(tag, prefix_.c_str() + prefix_.find('{') + 1);
-        t += put_u64(tag + t, page / kPagesPerStripe);
-        node = owner[crc16(std::string_view(tag, t)) & (kSlots - 1)];
+        node = owner[stripe_slot(prefix_, page / kPagesPerStripe)];
         if (n && (node != batch_node || page / kPagesPerStripe != page_of[0] / kPagesPerStripe)) flush();
       }
       batch_node = node;

@@ -145,8 +145,7 @@ std::string page_key(const std::string& prefix, std::uint64_t page) {
   return prefix + std::to_string(page / kPagesPerStripe) + "}:" + std::to_string(page);
 }
 
-std::uint16_t crc16(std::string_view bytes) {
-  std::uint16_t crc = 0;
+std::uint16_t crc16(std::string_view bytes, std::uint16_t crc) {
   for (unsigned char byte : bytes) {
     crc ^= static_cast<std::uint16_t>(byte << 8);
     for (int bit = 0; bit < 8; ++bit)
@@ -306,6 +305,21 @@ long parse_cluster_slots(const char* buf, std::size_t len, SlotOwner* nodes, uns
     for (long long s = first; s <= last; ++s) owner[s] = static_cast<std::uint16_t>(i);
   }
   return c.p - buf;
+}
+
+unsigned stripe_slot(std::string_view prefix, std::uint64_t stripe) {
+  // The tag is what follows the prefix's '{', then the stripe's decimal digits.
+  std::size_t open = prefix.find('{');
+  std::uint16_t crc = crc16(open == std::string_view::npos ? prefix : prefix.substr(open + 1));
+  char digits[24];
+  std::size_t n = 0;
+  do digits[sizeof digits - ++n] = static_cast<char>('0' + stripe % 10), stripe /= 10;
+  while (stripe);
+  return crc16(std::string_view(digits + sizeof digits - n, n), crc) & (kSlots - 1);
+}
+
+bool retry_later(std::string_view error) {
+  return error.rfind("TRYAGAIN", 0) == 0 || error.rfind("CLUSTERDOWN", 0) == 0 || error.rfind("LOADING", 0) == 0;
 }
 
 std::vector<Part> split(std::uint64_t off, std::uint64_t len) {

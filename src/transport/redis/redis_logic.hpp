@@ -43,9 +43,13 @@ std::string key_prefix(const std::string& host, long pid, std::uint64_t start_ti
 std::string page_key(const std::string& prefix, std::uint64_t page);
 
 // CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as the Redis Cluster
-// spec defines it, and the slot of a key (its hash tag's, if it has one).
-std::uint16_t crc16(std::string_view bytes);
+// spec defines it (crc: the value so far, to go on over more bytes), and the
+// slot of a key (its hash tag's, if it has one).
+std::uint16_t crc16(std::string_view bytes, std::uint16_t crc = 0);
 unsigned key_slot(std::string_view key);
+// The slot of every page key of stripe under prefix (key_prefix's), computed
+// without building a key or allocating (the reaper calls it).
+unsigned stripe_slot(std::string_view prefix, std::uint64_t stripe);
 
 // A cluster node's redirection of a command: "MOVED SLOT HOST:PORT" (the slot
 // lives there now) or "ASK SLOT HOST:PORT" (this once, while the slot moves).
@@ -57,6 +61,9 @@ struct Redirect {
 // True and fills out if error is a well-formed MOVED or ASK. An empty HOST
 // ("MOVED 1 :7001", a node that does not know its address) keeps `host`.
 bool parse_redirect(std::string_view error, const std::string& host, Redirect& out);
+// True for the refusals a cluster gives while a slot moves, a failover runs or
+// a node loads (TRYAGAIN, CLUSTERDOWN, LOADING): the same command later works.
+bool retry_later(std::string_view error);
 
 // A master in a CLUSTER SLOTS reply, as parse_cluster_slots gives it.
 struct SlotOwner {

@@ -91,7 +91,7 @@ bool Shared::reload_slots(std::string& why, long long* replicas) {
   }
   ask.insert(ask.end(), uri.nodes.begin(), uri.nodes.end());
   for (const Node& n : ask) {
-    const std::string where = shown(n) + " (of " + uri.shown + ")";
+    const std::string where = redis::where(uri, n);
     redisContext* c = nullptr;
     try {
       c = open_connection(uri, n);
@@ -107,9 +107,12 @@ bool Shared::reload_slots(std::string& why, long long* replicas) {
       }
       if (r.r->type != REDIS_REPLY_ARRAY) throw Error("Redis at " + where + " answered CLUSTER SLOTS with no slot map");
       // [first, last, [host, port, id, ...], replica...] for each range.
-      std::vector<std::pair<unsigned, unsigned>> ranges;
-      std::vector<Node> owners;
-      std::vector<long long> reps_of;
+      struct Range {
+        unsigned first, last;
+        Node master;
+        long long replicas;
+      };
+      std::vector<Range> ranges;
       std::uint64_t covered = 0;
       long long fewest = -1;
       for (std::size_t i = 0; i < r.r->elements; ++i) {
@@ -125,21 +128,19 @@ bool Shared::reload_slots(std::string& why, long long* replicas) {
         m.host = text(e->element[2]->element[0]);
         if (m.host.empty() || m.host == "?") m.host = n.host;  // a node that does not know its own address
         m.port = static_cast<int>(e->element[2]->element[1]->integer);
-        ranges.emplace_back(static_cast<unsigned>(first), static_cast<unsigned>(last));
-        owners.push_back(m);
-        covered += static_cast<std::uint64_t>(last - first + 1);
         const long long reps = static_cast<long long>(e->elements) - 3;
-        reps_of.push_back(reps);
+        ranges.push_back({static_cast<unsigned>(first), static_cast<unsigned>(last), m, reps});
+        covered += static_cast<std::uint64_t>(last - first + 1);
         fewest = fewest < 0 ? reps : std::min(fewest, reps);
       }
       if (covered < kSlots)
         throw Error("the Redis Cluster at " + uri.shown + " serves only " + std::to_string(covered) +
                     " of the 16384 slots (CLUSTER SLOTS at " + shown(n) +
                     "); fix it first (redis-cli --cluster fix HOST:PORT)");
-      for (std::size_t i = 0; i < ranges.size(); ++i) {
-        const unsigned idx = learn(owners[i]);
-        replicas_[idx].store(static_cast<int>(reps_of[i]), std::memory_order_relaxed);
-        for (unsigned s = ranges[i].first; s <= ranges[i].second; ++s)
+      for (const Range& range : ranges) {
+        const unsigned idx = learn(range.master);
+        replicas_[idx].store(static_cast<int>(range.replicas), std::memory_order_relaxed);
+        for (unsigned s = range.first; s <= range.last; ++s)
           view->owner[s].store(static_cast<std::uint16_t>(idx), std::memory_order_relaxed);
       }
       if (replicas) *replicas = fewest;
@@ -160,7 +161,7 @@ bool Shared::reload_slots(std::string& why, long long* replicas) {
 
 redisContext* Shared::open(unsigned i) {
   const Node n = node(i);
-  const std::string where = uri.cluster ? shown(n) + " (of " + uri.shown + ")" : uri.shown;
+  const std::string where = redis::where(uri, n);
   redisContext* c = open_connection(uri, n);
   try {
     const std::string id = info_field(c, where, "server", "run_id");

@@ -55,7 +55,7 @@ struct Shared {
   void unmap_memory();
 
   // The slot of page's key, and the node that owns it as far as we know.
-  unsigned slot_of(std::uint64_t page) const { return key_slot(page_key(prefix, page)); }
+  unsigned slot_of(std::uint64_t page) const { return stripe_slot(prefix, page / kPagesPerStripe); }
   unsigned owner(unsigned slot) const { return view->owner[slot].load(std::memory_order_relaxed); }
   unsigned owner_of(std::uint64_t page) const { return owner(slot_of(page)); }
   // Index of node, added if new (its address resolved for the reaper; *added says so).
