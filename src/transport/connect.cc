@@ -5,6 +5,7 @@
 // so there is nothing to read, discard or snapshot at fork.
 #include <atomic>
 #include <mutex>
+#include <string_view>
 
 #include "farmem/runtime.hpp"
 #include "farmem_build_config.h"
@@ -24,12 +25,15 @@
 namespace farmem::net {
 namespace {
 
-// Every backend scheme: what a URI starts with, the form messages show, and
-// whether it can be a pool member.
+// Every backend scheme: what a URI starts with ("shm" is the whole URI), the
+// form messages show (none: not offered), and whether it can be a pool member.
 struct Scheme {
-  const char* prefix;
+  std::string_view prefix;
   const char* form;
   bool member;
+  bool matches(const std::string& uri) const {
+    return prefix.ends_with("://") ? uri.starts_with(prefix) : uri == prefix;
+  }
 };
 constexpr Scheme kSchemes[] = {
     {"shm", "shm", false},
@@ -37,7 +41,7 @@ constexpr Scheme kSchemes[] = {
     {"tcp+tls://", "tcp+tls://HOST:PORT", true},
     {"redis://", "redis://HOST:PORT", true},
     {"redis+cluster://", "redis+cluster://HOST:PORT,...", true},
-    {"rediss://", "rediss://HOST:PORT", false},  // named so connect() can say why it is not supported
+    {"rediss://", nullptr, false},  // known, so connect() can say why it is not supported
     {"rdma://", "rdma://HOST:PORT", true},
     {"dpdk://", "dpdk://...", true},
     {"file://", "file:///PATH", true},
@@ -46,8 +50,7 @@ constexpr Scheme kSchemes[] = {
 std::string forms(bool members_only) {
   std::string out;
   for (const Scheme& s : kSchemes) {
-    if (members_only && !s.member) continue;
-    if (std::string(s.prefix) == "rediss://") continue;
+    if (!s.form || (members_only && !s.member)) continue;
     if (!out.empty()) out += ", ";
     out += s.form;
   }
@@ -94,9 +97,8 @@ std::uint32_t io_unit(const Config& cfg) {
 }
 
 bool names_backend(const std::string& backend) {
-  if (backend == "shm") return true;
   for (const Scheme& s : kSchemes)
-    if (std::string(s.prefix).find("://") != std::string::npos && backend.rfind(s.prefix, 0) == 0) return true;
+    if (s.matches(backend)) return true;
   return false;
 }
 
@@ -104,7 +106,7 @@ std::string backend_forms() { return forms(false); }
 
 std::string member_refusal(const std::string& uri) {
   for (const Scheme& s : kSchemes)
-    if (s.member && uri.rfind(s.prefix, 0) == 0) return {};
+    if (s.member && s.matches(uri)) return {};
   return "'" + uri + "' cannot be a pool member; a pool's servers are " + forms(true) +
          " (a redis+cluster:// URI in an @FILE, one URI a line)";
 }
