@@ -16,7 +16,6 @@ BENCH=$1
 RUN=${2:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/redis_harness.sh"
-ok() { echo "ok   [${SECONDS}s] $*"; }
 
 # Six nodes; the cluster bus on a port of its own (not PORT+10000, which may be taken).
 declare -a PORTS NODE_PIDS
@@ -51,6 +50,19 @@ cluster_keys() {  # farmem keys over every live master
   while read -r port _; do n=$((n + $(farmem_keys "$port"))); done < <(masters)
   echo "$n"
 }
+# reshard FROM_ID TO_ID SLOTS LOG: redis-cli --cluster reshard; asked again
+# (up to 5 times, 1 s apart) while its check before moving anything finds the
+# cluster still settling ("Please fix your cluster problems").
+reshard() {
+  local try
+  for try in 1 2 3 4 5; do
+    redis-cli --cluster reshard "127.0.0.1:${PORTS[0]}" --cluster-from "$1" --cluster-to "$2" --cluster-slots "$3" \
+      --cluster-yes --cluster-pipeline 64 >"$4" 2>&1 && return 0
+    grep -q "Please fix your cluster problems" "$4" || return 1
+    sleep 1
+  done
+  return 1
+}
 set_calls() { rcli "$1" info commandstats | sed -n 's/^cmdstat_set:calls=\([0-9]*\).*/\1/p'; }
 
 # 1. A far array through the cluster: verified, every master took pages, nothing left after exit.
@@ -74,17 +86,18 @@ redis-cli --cluster add-node "127.0.0.1:$P7" "127.0.0.1:${PORTS[0]}" >"$tmp/add.
 for _ in $(seq 200); do
   known=0
   for p in "${PORTS[@]}"; do rcli "$p" cluster nodes | grep -q "127.0.0.1:$P7@.* master .* connected" && known=$((known + 1)); done
-  ((known == 6)) && redis-cli --cluster check "127.0.0.1:$P7" >/dev/null 2>&1 && break  # all agree: reshard may start
+  # all agree, from the new node's view and from the one reshard asks: it may start
+  ((known == 6)) && redis-cli --cluster check "127.0.0.1:$P7" >/dev/null 2>&1 &&
+    redis-cli --cluster check "127.0.0.1:${PORTS[0]}" >/dev/null 2>&1 && break
   sleep 0.1
 done
 # Long enough to outlast the resharding (checked below), whatever the machine's speed.
 FARMEM_STATS=1 bench "$URI" 64M --ops 300000 >"$tmp/reshard.out" &
 client=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.05; done
-read -r fport from < <(masters | sed -n 1p)
+read -r fport from < <(masters | grep -v "^$P7 " | sed -n 1p)  # one of the first three (the new one is empty)
 to=$(rcli "$P7" cluster myid)
-redis-cli --cluster reshard "127.0.0.1:${PORTS[0]}" --cluster-from "$from" --cluster-to "$to" --cluster-slots 2000 \
-  --cluster-yes --cluster-pipeline 64 >"$tmp/reshard.log" 2>&1; reshard_rc=$?
+reshard "$from" "$to" 2000 "$tmp/reshard.log"; reshard_rc=$?
 kill -0 "$client" 2>/dev/null || bad "the run ended before the resharding did: raise its --ops"
 wait "$client"; rc=$?
 stats=$(grep -o '"redis":{[^}]*}' "$tmp/err")
@@ -100,8 +113,7 @@ FARMEM_BACKEND=$URI FARMEM_FAR_MEM=256M "$BENCH" --working-set 64M --local-mem 2
 victim=$!
 for _ in $(seq 300); do (($(cluster_keys) > 3000)) && break; sleep 0.1; done
 kill -STOP "$victim"
-redis-cli --cluster reshard "127.0.0.1:${PORTS[0]}" --cluster-from "$to" --cluster-to "$from" --cluster-slots 1500 \
-  --cluster-yes --cluster-pipeline 64 >"$tmp/reshard2.log" 2>&1 || bad "reshard back: $(tail -3 "$tmp/reshard2.log")"
+reshard "$to" "$from" 1500 "$tmp/reshard2.log" || bad "reshard back: $(tail -3 "$tmp/reshard2.log")"
 left=$(cluster_keys)
 kill -9 "$victim"; wait "$victim" 2>/dev/null
 for _ in $(seq 100); do [[ $(cluster_keys) == 0 ]] && break; sleep 0.1; done

@@ -4,6 +4,7 @@
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || {
   echo "redis-server and redis-cli are not installed (apt-get install redis-server): skipped"; exit 77; }
 
+ok() { echo "ok   [${SECONDS}s] $*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # start_redis NAME ARGS...: a redis-server on a free port, no persistence; sets RPORT and RPID.
 start_redis() {

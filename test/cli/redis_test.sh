@@ -16,7 +16,6 @@ set -uo pipefail
 BENCH=$1
 RUN=${2:-}
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
-ok() { echo "ok   [${SECONDS}s] $*"; }
 source "$(dirname "${BASH_SOURCE[0]}")/redis_harness.sh"
 
 start_redis main --repl-diskless-sync-delay 0  # a replica syncs at once, not after 5 s
