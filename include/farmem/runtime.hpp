@@ -100,6 +100,9 @@ struct Stats {
   // the fault path starts and are not in these.
   std::uint64_t hw_faults = 0, hw_fault_ns = 0, hw_fetch_ns = 0, hw_copy_ns = 0;
   std::uint64_t hw_first_writes = 0;  // FARMEM_HW_DIRTY=track: faults on the first write to a clean page
+  // Faults on transparent pages that had left within the last budget's worth of
+  // evictions: pages the evictor should have kept (a measure of its choices).
+  std::uint64_t hw_quick_refaults = 0;
   std::uint64_t hw_evicted = 0, hw_protect_ns = 0, hw_writeback_ns = 0, hw_unmap_ns = 0;
 };
 Stats stats();

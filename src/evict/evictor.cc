@@ -151,6 +151,7 @@ void Evictor::drain_pending() {
 
 void Evictor::loop() {
   detail::g_internal_alloc = 1;  // never allocate from the transparent region
+  rt_.evictor_clock.start();
   unsigned idle = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
     if (parking_.asked()) {
@@ -176,6 +177,7 @@ void Evictor::loop() {
       idle_wait(++idle);
     }
   }
+  rt_.evictor_clock.finish();
 }
 
 // Live statistics (runtime/live_stats.hpp): the evictor refreshes the page
@@ -541,7 +543,10 @@ void Evictor::finalize(Batch& b) {
         // for it fetches it again. A clean one that never had a remote copy was
         // never written: it reads as zeros again.
         const bool wrote = s & ps::kDirty;
-        const std::uint64_t next = wrote || (s & ps::kHasRemote) ? ps::make(Kind::Remote, 0, ps::kHasRemote)
+        // A transparent page keeps the eviction clock, for its fault to see
+        // how soon it came back (hw_quick_refaults).
+        const std::uint64_t stamp = hw ? ps::evict_stamp(rt_.evictions.load(std::memory_order_relaxed)) : 0;
+        const std::uint64_t next = wrote || (s & ps::kHasRemote) ? ps::make(Kind::Remote, stamp, ps::kHasRemote)
                                                                  : ps::make(Kind::Untouched, 0, 0);
         if (!word.compare_exchange_weak(s, next, std::memory_order_acq_rel)) continue;
         release_frame(v.frame);

@@ -597,8 +597,11 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         }
         const bool remote = ps::kind(s) == Kind::Remote;
         // Dirty unless tracking and read in (then it goes in write-protected).
-        const std::uint64_t flags =
-            ps::kAccessed | (write || !track_dirty_ ? ps::kDirty : 0) | (remote ? ps::kHasRemote : 0);
+        // Back within a budget's worth of evictions after it left: the evictor
+        // chose a page the program still used.
+        if (remote && ps::evicted_ago(s, rt_.evictions.load(std::memory_order_relaxed)) < rt_.nframes)
+          c.stats.bump(c.stats.hw_quick_refaults);
+        const std::uint64_t flags = ps::kAccessed | (write || !track_dirty_ ? ps::kDirty : 0) | (remote ? ps::kHasRemote : 0);
         // Stride detection: three faults in a row at the same small stride.
         const std::int64_t d = static_cast<std::int64_t>(vpn - c.hw_last_vpn);
         if (d != 0 && d == c.hw_stride) {
@@ -742,6 +745,7 @@ void Region::park_if_asked() {
 
 void Region::handler_loop() {
   detail::g_internal_alloc = 1;  // never allocate from the region we serve
+  rt_.handler_clock.start();
   std::vector<std::uint64_t> retry, again;
   retry.reserve(64);
   again.reserve(64);
@@ -795,6 +799,7 @@ void Region::handler_loop() {
       else if (!resolve(a, write, staging_, 1 + kAhead)) retry.push_back(a | write);
     }
   }
+  rt_.handler_clock.finish();
 }
 
 // ---- fork -----------------------------------------------------------------
@@ -919,6 +924,7 @@ void Region::resolve_in_child(std::uint64_t addr) {
 
 void Region::child_loop() {
   detail::g_internal_alloc = 1;
+  rt_.handler_clock.start();
   child_handler_up_.store(1, std::memory_order_release);
   while (!child_serving_done_.load(std::memory_order_acquire)) detail::futex_wait(&child_serving_done_, 0, 1000000);
   while (!stop_.load(std::memory_order_relaxed)) {

@@ -8,7 +8,8 @@
 //   bit  6    writing (Evicting: the evictor is copying the frame out; no rescue)
 //   bit  7    wanted (Evicting+writing: a core waits for it; keep it resident)
 //   bits 8-23 overflow pin count (scopes that ran out of hazard slots)
-//   bits 24-63 frame number (Resident, Fetching, Evicting)
+//   bits 24-63 frame number (Resident, Fetching, Evicting); for a transparent
+//             page that is Remote, the eviction clock when it left (evict_stamp)
 #pragma once
 #include <cstdint>
 
@@ -42,6 +43,14 @@ inline std::uint64_t with_kind(std::uint64_t s, Kind k) {
 }
 inline std::uint64_t make(Kind k, std::uint64_t frame, std::uint64_t flags) {
   return (frame << kFrameShift) | flags | static_cast<std::uint64_t>(k);
+}
+// The eviction clock (Runtime::evictions) kept in a Remote transparent page's
+// word, so its fault can tell how many pages left after it: fewer than the
+// budget holds means a page the evictor should have kept (hw_quick_refaults).
+inline constexpr std::uint64_t kStampMask = (std::uint64_t{1} << (64 - kFrameShift)) - 1;
+inline std::uint64_t evict_stamp(std::uint64_t clock) { return clock & kStampMask; }
+inline std::uint64_t evicted_ago(std::uint64_t s, std::uint64_t clock) {
+  return (clock - frame(s)) & kStampMask;
 }
 }  // namespace ps
 

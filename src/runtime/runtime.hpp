@@ -11,6 +11,7 @@
 #include "mem/far_alloc.hpp"
 #include "transport/queue_pair.hpp"
 #include "runtime/os.hpp"
+#include "runtime/thread_times.hpp"
 
 namespace farmem::evict {
 class Evictor;
@@ -91,6 +92,10 @@ struct Runtime {
   // Frames the evictor has freed, ever: a core waiting for a frame knows the
   // evictor still makes progress (frames go to other cores first, in turn).
   std::atomic<std::uint64_t> frames_released{0};
+
+  // CPU and wait times of the evictor and of the transparent region's fault
+  // handler, for FARMEM_STATS (runtime/thread_times.hpp).
+  ThreadClock evictor_clock, handler_clock;
 
   // Evictor wake-up: cores kick when their free ring runs low.
   std::atomic<std::uint32_t> evictor_sleeping{0};

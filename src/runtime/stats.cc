@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include <sys/resource.h>
+
 #include "evict/evictor.hpp"
 #include "hw/region.hpp"
 #include "runtime/live_stats.hpp"
@@ -45,6 +47,7 @@ Stats gather(detail::Runtime* rt, std::uint64_t* hist) {
     s.hw_fetch_ns += c.hw_fetch_ns.load(std::memory_order_relaxed);
     s.hw_copy_ns += c.hw_copy_ns.load(std::memory_order_relaxed);
     s.hw_first_writes += c.hw_dirtied.load(std::memory_order_relaxed);
+    s.hw_quick_refaults += c.hw_quick_refaults.load(std::memory_order_relaxed);
     for (unsigned b = 0; b < kB; ++b) {
       std::uint64_t v = c.fault_hist[b].load(std::memory_order_relaxed);
       hist[b] += v;
@@ -160,6 +163,29 @@ void reset_fault_histogram() {
     for (auto& b : rt->cores[i].stats.fault_hist) b.store(0, std::memory_order_relaxed);
 }
 
+namespace {
+// The runtime's own threads against the whole process: CPU they took, and how
+// long they waited for one (a busy evictor on a two-CPU machine is time the
+// program waits too).
+std::string runtime_threads_json(detail::Runtime& rt) {
+  std::string j;
+  auto ms = [](std::uint64_t ns) { return std::to_string(ns / 1000000); };
+  auto add = [&](const char* name, const detail::ThreadClock& c) {
+    const detail::ThreadTimes t = c.read();
+    if (!t.known) return;
+    j += std::string(j.empty() ? "" : ",") + "\"" + name + "\":{\"cpu_ms\":" + ms(t.run_ns) +
+         ",\"runnable_ms\":" + ms(t.wait_ns) + "}";
+  };
+  add("evictor", rt.evictor_clock);
+  add("fault_handler", rt.handler_clock);
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  const std::uint64_t proc_ns = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+                                (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+  return ",\"runtime_threads\":{" + j + "},\"process_cpu_ms\":" + ms(proc_ns);
+}
+}  // namespace
+
 std::string stats_json() {
   Stats s = stats();
   char buf[1024];
@@ -183,6 +209,7 @@ std::string stats_json() {
   detail::Runtime* rt = detail::g_runtime_ptr.load(std::memory_order_acquire);
   if (rt != nullptr && rt->transport)
     if (std::string t = rt->transport->stats_json(); !t.empty()) line.insert(line.size() - 1, "," + t);
+  if (rt != nullptr) line.insert(line.size() - 1, runtime_threads_json(*rt));
   // Which transparent-fault path this kernel gave us (issue: say which is used).
   if (hw::Region* r = rt ? rt->hw.load(std::memory_order_acquire) : nullptr) {
     line.pop_back();
@@ -191,6 +218,7 @@ std::string stats_json() {
             ",\"hw_fault_avg_ns\":{\"fault_path\":" + avg(s.hw_fault_ns, s.hw_faults) +
             ",\"fetch\":" + avg(s.hw_fetch_ns, s.hw_faults) + ",\"uffdio_copy\":" + avg(s.hw_copy_ns, s.hw_faults) +
             "},\"hw_first_write_faults\":" + std::to_string(s.hw_first_writes) +
+            ",\"hw_quick_refaults\":" + std::to_string(s.hw_quick_refaults) +
             ",\"hw_evicted\":" + std::to_string(s.hw_evicted) +
             ",\"hw_evict_avg_ns_per_page\":{\"write_protect\":" + avg(s.hw_protect_ns, s.hw_evicted) +
             ",\"write_back\":" + avg(s.hw_writeback_ns, s.hw_evicted) +

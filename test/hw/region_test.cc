@@ -295,3 +295,46 @@ TEST_CASE("groups of a 2 MiB block leave while another group of it is written") 
   CHECK(stats().resident_bytes <= (16ull << 20));
   farmem_free(w);
 }
+
+// hw_quick_refaults counts faults on pages that left fewer than a budget's worth
+// of evictions before: nearly every refault when the working set is a little
+// over the budget, few when it is four times the budget. Pages are visited in a
+// new random order each pass, so no stride brings them in ahead.
+TEST_CASE("quick refaults tell a working set just over the budget from one far over it") {
+  start();
+  auto passes = [](std::uint64_t pages, int rounds, std::uint64_t seed) {
+    auto* w = static_cast<std::uint64_t*>(farmem_malloc(pages * 4096));
+    REQUIRE(w != nullptr);
+    std::vector<std::uint64_t> order(pages);
+    for (std::uint64_t p = 0; p < pages; ++p) order[p] = p;
+    test::Rng rng(seed);
+    std::uint64_t bad = 0;
+    const Stats before = stats();
+    for (int r = 0; r < rounds; ++r) {
+      for (std::uint64_t p = pages - 1; p > 0; --p) std::swap(order[p], order[rng.next() % (p + 1)]);
+      for (std::uint64_t p : order) {
+        std::uint64_t& x = w[p * 512 + r % 512];
+        if (r > 0 && w[p * 512 + (r - 1) % 512] != test::mix(p, r - 1)) ++bad;
+        x = test::mix(p, r);
+      }
+    }
+    const Stats after = stats();
+    farmem_free(w);
+    CHECK(bad == 0);
+    return std::pair<std::uint64_t, std::uint64_t>(after.hw_quick_refaults - before.hw_quick_refaults,
+                                                   after.hw_faults - before.hw_faults);
+  };
+  const std::uint64_t budget = (16ull << 20) / 4096;
+  const int rounds = test::short_run() ? 3 : 5;
+  const auto [near_quick, near_faults] = passes(budget * 5 / 4, rounds, 5);
+  const auto [far_quick, far_faults] = passes(budget * 4, rounds, 6);
+  INFO("1.25x budget: " << near_quick << " of " << near_faults << " faults quick; 4x budget: " << far_quick
+                        << " of " << far_faults << "; " << stats_json());
+  REQUIRE(near_faults > budget / 4);
+  REQUIRE(far_faults > budget * 4);
+  CHECK(near_quick * 2 > near_faults);
+  CHECK(far_quick * 5 < far_faults);
+  const std::string js = stats_json();
+  CHECK(js.find("\"runtime_threads\":{\"evictor\":{\"cpu_ms\":") != std::string::npos);
+  CHECK(js.find("\"process_cpu_ms\":") != std::string::npos);
+}

@@ -31,6 +31,7 @@ struct CoreStats {
   // Transparent faults: how many filled, and where their time went (ns, summed).
   std::atomic<std::uint64_t> hw_fills{0}, hw_fault_ns{0}, hw_fetch_ns{0}, hw_copy_ns{0};
   std::atomic<std::uint64_t> hw_dirtied{0};  // first writes to clean transparent pages (a fault each)
+  std::atomic<std::uint64_t> hw_quick_refaults{0};  // faults on pages that left within a budget's worth of evictions
   static constexpr unsigned kHistBuckets = 64 * 8;
   std::atomic<std::uint32_t> fault_hist[kHistBuckets]{};  // log-linear, ns
   void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
