@@ -35,6 +35,9 @@ struct Config {
   // fault's cost, and the evictor counts them with mincore) or "runtime" (the
   // whole region is registered at start; every first touch is a userfaultfd fault).
   std::string hw_first_touch = "kernel";
+  // Transparent pages: an eviction group that comes back soon after it left
+  // is kept longer (CLOCK passes over it for 1, 2, 4, then 8 revolutions).
+  bool hw_keep_hot = true;
   std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT, or a pool:
                                        // several tcp:// URIs separated by commas
   std::string redundancy = "none";     // a pool's: none, replicas:N or ec:K+M (K data, M parity pieces)
@@ -103,6 +106,9 @@ struct Stats {
   // Faults on transparent pages that had left within the last budget's worth of
   // evictions: pages the evictor should have kept (a measure of its choices).
   std::uint64_t hw_quick_refaults = 0;
+  // Frames CLOCK passed over because their group came back quickly before
+  // (FARMEM_HW_KEEP_HOT): how often that rule kept pages.
+  std::uint64_t hw_hot_passes = 0;
   std::uint64_t hw_evicted = 0, hw_protect_ns = 0, hw_writeback_ns = 0, hw_unmap_ns = 0;
 };
 Stats stats();

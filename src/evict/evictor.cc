@@ -381,7 +381,13 @@ bool Evictor::select_batch() {
   const bool unwatched_first = unwatched_scanned_ > 0;
   if (unwatched_first) take_unwatched(b);
   std::size_t want = rt_.cfg.evict_batch;
+  hw::Region* region = rt_.hw.load(std::memory_order_acquire);
+  // Protected groups are passed over, but at most a quarter of the frames in
+  // a pass: past that, so much looks hot that the guess is worth little, and
+  // something must leave anyway.
+  std::uint64_t passed_over = 0;
   for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < want; ++scanned) {
+    if (hand_ % n == 0) rt_.clock_revolutions.store(static_cast<std::uint32_t>(hand_ / n), std::memory_order_relaxed);
     std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
     std::uint64_t vpn = rt_.owner[f].load(std::memory_order_relaxed);
     if (vpn == 0) continue;
@@ -392,9 +398,15 @@ bool Evictor::select_batch() {
       word.compare_exchange_strong(s, s & ~ps::kAccessed, std::memory_order_acq_rel);
       continue;
     }
+    const bool hw = rt_.is_hw_page(vpn);
+    if (hw && region != nullptr && passed_over < n / 4 &&
+        region->group_protected(vpn, rt_.clock_revolutions.load(std::memory_order_relaxed))) {
+      ++passed_over;
+      continue;
+    }
     if (!word.compare_exchange_strong(s, ps::with_kind(s, Kind::Evicting), std::memory_order_acq_rel)) continue;
     b.victims.push_back({vpn, f});
-    if (rt_.is_hw_page(vpn)) {
+    if (hw) {
       take_hw_group(b, vpn);
       // A transparent batch costs a few TLB shootdowns whatever its size: keep
       // choosing groups until it is as large as one 2 MiB block was, so it
@@ -403,6 +415,7 @@ bool Evictor::select_batch() {
       want = std::max<std::size_t>(want, kHwBatchPages);
     }
   }
+  if (passed_over) rt_.hw_hot_passes.fetch_add(passed_over, std::memory_order_relaxed);
   if (b.victims.empty() && !unwatched_first) take_unwatched(b);
   if (b.victims.empty()) return false;
   shoot_down(std::move(b));

@@ -82,6 +82,7 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   // Dirty tracking saves the write-back of a clean page, which has its remote
   // copy; with exclusive loads (the compressed tier) no fetched page has one.
   track_dirty_ = rt.cfg.hw_dirty == "track" && !rt.exclusive_loads;
+  keep_hot_ = rt.cfg.hw_keep_hot;
   // Throws with the fix when userfaultfd is not usable. User-mode-only is
   // enough in SIGBUS mode, whose system calls on missing pages fail anyway.
   uffd_ = open_uffd(in_thread_, in_thread_);
@@ -117,6 +118,16 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   pool_bytes_ = std::uint64_t{rt.nframes} * 4096;
   register_range(uffd_.fd, pool_, pool_bytes_);
   pages_.reset(1, pages + 1);
+  // One word per eviction group, outside the region; its pages are touched
+  // only where groups were used.
+  heat_bytes_ = (pages / kEvictPages + 1) * sizeof(std::atomic<std::uint32_t>);
+  void* h = mmap(nullptr, heat_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (h == MAP_FAILED) {
+    close(uffd_.fd);
+    throw Error(std::string("cannot map the transparent region's eviction table: ") + std::strerror(errno) +
+                "; lower FARMEM_HW_MEM");
+  }
+  heat_ = static_cast<std::atomic<std::uint32_t>*>(h);
   staging_ = static_cast<char*>(
       mmap(nullptr, (1 + kAhead) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -148,6 +159,7 @@ Region::~Region() {
   if (write(wake_fd_, &one, sizeof one) < 0) {
   }
   if (handler_ && handler_->joinable()) handler_->join();
+  if (heat_ != nullptr) munmap(heat_, heat_bytes_);
 }
 
 void Region::start_handler(void (Region::*loop)()) {
@@ -598,9 +610,12 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
         const bool remote = ps::kind(s) == Kind::Remote;
         // Dirty unless tracking and read in (then it goes in write-protected).
         // Back within a budget's worth of evictions after it left: the evictor
-        // chose a page the program still used.
-        if (remote && ps::evicted_ago(s, rt_.evictions.load(std::memory_order_relaxed)) < rt_.nframes)
-          c.stats.bump(c.stats.hw_quick_refaults);
+        // chose a page the program still used, and its group is kept longer.
+        if (remote) {
+          const bool quick = ps::evicted_ago(s, rt_.evictions.load(std::memory_order_relaxed)) < rt_.nframes;
+          if (quick) c.stats.bump(c.stats.hw_quick_refaults);
+          if (keep_hot_) note_refault(vpn, quick);
+        }
         const std::uint64_t flags = ps::kAccessed | (write || !track_dirty_ ? ps::kDirty : 0) | (remote ? ps::kHasRemote : 0);
         // Stride detection: three faults in a row at the same small stride.
         const std::int64_t d = static_cast<std::int64_t>(vpn - c.hw_last_vpn);
@@ -646,6 +661,19 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
       }
     }
   }
+}
+
+void Region::note_refault(std::uint64_t vpn, bool quick) {
+  std::atomic<std::uint32_t>& h = heat_[(vpn - first_vpn_) / kEvictPages];
+  const std::uint32_t w = h.load(std::memory_order_relaxed);
+  const std::uint32_t rev = rt_.clock_revolutions.load(std::memory_order_relaxed);
+  if (!quick) {  // came back late: the next quick return starts again at level 1
+    if (w != 0 && !group_protected(vpn, rev)) h.store(0, std::memory_order_relaxed);
+    return;
+  }
+  if (group_protected(vpn, rev)) return;  // its other pages coming back: one step per protection
+  const unsigned level = std::min<unsigned>((w >> 28) + 1, kHeatMaxLevel);
+  h.store((level << 28) | ((rev + (1u << (level - 1)) + 1) & kHeatUntilMask), std::memory_order_relaxed);
 }
 
 // Brings n claimed pages in through `staging` with one transfer and one

@@ -96,6 +96,19 @@ class Region {
   // evictions. 64 pages took 38% of its faults away (docs/benchmarks.md).
   static constexpr std::uint64_t kEvictPages = 64;
   void unmap_written(const Leaving& l);
+  // Groups that came back soon after they left (a hw_quick_refault) are passed
+  // over by CLOCK for 1, 2, 4, then 8 more of its revolutions, doubling each
+  // time the group comes back quickly once its protection ran out; a group
+  // that comes back late starts again at 1 (FARMEM_HW_KEEP_HOT). The runtime
+  // never sees the program's loads and stores, so coming back that soon is its
+  // only sign of a hot page. A whole group stays or leaves, so the
+  // write-protect ranges stay whole (protecting single pages split them, and
+  // cost more than it saved). `revolution`: Runtime::clock_revolutions.
+  bool group_protected(std::uint64_t vpn, std::uint32_t revolution) const {
+    const std::uint32_t w = heat_[(vpn - first_vpn_) / kEvictPages].load(std::memory_order_relaxed);
+    const std::uint32_t left = ((w & kHeatUntilMask) - (revolution & kHeatUntilMask)) & kHeatUntilMask;
+    return left != 0 && left <= (1u << kHeatMaxLevel) + 1;
+  }
   void drop_page(std::uint64_t vpn);  // a freed page leaves the region
 
   // First touches by the kernel (FARMEM_HW_FIRST_TOUCH=kernel). A 2 MiB chunk
@@ -155,6 +168,15 @@ class Region {
   // them Evicting, frameless, appending them to vpns. Caller holds watch_mu_.
   void watch_chunks(std::uint64_t c, std::uint64_t n, std::vector<std::uint64_t>& vpns);
   void start_handler(void (Region::*loop)());
+  void note_refault(std::uint64_t vpn, bool quick);  // fault path: a Remote page came back
+
+  // Per group of kEvictPages: bits 0-27 the CLOCK revolution its protection
+  // lasts until (exclusive), bits 28-31 its level. Written by the fault paths,
+  // read by the evictor; a lost update only shortens or lengthens a protection.
+  static constexpr std::uint32_t kHeatUntilMask = (1u << 28) - 1;
+  static constexpr unsigned kHeatMaxLevel = 4;
+  std::atomic<std::uint32_t>* heat_ = nullptr;
+  std::uint64_t heat_bytes_ = 0;
 
   detail::Runtime& rt_;
   Uffd uffd_;
@@ -172,7 +194,8 @@ class Region {
   int self_pidfd_ = -1;  // process_madvise on ourselves (evictor only)
   char* staging_ = nullptr;  // the handler's page buffers for frames whose slot is empty
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
-  bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
+  bool track_dirty_ = false;
+  bool keep_hot_ = true;  // FARMEM_HW_KEEP_HOT  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
   std::unique_ptr<net::QueuePair> child_qp_;
   // Forked child: the handler thread says it reached its loop; the forking
   // thread, which served the faults of its start-up, says it stopped.

@@ -130,6 +130,12 @@ Config Config::from_env() {
     if (c.hw_first_touch != "kernel" && c.hw_first_touch != "runtime")
       throw Error(std::string("FARMEM_HW_FIRST_TOUCH='") + v + "' is not kernel or runtime");
   }
+  if (const char* v = env("FARMEM_HW_KEEP_HOT")) {
+    const std::string k = lower(trim(v));
+    if (k != "1" && k != "0")
+      throw Error(std::string("FARMEM_HW_KEEP_HOT='") + v + "' is not 1 or 0");
+    c.hw_keep_hot = k == "1";
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_REDUNDANCY")) {
     c.redundancy = lower(trim(v));

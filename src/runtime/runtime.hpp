@@ -92,6 +92,10 @@ struct Runtime {
   // Frames the evictor has freed, ever: a core waiting for a frame knows the
   // evictor still makes progress (frames go to other cores first, in turn).
   std::atomic<std::uint64_t> frames_released{0};
+  // Full turns of the evictor's CLOCK hand: the time unit of the transparent
+  // region's group protection (hw::Region::group_protected).
+  std::atomic<std::uint32_t> clock_revolutions{0};
+  std::atomic<std::uint64_t> hw_hot_passes{0};  // frames passed over for a protected group
 
   // CPU and wait times of the evictor and of the transparent region's fault
   // handler, for FARMEM_STATS (runtime/thread_times.hpp).

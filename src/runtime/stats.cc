@@ -61,6 +61,7 @@ Stats gather(detail::Runtime* rt, std::uint64_t* hist) {
   s.rescues += rt->evictor_rescues.load(std::memory_order_relaxed);
   s.evictions = rt->evictions.load(std::memory_order_relaxed);
   s.writebacks = rt->writebacks.load(std::memory_order_relaxed);
+  s.hw_hot_passes = rt->hw_hot_passes.load(std::memory_order_relaxed);
   s.clean_drops = rt->clean_drops.load(std::memory_order_relaxed);
   s.shootdowns = rt->shootdowns.load(std::memory_order_relaxed);
   s.hw_evicted = rt->hw_evicted.load(std::memory_order_relaxed);
@@ -219,6 +220,7 @@ std::string stats_json() {
             ",\"fetch\":" + avg(s.hw_fetch_ns, s.hw_faults) + ",\"uffdio_copy\":" + avg(s.hw_copy_ns, s.hw_faults) +
             "},\"hw_first_write_faults\":" + std::to_string(s.hw_first_writes) +
             ",\"hw_quick_refaults\":" + std::to_string(s.hw_quick_refaults) +
+            ",\"hw_hot_passes\":" + std::to_string(s.hw_hot_passes) +
             ",\"hw_evicted\":" + std::to_string(s.hw_evicted) +
             ",\"hw_evict_avg_ns_per_page\":{\"write_protect\":" + avg(s.hw_protect_ns, s.hw_evicted) +
             ",\"write_back\":" + avg(s.hw_writeback_ns, s.hw_evicted) +
