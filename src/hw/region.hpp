@@ -11,7 +11,9 @@
 // transfer, one UFFDIO_COPY per run of consecutive pages).
 // The evictor takes transparent pages a group of 64 at a time, write-protects
 // them, writes them back straight from the region, and unmaps them together
-// (process_madvise): a few kernel TLB shootdowns a batch, not one a page.
+// (process_madvise): a few kernel TLB shootdowns a batch, not one a page. A
+// group whose pages come back soon after they left is passed over for a while
+// (FARMEM_HW_KEEP_HOT): the only sign of a hot page the runtime gets.
 //
 // It hands out page-granular blocks: farmem_malloc's, the preload shim's
 // anonymous mmaps (with munmap, mremap and MADV_DONTNEED on any part of them),
@@ -194,8 +196,8 @@ class Region {
   int self_pidfd_ = -1;  // process_madvise on ourselves (evictor only)
   char* staging_ = nullptr;  // the handler's page buffers for frames whose slot is empty
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
-  bool track_dirty_ = false;
-  bool keep_hot_ = true;  // FARMEM_HW_KEEP_HOT  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
+  bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
+  bool keep_hot_ = true;      // groups that come back quickly are kept longer (FARMEM_HW_KEEP_HOT)
   std::unique_ptr<net::QueuePair> child_qp_;
   // Forked child: the handler thread says it reached its loop; the forking
   // thread, which served the faults of its start-up, says it stopped.
