@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -309,8 +310,19 @@ TEST_CASE("quick refaults tell a working set just over the budget from one far o
     for (std::uint64_t p = 0; p < pages; ++p) order[p] = p;
     test::Rng rng(seed);
     std::uint64_t bad = 0;
-    const Stats before = stats();
+    Stats before;
     for (int r = 0; r < rounds; ++r) {
+      if (r == 1) {
+        // Refaults only: round 0 touched every page first. With first touches
+        // by the kernel the evictor finds those pages when it next looks
+        // (within 50 ms): wait until it has sent the excess far.
+        const std::uint64_t budget_pages = (16ull << 20) / 4096, t0 = stats().hw_evicted;
+        for (int waited = 0; waited < 500 && pages > budget_pages &&
+                             stats().hw_evicted - t0 < (pages - budget_pages) / 2;
+             ++waited)
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        before = stats();
+      }
       for (std::uint64_t p = pages - 1; p > 0; --p) std::swap(order[p], order[rng.next() % (p + 1)]);
       for (std::uint64_t p : order) {
         std::uint64_t& x = w[p * 512 + r % 512];
@@ -326,9 +338,9 @@ TEST_CASE("quick refaults tell a working set just over the budget from one far o
   };
   const std::uint64_t budget = (16ull << 20) / 4096;
   const int rounds = test::short_run() ? 3 : 5;
-  const auto [near_quick, near_faults] = passes(budget * 5 / 4, rounds, 5);
+  const auto [near_quick, near_faults] = passes(budget * 3 / 2, rounds, 5);
   const auto [far_quick, far_faults] = passes(budget * 4, rounds, 6);
-  INFO("1.25x budget: " << near_quick << " of " << near_faults << " faults quick; 4x budget: " << far_quick
+  INFO("1.5x budget: " << near_quick << " of " << near_faults << " faults quick; 4x budget: " << far_quick
                         << " of " << far_faults << "; " << stats_json());
   REQUIRE(near_faults > budget / 4);
   REQUIRE(far_faults > budget * 4);
