@@ -298,8 +298,8 @@ TEST_CASE("groups of a 2 MiB block leave while another group of it is written") 
 }
 
 // hw_quick_refaults counts faults on pages that left fewer than a budget's worth
-// of evictions before: nearly every refault when the working set is a little
-// over the budget, few when it is four times the budget. Pages are visited in a
+// of evictions before: most refaults when the working set is half again the
+// budget (about 80% here), few when it is four times the budget (about 10%). Pages are visited in a
 // new random order each pass, so no stride brings them in ahead.
 TEST_CASE("quick refaults tell a working set just over the budget from one far over it") {
   start();
