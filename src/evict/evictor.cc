@@ -290,13 +290,10 @@ std::uint64_t Evictor::anon_rss_pages() {
   char buf[128];
   const ssize_t got = statm_fd_ < 0 ? -1 : pread(statm_fd_, buf, sizeof buf - 1, 0);
   if (got <= 0) return 0;
-  // Parsed by hand: sscanf and strtoull read the program's locale, which under
-  // the shim lives in the region, and the evictor must never fault on it.
-  std::uint64_t field[3] = {0, 0, 0};
-  for (ssize_t i = 0, f = 0; i < got && f < 3; ++i) {
-    if (buf[i] >= '0' && buf[i] <= '9') field[f] = field[f] * 10 + static_cast<std::uint64_t>(buf[i] - '0');
-    else if (buf[i] == ' ') ++f;
-  }
+  // Parsed without the locale, which under the shim lives in the region: the
+  // evictor must never fault on it.
+  std::uint64_t field[3];
+  detail::parse_u64_fields(buf, static_cast<std::size_t>(got), field, 3);
   const std::uint64_t resident = field[1], shared = field[2];
   return resident > shared ? resident - shared : 0;
 }
@@ -387,8 +384,8 @@ bool Evictor::select_batch() {
   // something must leave anyway.
   std::uint64_t passed_over = 0;
   for (std::uint64_t scanned = 0; scanned < 2 * n && b.victims.size() < want; ++scanned) {
-    if (hand_ % n == 0) rt_.clock_revolutions.store(static_cast<std::uint32_t>(hand_ / n), std::memory_order_relaxed);
     std::uint32_t f = static_cast<std::uint32_t>(hand_++ % n) + 1;
+    if (f == 1) rt_.clock_revolutions.store(static_cast<std::uint32_t>(hand_ / n), std::memory_order_relaxed);
     std::uint64_t vpn = rt_.owner[f].load(std::memory_order_relaxed);
     if (vpn == 0) continue;
     std::atomic<std::uint64_t>& word = rt_.pt[vpn];

@@ -120,14 +120,13 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   pages_.reset(1, pages + 1);
   // One word per eviction group, outside the region; its pages are touched
   // only where groups were used.
-  heat_bytes_ = (pages / kEvictPages + 1) * sizeof(std::atomic<std::uint32_t>);
-  void* h = mmap(nullptr, heat_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (h == MAP_FAILED) {
+  heat_groups_ = pages / kEvictPages + 1;
+  heat_ = detail::map_table<std::atomic<std::uint32_t>>(heat_groups_);
+  if (heat_ == nullptr) {
     close(uffd_.fd);
     throw Error(std::string("cannot map the transparent region's eviction table: ") + std::strerror(errno) +
                 "; lower FARMEM_HW_MEM");
   }
-  heat_ = static_cast<std::atomic<std::uint32_t>*>(h);
   staging_ = static_cast<char*>(
       mmap(nullptr, (1 + kAhead) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -159,7 +158,7 @@ Region::~Region() {
   if (write(wake_fd_, &one, sizeof one) < 0) {
   }
   if (handler_ && handler_->joinable()) handler_->join();
-  if (heat_ != nullptr) munmap(heat_, heat_bytes_);
+  if (heat_ != nullptr) munmap(heat_, heat_groups_ * sizeof *heat_);
 }
 
 void Region::start_handler(void (Region::*loop)()) {

@@ -178,7 +178,7 @@ class Region {
   static constexpr std::uint32_t kHeatUntilMask = (1u << 28) - 1;
   static constexpr unsigned kHeatMaxLevel = 4;
   std::atomic<std::uint32_t>* heat_ = nullptr;
-  std::uint64_t heat_bytes_ = 0;
+  std::uint64_t heat_groups_ = 0;
 
   detail::Runtime& rt_;
   Uffd uffd_;

@@ -1,8 +1,8 @@
 // Thin wrappers over the kernel calls every subsystem uses: the monotonic
 // clock, futex wait/wake on a 32-bit atomic word, and madvise straight to the
 // kernel (the preload shim interposes madvise() to serve the region's pages;
-// the runtime itself must never go through it), and error text that reads no
-// locale.
+// the runtime itself must never go through it), and error text and number
+// parsing that read no locale.
 #pragma once
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -52,6 +52,17 @@ inline void futex_wake(std::atomic<std::uint32_t>* w, int waiters = 1) {
 inline const char* errno_text(int e) {
   const char* t = strerrordesc_np(e);
   return t ? t : "unknown error";
+}
+
+// The first n space-separated decimal fields of a /proc line (statm,
+// schedstat) into out, zero where missing. By hand: strtoull reads the
+// program's locale, which under the shim lives in the far region.
+inline void parse_u64_fields(const char* buf, std::size_t len, std::uint64_t* out, unsigned n) {
+  for (unsigned i = 0; i < n; ++i) out[i] = 0;
+  for (std::size_t i = 0, f = 0; i < len && f < n; ++i) {
+    if (buf[i] >= '0' && buf[i] <= '9') out[f] = out[f] * 10 + static_cast<std::uint64_t>(buf[i] - '0');
+    else if (buf[i] == ' ') ++f;
+  }
 }
 
 }  // namespace farmem::detail

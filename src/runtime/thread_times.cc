@@ -1,6 +1,8 @@
 // Runtime threads' CPU and wait times, from /proc/self/task/TID/schedstat.
 #include "runtime/thread_times.hpp"
 
+#include "runtime/os.hpp"
+
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,12 +26,8 @@ ThreadTimes read_thread_times(int tid) {
   const ssize_t got = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (got <= 0) return t;
-  std::uint64_t field[2] = {0, 0};
-  int f = 0;
-  for (ssize_t i = 0; i < got && f < 2; ++i) {
-    if (buf[i] >= '0' && buf[i] <= '9') field[f] = field[f] * 10 + static_cast<std::uint64_t>(buf[i] - '0');
-    else if (buf[i] == ' ') ++f;
-  }
+  std::uint64_t field[2];
+  parse_u64_fields(buf, static_cast<std::size_t>(got), field, 2);
   t.run_ns = field[0];
   t.wait_ns = field[1];
   t.known = true;

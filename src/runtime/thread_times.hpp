@@ -27,8 +27,7 @@ class ThreadClock {
   std::atomic<bool> kept_{false};
 };
 
-// /proc/self/task/TID/schedstat. Parsed by hand: libc's number parsing reads
-// the program's locale, which under the shim lives in the far region.
+// /proc/self/task/TID/schedstat, parsed without the locale (parse_u64_fields).
 ThreadTimes read_thread_times(int tid);
 
 }  // namespace farmem::detail

@@ -299,11 +299,13 @@ TEST_CASE("groups of a 2 MiB block leave while another group of it is written") 
 
 // hw_quick_refaults counts faults on pages that left fewer than a budget's worth
 // of evictions before: most refaults when the working set is half again the
-// budget (about 80% here), few when it is four times the budget (about 10%). Pages are visited in a
-// new random order each pass, so no stride brings them in ahead.
+// budget (about 80% here), few when it is four times the budget (about 10%).
+// Pages are visited in a new random order each pass, so no stride brings them
+// in ahead.
 TEST_CASE("quick refaults tell a working set just over the budget from one far over it") {
   start();
-  auto passes = [](std::uint64_t pages, int rounds, std::uint64_t seed) {
+  const std::uint64_t budget = (16ull << 20) / 4096;
+  auto passes = [budget](std::uint64_t pages, int rounds, std::uint64_t seed) {
     auto* w = static_cast<std::uint64_t*>(farmem_malloc(pages * 4096));
     REQUIRE(w != nullptr);
     std::vector<std::uint64_t> order(pages);
@@ -316,9 +318,8 @@ TEST_CASE("quick refaults tell a working set just over the budget from one far o
         // Refaults only: round 0 touched every page first. With first touches
         // by the kernel the evictor finds those pages when it next looks
         // (within 50 ms): wait until it has sent the excess far.
-        const std::uint64_t budget_pages = (16ull << 20) / 4096, t0 = stats().hw_evicted;
-        for (int waited = 0; waited < 500 && pages > budget_pages &&
-                             stats().hw_evicted - t0 < (pages - budget_pages) / 2;
+        const std::uint64_t t0 = stats().hw_evicted;
+        for (int waited = 0; waited < 500 && pages > budget && stats().hw_evicted - t0 < (pages - budget) / 2;
              ++waited)
           std::this_thread::sleep_for(std::chrono::milliseconds(10));
         before = stats();
@@ -336,7 +337,6 @@ TEST_CASE("quick refaults tell a working set just over the budget from one far o
     return std::pair<std::uint64_t, std::uint64_t>(after.hw_quick_refaults - before.hw_quick_refaults,
                                                    after.hw_faults - before.hw_faults);
   };
-  const std::uint64_t budget = (16ull << 20) / 4096;
   const int rounds = test::short_run() ? 3 : 5;
   const auto [near_quick, near_faults] = passes(budget * 3 / 2, rounds, 5);
   const auto [far_quick, far_faults] = passes(budget * 4, rounds, 6);
