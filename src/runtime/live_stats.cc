@@ -68,6 +68,12 @@ const std::vector<CounterDef>& runtime_counters() {
       {"hw_first_write_faults", "First writes to clean transparent pages (FARMEM_HW_DIRTY=track)", false},
       {"hw_evicted", "Transparent-region pages evicted", false},
       {"far_connected", "1 once the memory server is started or connected", true},
+      // Appended, so a farmem-stat of an older build still reads the ones above.
+      {"hw_quick_refaults", "Transparent faults on pages that left fewer than a budget's worth of evictions before",
+       false},
+      {"hw_hot_passes", "Frames CLOCK passed over because their group came back quickly (FARMEM_HW_KEEP_HOT)", false},
+      {"evictor_cpu_ms", "CPU time of the evictor thread (ms)", false},
+      {"fault_handler_cpu_ms", "CPU time of the transparent-fault handler thread (ms)", false},
   };
   return defs;
 }

@@ -112,7 +112,9 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
                              s.writebacks, s.clean_drops,   s.rescues,         s.alloc_stalls,    s.shootdowns,
                              s.bytes_in,   s.bytes_out,     s.local_mem_bytes, s.resident_bytes,  s.far_bytes,
                              s.fault_p50_ns, s.fault_p99_ns, s.fault_max_ns,   s.hw_faults,       s.hw_first_writes,
-                             s.hw_evicted, rt.transport && rt.transport->connected() ? 1u : 0u};
+                             s.hw_evicted, rt.transport && rt.transport->connected() ? 1u : 0u,
+                             s.hw_quick_refaults, s.hw_hot_passes,
+                             rt.evictor_clock.read().run_ns / 1000000, rt.handler_clock.read().run_ns / 1000000};
   static_assert(sizeof v / sizeof v[0] <= live::kMaxCounters);
   for (std::size_t i = 0; i < sizeof v / sizeof v[0]; ++i) out.counters[i] = v[i];
   // Far bytes per memory server: a pool's members from its counters; one

@@ -111,18 +111,24 @@ if [[ -n $RUN && -n $HOLD ]]; then
   wait_for 60 grep -q ready "$tmp/run.out" || bad "the farmem-run program did not start"
   prev="" live=""
   for _ in $(seq 50); do  # until two reads 0.3 s apart agree
-    live=$("$STAT" --json "$prog" | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["faults"], d["evictions"])')
+    live=$("$STAT" --json "$prog" | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["faults"], d["evictions"], d["hw_quick_refaults"], d["evictor_cpu_ms"])')
     [[ -n $live && $live == "$prev" ]] && break
     prev=$live
     sleep 0.3
   done
   exec 7>&-
   wait "$prog"
-  atexit=$(grep farmem_stats "$tmp/run.err" | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["faults"], d["evictions"])')
-  read -r lf le <<<"$live"
-  read -r xf xe <<<"$atexit"
-  if [[ -n $lf && $lf == "$xf" && $le == "$xe" ]] && ((le > 0)); then
-    ok "farmem-run program: live faults/evictions $lf/$le, at exit $xf/$xe"
+  atexit=$(grep farmem_stats "$tmp/run.err" | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["faults"], d["evictions"], d["hw_quick_refaults"], d["runtime_threads"]["evictor"]["cpu_ms"])')
+  read -r lf le lq lc <<<"$live"
+  read -r xf xe xq xc <<<"$atexit"
+  if [[ -n $lf && $lf == "$xf" && $le == "$xe" && $lq == "$xq" ]] && ((le > 0)); then
+    ok "farmem-run program: live faults/evictions/quick refaults $lf/$le/$lq, at exit $xf/$xe/$xq"
+  else
+    bad "farmem-run program: live '$live', at exit '$atexit' ($(cat "$tmp/run.err"))"
+  fi
+  # The evictor's CPU time, live and at exit (ms; it ran: 32 MiB went far).
+  if [[ -n $lc && -n $xc ]] && ((lc > 0 && lc <= xc)); then
+    ok "farmem-run program: evictor CPU $lc ms live, $xc ms at exit"
   else
     bad "farmem-run program: live '$live', at exit '$atexit' ($(cat "$tmp/run.err"))"
   fi
