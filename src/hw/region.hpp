@@ -137,6 +137,9 @@ class Region {
   void fork_child();
 
  private:
+  static constexpr unsigned kAhead = 15;  // pages fetched ahead after sequential faults
+  alignas(4096) static constexpr char kZeroPage[4096] = {};
+  void install_sigbus_handler();  // SIGBUS mode (fault.cc)
   void handler_loop();
   void park_if_asked();
   bool in_pool(std::uint64_t addr) const {

@@ -96,7 +96,7 @@ void at_exit() {
 // fork(): the page table must be at rest while the process is copied, and the
 // child must be able to read what is far right now. The handler and the evictor
 // park (in-flight batches finish), the memory server forks a snapshot for the
-// child, and the child serves its transparent pages from it (hw/region.cc).
+// child, and the child serves its transparent pages from it (hw/fork.cc).
 Runtime* g_forking = nullptr;
 
 void fork_prepare() {

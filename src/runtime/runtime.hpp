@@ -55,7 +55,7 @@ struct Runtime {
   void mark_slot_full(std::uint64_t f) { slot_full[f].store(1, std::memory_order_relaxed); }
 
   // Set in a child after fork(): no evictor runs; transparent pages are served
-  // locally from a snapshot of far memory (hw/region.cc).
+  // locally from a snapshot of far memory (hw/fork.cc).
   bool forked_child = false;
   bool fork_snapshot = false;  // the transport kept far memory readable for the child
 
