@@ -79,7 +79,9 @@ Options:
                     program normalized to plain, a bar per configuration
   --timeout SEC     per run; auto = max(30, 15 x the program's plain time). A run
                     that times out is not finished; its configuration is not
-                    retried in later rounds at that point
+                    retried in later rounds at that point. At 25% python, bfs
+                    and awk thrash under farmem-run for 2-9 minutes here (swap
+                    is OOM-killed): give them --timeout 900 to see them finish
   --farmem-run PATH default build/apps/farmem-run/farmem-run
   --compress CODEC  farmem-run --compress CODEC (lz4, zstd[:LEVEL]): the compressed tier
                     against zram, which compresses swapped pages with its own codec

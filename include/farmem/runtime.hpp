@@ -38,6 +38,9 @@ struct Config {
   // Transparent pages: an eviction group that comes back soon after it left
   // is kept longer (CLOCK passes over it for 1, 2, 4, then 8 revolutions).
   bool hw_keep_hot = true;
+  // Transparent pages: after faults in a row at a steady stride, the pages
+  // that follow at that stride come in with the fault (15 sequential, 7 strided).
+  bool hw_fault_around = true;
   std::string backend = "shm";         // shm (embedded memory server) or tcp://HOST:PORT, or a pool:
                                        // several tcp:// URIs separated by commas
   std::string redundancy = "none";     // a pool's: none, replicas:N or ec:K+M (K data, M parity pieces)

@@ -191,7 +191,7 @@ bool Region::resolve(std::uint64_t addr, bool write, char* staging, unsigned sta
           std::uint64_t vpns[1 + kAhead] = {vpn}, pflags[1 + kAhead] = {flags};
           std::uint32_t frames[1 + kAhead] = {f};
           unsigned n = 1;
-          if (c.hw_stride_run >= 1 && c.hw_stride >= -kMaxStride && c.hw_stride <= kMaxStride &&
+          if (fault_around_ && c.hw_stride_run >= 1 && c.hw_stride >= -kMaxStride && c.hw_stride <= kMaxStride &&
               staging_pages > 1 && uthread::detail::current() == nullptr)
             n += claim_ahead(c, vpn, c.hw_stride, vpns + 1, frames + 1, pflags + 1,
                              std::min(staging_pages, 1 + (c.hw_stride == 1 ? kAhead : kAheadStrided)) - 1);

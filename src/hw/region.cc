@@ -40,6 +40,7 @@ Region::Region(detail::Runtime& rt, std::uint64_t bytes) : rt_(rt) {
   // copy; with exclusive loads (the compressed tier) no fetched page has one.
   track_dirty_ = rt.cfg.hw_dirty == "track" && !rt.exclusive_loads;
   keep_hot_ = rt.cfg.hw_keep_hot;
+  fault_around_ = rt.cfg.hw_fault_around;
   // Throws with the fix when userfaultfd is not usable. User-mode-only is
   // enough in SIGBUS mode, whose system calls on missing pages fail anyway.
   uffd_ = open_uffd(in_thread_, in_thread_);

@@ -201,6 +201,7 @@ class Region {
   bool in_thread_ = false;   // SIGBUS mode: faults are served by the faulting thread
   bool track_dirty_ = false;  // pages go in write-protected until written (FARMEM_HW_DIRTY=track)
   bool keep_hot_ = true;      // groups that come back quickly are kept longer (FARMEM_HW_KEEP_HOT)
+  bool fault_around_ = true;  // a steady stride brings the next pages in (FARMEM_HW_FAULT_AROUND)
   std::unique_ptr<net::QueuePair> child_qp_;
   // Forked child: the handler thread says it reached its loop; the forking
   // thread, which served the faults of its start-up, says it stopped.

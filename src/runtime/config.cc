@@ -136,6 +136,12 @@ Config Config::from_env() {
       throw Error(std::string("FARMEM_HW_KEEP_HOT='") + v + "' is not 1 or 0");
     c.hw_keep_hot = k == "1";
   }
+  if (const char* v = env("FARMEM_HW_FAULT_AROUND")) {
+    const std::string k = lower(trim(v));
+    if (k != "1" && k != "0")
+      throw Error(std::string("FARMEM_HW_FAULT_AROUND='") + v + "' is not 1 or 0");
+    c.hw_fault_around = k == "1";
+  }
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_REDUNDANCY")) {
     c.redundancy = lower(trim(v));

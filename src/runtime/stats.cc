@@ -141,6 +141,8 @@ void collect_live(Runtime& rt, live::Snapshot& out, bool with_info) {
   add_json(j, "hw_faults", c.hw_faults);
   add_json(j, "hw_dirty", c.hw_dirty);
   add_json(j, "hw_first_touch", c.hw_first_touch);
+  add_json(j, "hw_keep_hot", c.hw_keep_hot ? 1u : 0u);
+  add_json(j, "hw_fault_around", c.hw_fault_around ? 1u : 0u);
   if (hw::Region* r = rt.hw.load(std::memory_order_acquire)) add_json(j, "transparent_faults", r->fault_path());
   if (rt.metrics) add_json(j, "metrics", rt.metrics->address());
   j += "}";

@@ -42,6 +42,7 @@ expect_error "unknown backend" "is not a backend" -- env FARMEM_BACKEND=pigeon "
 expect_error "bad FARMEM_STATS" "FARMEM_STATS='maybe'" -- env FARMEM_STATS=maybe "$BENCH" "${small[@]}"
 expect_error "bad delay" "FARMEM_SHM_DELAY_NS" -- env FARMEM_SHM_DELAY_NS=soon "$BENCH" "${small[@]}"
 expect_error "bad FARMEM_HW_KEEP_HOT" "FARMEM_HW_KEEP_HOT=.maybe. is not 1 or 0" -- env FARMEM_HW_KEEP_HOT=maybe "$BENCH" "${small[@]}" --mode hw
+expect_error "bad FARMEM_HW_FAULT_AROUND" "FARMEM_HW_FAULT_AROUND=.yes. is not 1 or 0" -- env FARMEM_HW_FAULT_AROUND=yes "$BENCH" "${small[@]}" --mode hw
 expect_error "server without arguments" "listen tcp://HOST:PORT is required" -- "$SERVER"
 expect_error "server bad capacity" "capacity.*not a size" -- "$SERVER" --listen tcp://127.0.0.1:0 --capacity lots
 

@@ -28,6 +28,11 @@ void start() {
   cfg.hw_mem_bytes = 2ull << 30;
   init(cfg);
 }
+// FARMEM_HW_FAULT_AROUND=0 (the hw_region_plain_order run): no page comes in ahead.
+bool fault_around() {
+  const char* v = std::getenv("FARMEM_HW_FAULT_AROUND");
+  return v == nullptr || std::string(v) != "0";
+}
 }  // namespace
 
 TEST_CASE("plain pointers into far memory stay exact under eviction") {
@@ -116,7 +121,8 @@ TEST_CASE("sequential faults bring the following pages in with them") {
     for (std::uint64_t i = 0; i < bytes / 8; i += 512) wrong += p[i] != i * 3 + 1;
   CHECK(wrong == 0);
   INFO(stats_json());
-  CHECK(stats().prefetches - before > bytes / 4096 / 2);
+  if (fault_around()) CHECK(stats().prefetches - before > bytes / 4096 / 2);
+  else CHECK(stats().prefetches == before);
   CHECK(stats().resident_bytes <= (16ull << 20));
   farmem_free(p);
 }
@@ -201,7 +207,8 @@ TEST_CASE("strided faults bring the pages at that stride in with them") {
       for (std::uint64_t i = start_page; i < pages; i += stride, ++touched) wrong += p[i * 512] != i * 5 + 3;
     CHECK(wrong == 0);
     INFO("stride " << stride << ": " << stats_json());
-    CHECK(stats().prefetches - before > touched / 2);
+    if (fault_around()) CHECK(stats().prefetches - before > touched / 2);
+    else CHECK(stats().prefetches == before);
   }
   std::uint64_t wrong = 0;  // backwards, one page at a time
   for (std::uint64_t i = pages; i-- > 0;) wrong += p[i * 512] != i * 5 + 3;
