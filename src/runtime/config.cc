@@ -55,6 +55,13 @@ std::uint64_t parse_ms(const char* name, const char* v) {
   return x * scale;
 }
 
+// A switch: "1" or "0".
+bool parse_flag(const char* name, const char* v) {
+  const std::string b = lower(trim(v));
+  if (b != "0" && b != "1") throw Error(std::string(name) + "='" + v + "' is not 1 or 0");
+  return b == "1";
+}
+
 }  // namespace
 
 std::uint64_t parse_size(const std::string& text, const std::string& what) {
@@ -130,18 +137,8 @@ Config Config::from_env() {
     if (c.hw_first_touch != "kernel" && c.hw_first_touch != "runtime")
       throw Error(std::string("FARMEM_HW_FIRST_TOUCH='") + v + "' is not kernel or runtime");
   }
-  if (const char* v = env("FARMEM_HW_KEEP_HOT")) {
-    const std::string k = lower(trim(v));
-    if (k != "1" && k != "0")
-      throw Error(std::string("FARMEM_HW_KEEP_HOT='") + v + "' is not 1 or 0");
-    c.hw_keep_hot = k == "1";
-  }
-  if (const char* v = env("FARMEM_HW_FAULT_AROUND")) {
-    const std::string k = lower(trim(v));
-    if (k != "1" && k != "0")
-      throw Error(std::string("FARMEM_HW_FAULT_AROUND='") + v + "' is not 1 or 0");
-    c.hw_fault_around = k == "1";
-  }
+  if (const char* v = env("FARMEM_HW_KEEP_HOT")) c.hw_keep_hot = parse_flag("FARMEM_HW_KEEP_HOT", v);
+  if (const char* v = env("FARMEM_HW_FAULT_AROUND")) c.hw_fault_around = parse_flag("FARMEM_HW_FAULT_AROUND", v);
   if (const char* v = env("FARMEM_BACKEND")) c.backend = v;
   if (const char* v = env("FARMEM_REDUNDANCY")) {
     c.redundancy = lower(trim(v));
@@ -163,11 +160,7 @@ Config Config::from_env() {
     c.compact_pct = static_cast<unsigned>(pct);
   }
   if (const char* v = env("FARMEM_SERVER_TIMEOUT")) c.server_timeout_ms = parse_ms("FARMEM_SERVER_TIMEOUT", v);
-  if (const char* v = env("FARMEM_EC_SPARE_READ")) {
-    const std::string b = lower(trim(v));
-    if (b != "0" && b != "1") throw Error(std::string("FARMEM_EC_SPARE_READ='") + v + "' is not 1 or 0");
-    c.ec_spare_read = b == "1";
-  }
+  if (const char* v = env("FARMEM_EC_SPARE_READ")) c.ec_spare_read = parse_flag("FARMEM_EC_SPARE_READ", v);
   if (const char* v = env("FARMEM_REPAIR_RATE")) {
     std::string r = lower(trim(v));
     if (r.size() > 2 && r.compare(r.size() - 2, 2, "/s") == 0) r.resize(r.size() - 2);
